@@ -1,0 +1,23 @@
+//! One module per `ttc-run` subcommand.
+
+pub mod fetch;
+pub mod models;
+pub mod run;
+pub mod tokenize;
+
+use anyhow::Result;
+use ttc_engine::{Engine, LoadOptions};
+
+use crate::args::ModelArgs;
+
+/// Sets the CPU thread count for candle (it sizes its work by RAYON_NUM_THREADS) and loads
+/// the model, with download progress on stderr.
+pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
+    if let Some(k) = args.threads {
+        anyhow::ensure!(k > 0, "--threads must be at least 1");
+        // Single-threaded here: nothing else reads the environment yet.
+        std::env::set_var("RAYON_NUM_THREADS", k.to_string());
+    }
+    let opts = LoadOptions { device: args.device, show_progress: true };
+    Ok(Engine::load(&args.model, &opts)?)
+}

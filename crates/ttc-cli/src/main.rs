@@ -1,0 +1,56 @@
+//! `ttc-run`: the command-line front end of ttc.
+//!
+//! Errors reach the user as one line on stderr and a non-zero exit status; never a panic
+//! message or a backtrace.
+
+mod args;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use args::{Cli, Command};
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        eprintln!("error: internal error: {msg} (please report this)");
+    }));
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("TTC_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => {
+            let rendered = e.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("error: {first} (see ttc-run --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match &cli.command {
+        None => commands::run::run(&cli.run),
+        Some(Command::Run(a)) => commands::run::run(a),
+        Some(Command::Tokenize(a)) => commands::tokenize::run(a),
+        Some(Command::Models) => commands::models::run(),
+        Some(Command::Fetch(a)) => commands::fetch::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! ttc-engine: runs quantized Llama and Qwen2 GGUF models on CPU, CUDA or Metal.
+//!
+//! Layers (see DESIGN.md): [`gguf`] reads files, [`models`] holds the decoder, [`tokenizer`] and
+//! [`chat_template`] turn conversations into ids, [`sampler`] picks tokens, [`registry`] and
+//! [`download`] turn an alias into files, and [`engine`] puts them together.
+
+pub mod chat_template;
+pub mod device;
+pub mod download;
+pub mod engine;
+pub mod error;
+pub mod gguf;
+pub mod models;
+pub mod registry;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use engine::{Engine, GenerateRequest, Generation, LoadOptions, StopReason};
+pub use error::{EngineError, Result};
