@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         Some(Command::Tokenize(a)) => commands::tokenize::run(a),
         Some(Command::Models) => commands::models::run(),
         Some(Command::Fetch(a)) => commands::fetch::run(a),
+        Some(Command::Bench(a)) => commands::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

