@@ -38,3 +38,54 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
+
+/// The llama.cpp release whose tokenizer test vectors the tests read: the source package of
+/// llama-cpp-python vendors llama.cpp, with `models/ggml-vocab-*.gguf` (vocabulary-only GGUFs)
+/// and their `.inp`/`.out` test cases.
+const LLAMA_CPP_PYTHON_VERSION: &str = "0.3.36";
+
+/// llama.cpp's `models/` folder (vocabularies and test vectors), fetched once from PyPI into
+/// ttc's cache: `pip download` of the source package (its metadata step needs
+/// scikit-build-core, installed into a private folder), then the few files extracted.
+pub fn llama_cpp_vocab_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = ttc_engine::download::cache_dir().join("testdata").join(format!("llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"));
+        let models = root.join("models");
+        if models.join("complete").exists() {
+            return models;
+        }
+        let work = root.with_extension(format!("tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+            assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let py = work.join("py");
+        run(std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--target"])
+            .arg(&py)
+            .arg("scikit-build-core"));
+        run(std::process::Command::new("python3")
+            .args(["-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps", "--no-build-isolation", "-d"])
+            .arg(&work)
+            .arg(format!("llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"))
+            .env("PYTHONPATH", &py));
+        let prefix = format!("llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/models/");
+        run(std::process::Command::new("tar")
+            .arg("-xzf")
+            .arg(work.join(format!("llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz")))
+            .arg("-C")
+            .arg(&work)
+            .args(["--wildcards", &format!("{prefix}ggml-vocab-*")]));
+        std::fs::create_dir_all(&root).unwrap();
+        let extracted = work.join(&prefix);
+        std::fs::write(extracted.join("complete"), b"").unwrap();
+        // Another test binary may have finished first; either copy is complete.
+        if std::fs::rename(&extracted, &models).is_err() {
+            assert!(models.join("complete").exists(), "could not move {extracted:?} to {models:?}");
+        }
+        let _ = std::fs::remove_dir_all(&work);
+        models
+    })
+}
