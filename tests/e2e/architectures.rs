@@ -6,7 +6,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use ttc_e2e::scratch_dir;
 use ttc_engine::gguf::GgufModel;
-use ttc_engine::models::{Model, ModelConfig};
+use ttc_engine::kv_cache::{KvCache, SeqId};
+use ttc_engine::models::{BatchEntry, Model, ModelConfig};
 
 const HIDDEN: usize = 64;
 const HEADS: usize = 4;
@@ -97,9 +98,24 @@ fn load(spec: &Spec, name: &str) -> Model {
     Model::load(&gguf, ModelConfig::from_gguf(&gguf).unwrap(), &Device::Cpu).unwrap()
 }
 
+fn new_cache(model: &Model) -> KvCache {
+    KvCache::new(model.config(), 8, 4, &Device::Cpu).unwrap()
+}
+
+/// Appends `tokens` to `seq` in one forward pass and returns the last token's logits.
+fn run(model: &Model, cache: &mut KvCache, seq: SeqId, tokens: &[u32]) -> Vec<f32> {
+    let start = cache.len(seq);
+    cache.reserve(seq, tokens.len()).unwrap();
+    let slots = cache.slots(seq, 0..start + tokens.len()).unwrap();
+    let out = model.forward_batch(&[BatchEntry { tokens, slots: &slots, want_output: true }], cache).unwrap();
+    cache.commit(seq, tokens.len()).unwrap();
+    out.logits.unwrap().squeeze(0).unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+}
+
 fn last_logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = model.new_cache();
-    model.forward(tokens, &mut cache).unwrap().logits.to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+    let mut cache = new_cache(model);
+    let seq = cache.new_sequence();
+    run(model, &mut cache, seq, tokens)
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -115,11 +131,12 @@ fn incremental_decoding_equals_one_forward_over_the_sequence() {
     for spec in [LLAMA, QWEN2] {
         let model = load(&spec, &format!("incr-{}", spec.arch));
         let full = last_logits(&model, &TOKENS);
-        let mut cache = model.new_cache();
-        model.forward(&TOKENS[..2], &mut cache).unwrap();
-        model.forward(&TOKENS[2..4], &mut cache).unwrap();
-        let step = model.forward(&TOKENS[4..], &mut cache).unwrap().logits.to_vec1::<f32>().unwrap();
-        assert_eq!(cache.len(), TOKENS.len());
+        let mut cache = new_cache(&model);
+        let seq = cache.new_sequence();
+        run(&model, &mut cache, seq, &TOKENS[..2]);
+        run(&model, &mut cache, seq, &TOKENS[2..4]);
+        let step = run(&model, &mut cache, seq, &TOKENS[4..]);
+        assert_eq!(cache.len(seq), TOKENS.len());
         assert!(max_diff(&full, &step) < 1e-4, "{}: {}", spec.arch, max_diff(&full, &step));
     }
 }

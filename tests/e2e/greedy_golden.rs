@@ -6,6 +6,8 @@
 
 use ttc_e2e::engine;
 use ttc_engine::chat_template::Message;
+use ttc_engine::kv_cache::KvCache;
+use ttc_engine::models::BatchEntry;
 use ttc_engine::GenerateRequest;
 
 fn greedy(user: &str, max_tokens: usize) -> String {
@@ -100,8 +102,17 @@ fn llama_cpp_greedy_choices_are_ours_up_to_near_ties() {
     let (mut steps, mut exact, mut worst) = (0usize, 0usize, 0f32);
     for r in REFERENCES {
         let prompt = e.encode_chat(&[Message::new("user", r.question)]).unwrap();
-        let mut cache = e.model.new_cache();
-        let mut logits = e.model.forward(&prompt, &mut cache).unwrap().logits.to_vec1::<f32>().unwrap();
+        let mut cache = KvCache::new(e.config(), 16, 16, &candle_core::Device::Cpu).unwrap();
+        let seq = cache.new_sequence();
+        let mut forward = |tokens: &[u32]| {
+            let start = cache.len(seq);
+            cache.reserve(seq, tokens.len()).unwrap();
+            let slots = cache.slots(seq, 0..start + tokens.len()).unwrap();
+            let out = e.model.forward_batch(&[BatchEntry { tokens, slots: &slots, want_output: true }], &cache).unwrap();
+            cache.commit(seq, tokens.len()).unwrap();
+            out.logits.unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap()
+        };
+        let mut logits = forward(&prompt);
         let eos = e.tokenizer.eos_ids[0];
         let expected: Vec<u32> = r.tokens.iter().copied().chain(r.ends_with_eos.then_some(eos)).collect();
         for (i, &want) in expected.iter().enumerate() {
@@ -118,7 +129,7 @@ fn llama_cpp_greedy_choices_are_ours_up_to_near_ties() {
             exact += usize::from(ours == want);
             worst = worst.max(gap);
             if want != eos {
-                logits = e.model.forward(&[want], &mut cache).unwrap().logits.to_vec1::<f32>().unwrap();
+                logits = forward(&[want]);
             }
         }
     }

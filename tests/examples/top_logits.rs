@@ -13,9 +13,13 @@ fn main() {
     let e = ttc_e2e::engine();
     let mut ids = e.encode_chat(&[Message::new("user", question)]).unwrap();
     ids.extend(e.tokenizer.encode(&prefix, false).unwrap());
-    let mut cache = e.model.new_cache();
-    let out = e.model.forward(&ids, &mut cache).unwrap();
-    let logits = out.logits.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+    let mut cache = ttc_engine::kv_cache::KvCache::new(e.config(), ids.len().div_ceil(16), 16, e.model.device()).unwrap();
+    let seq = cache.new_sequence();
+    cache.reserve(seq, ids.len()).unwrap();
+    let slots = cache.slots(seq, 0..ids.len()).unwrap();
+    let entry = ttc_engine::models::BatchEntry { tokens: &ids, slots: &slots, want_output: true };
+    let out = e.model.forward_batch(&[entry], &cache).unwrap();
+    let logits = out.logits.unwrap().squeeze(0).unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     for &i in order.iter().take(5) {

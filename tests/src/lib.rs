@@ -25,10 +25,13 @@ pub fn default_model_path() -> PathBuf {
 /// The default model on the CPU, loaded once per test binary.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        Engine::load_resolved(default_model().clone(), &candle_core::Device::Cpu)
-            .unwrap_or_else(|e| panic!("loading {DEFAULT_ALIAS}: {e}"))
-    })
+    ENGINE.get_or_init(load_default_engine)
+}
+
+/// A fresh copy of the default model, for a test that changes engine settings.
+pub fn load_default_engine() -> Engine {
+    Engine::load_resolved(default_model().clone(), &candle_core::Device::Cpu)
+        .unwrap_or_else(|e| panic!("loading {DEFAULT_ALIAS}: {e}"))
 }
 
 /// A fresh scratch directory under the target dir, unique per test.

@@ -1,9 +1,7 @@
 //! The engine: a loaded model with its tokenizer and chat template, and single-sequence
 //! generation (chunked prefill, then one token per step) with streaming and timings.
 
-use std::time::Instant;
-
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use crate::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
 use crate::device::DeviceKind;
@@ -11,8 +9,10 @@ use crate::download::{self, ResolvedModel};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufModel;
 use crate::models::{Architecture, Model, ModelConfig};
-use crate::sampler::{Sampler, SamplingParams};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::kv_cache::DEFAULT_BLOCK_SIZE;
+use crate::sampler::SamplingParams;
+use crate::session::{Session, SessionOptions};
+use crate::tokenizer::Tokenizer;
 
 /// Tokens per prefill forward. Quantized logits depend on the chunking (activations are
 /// quantized per block), so golden tests fix it; 512 is llama.cpp's default batch.
@@ -40,6 +40,8 @@ pub struct Engine {
     pub prefill_chunk: usize,
     /// Tokens a sequence may hold (prompt + generated): the model's context unless lowered.
     context_limit: usize,
+    block_size: usize,
+    kv_budget: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -115,7 +117,19 @@ impl Engine {
         };
         let stop_strings = resolved.entry.as_ref().map(|e| e.stop.clone()).unwrap_or_default();
         let context_limit = model.config().context_length;
-        Ok(Self { model, tokenizer, template, resolved, name, stop_strings, prefill_chunk: DEFAULT_PREFILL_CHUNK, context_limit })
+        let kv_budget = default_kv_budget(device);
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            resolved,
+            name,
+            stop_strings,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            context_limit,
+            block_size: DEFAULT_BLOCK_SIZE,
+            kv_budget,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -146,108 +160,106 @@ impl Engine {
         self.tokenizer.encode_prompt(&self.render_chat(messages)?)
     }
 
-    /// Generates from `prompt` token ids; `on_text` receives each new piece of text (whole
-    /// UTF-8 characters) as soon as it is known not to be part of a stop string.
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        req: &GenerateRequest,
-        mut on_text: impl FnMut(&str),
-    ) -> Result<Generation> {
-        req.params.validate().map_err(EngineError::InvalidArgument)?;
-        let ctx = self.context_limit;
-        if prompt.is_empty() {
-            return Err(EngineError::InvalidArgument("empty prompt".into()));
-        }
-        if prompt.len() >= ctx {
-            return Err(EngineError::PromptTooLong { prompt_tokens: prompt.len(), context: ctx });
-        }
-        let stops: Vec<&str> = self.stop_strings.iter().chain(&req.stop).map(String::as_str).filter(|s| !s.is_empty()).collect();
-        let mut cache = self.model.new_cache();
-        let t0 = Instant::now();
-        let mut out = None;
-        for chunk in prompt.chunks(self.prefill_chunk.max(1)) {
-            out = Some(self.model.forward(chunk, &mut cache)?);
-        }
-        let mut logits = out.expect("prompt is not empty").logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let prefill_s = t0.elapsed().as_secs_f64();
+    /// The stop strings of the model (its registry entry).
+    pub fn stop_strings(&self) -> &[String] {
+        &self.stop_strings
+    }
 
-        let t1 = Instant::now();
-        let mut sampler = Sampler::new(req.params.clone(), req.seed);
-        let mut tokens = Vec::new();
-        let mut logprobs = Vec::new();
-        let mut decoder = StreamDecoder::default();
-        let mut text = String::new();
-        let mut emitted = 0; // bytes of `text` already passed to on_text
-        let stop_reason = loop {
-            if tokens.len() >= req.max_tokens {
-                break StopReason::MaxTokens;
-            }
-            let s = sampler.sample(&logits);
-            if self.tokenizer.is_eos(s.token) && !req.ignore_eos {
-                break StopReason::Eos;
-            }
-            tokens.push(s.token);
-            logprobs.push(s.logprob);
-            text.push_str(&decoder.push(&self.tokenizer, s.token));
-            if let Some(pos) = stops.iter().filter_map(|st| text.find(st)).min() {
-                text.truncate(pos);
-                if pos > emitted {
-                    on_text(&text[emitted..]);
-                }
-                emitted = text.len();
-                break StopReason::StopString;
-            }
-            // Hold back a tail that could still become a stop string.
-            let safe = safe_emit_len(&text, &stops);
-            if safe > emitted {
-                on_text(&text[emitted..safe]);
-                emitted = safe;
-            }
-            if cache.len() >= ctx {
-                break StopReason::ContextFull;
-            }
-            logits = self.model.forward(&[s.token], &mut cache)?.logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        };
-        if stop_reason != StopReason::StopString {
-            text.push_str(&decoder.finish());
-            if text.len() > emitted {
-                on_text(&text[emitted..]);
-            }
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// The most bytes of KV cache one request may hold.
+    pub fn kv_budget(&self) -> usize {
+        self.kv_budget
+    }
+
+    pub fn set_kv_budget(&mut self, bytes: usize) {
+        self.kv_budget = bytes;
+    }
+
+    /// KV blocks a request needs: the prompt once, and for each of `width` sequences its
+    /// generated tokens plus one block for a copied partial block (copy-on-write).
+    pub fn blocks_for_plan(&self, prompt_len: usize, width: usize, max_new: usize) -> usize {
+        let bs = self.block_size;
+        prompt_len.div_ceil(bs) + width * (max_new.div_ceil(bs) + 1)
+    }
+
+    /// The widest request of this shape that fits the KV budget (0 if not even one does).
+    pub fn max_width_for(&self, prompt_len: usize, max_new: usize) -> usize {
+        let bs = self.block_size;
+        let block_bytes = self.config().kv_bytes_per_token() * bs;
+        let budget_blocks = self.kv_budget / block_bytes;
+        let prompt_blocks = prompt_len.div_ceil(bs);
+        budget_blocks.saturating_sub(prompt_blocks) / (max_new.div_ceil(bs) + 1)
+    }
+
+    /// A session for a request of `width` sequences of at most `max_tokens` new tokens after a
+    /// prompt of `prompt_len`: refused before anything runs if it cannot fit the KV budget.
+    pub fn session(&self, prompt_len: usize, width: usize, opts_without_blocks: SessionOptions) -> Result<Session<'_>> {
+        let blocks = self.blocks_for_plan(prompt_len, width.max(1), opts_without_blocks.max_tokens);
+        let needed_bytes = blocks * self.block_size * self.config().kv_bytes_per_token();
+        if needed_bytes > self.kv_budget {
+            return Err(EngineError::OverKvBudget { needed_bytes, budget_bytes: self.kv_budget });
         }
+        Session::new(self, SessionOptions { kv_blocks: blocks, ..opts_without_blocks })
+    }
+
+    /// Generates one answer from `prompt` token ids; `on_text` receives each new piece of text
+    /// (whole UTF-8 characters) as soon as it is known not to be part of a stop string.
+    pub fn generate(&self, prompt: &[u32], req: &GenerateRequest, mut on_text: impl FnMut(&str)) -> Result<Generation> {
+        let opts = SessionOptions {
+            params: req.params.clone(),
+            seed: req.seed,
+            max_tokens: req.max_tokens,
+            stop: req.stop.clone(),
+            ignore_eos: req.ignore_eos,
+            kv_blocks: 0,
+        };
+        let max_new = req.max_tokens.min(self.context_limit.saturating_sub(prompt.len()));
+        let mut session = self.session(prompt.len(), 1, SessionOptions { max_tokens: max_new.max(1), ..opts })?;
+        let seq = session.prefill(prompt)?;
+        let stop_reason = if req.max_tokens == 0 {
+            StopReason::MaxTokens
+        } else {
+            loop {
+                let ev = session.step(&[seq])?.pop().expect("one event per sequence");
+                if !ev.piece.is_empty() {
+                    on_text(&ev.piece);
+                }
+                if let Some(reason) = ev.finished {
+                    break reason;
+                }
+            }
+        };
+        let c = session.counters();
         Ok(Generation {
-            text,
-            tokens,
-            logprobs,
+            text: session.text(seq)?.to_string(),
+            tokens: session.generated(seq)?.to_vec(),
+            logprobs: session.logprobs(seq)?.to_vec(),
             prompt_tokens: prompt.len(),
             stop_reason,
-            prefill_s,
-            decode_s: t1.elapsed().as_secs_f64(),
+            prefill_s: c.prefill_s,
+            decode_s: c.decode_s,
         })
     }
 }
 
-/// The length of the prefix of `text` that cannot be the start of a stop string.
-fn safe_emit_len(text: &str, stops: &[&str]) -> usize {
-    let mut safe = text.len();
-    for stop in stops {
-        for (i, _) in text.char_indices().rev().take(stop.len()) {
-            if stop.starts_with(&text[i..]) {
-                safe = safe.min(i);
-            }
-        }
+/// Half of the memory available now (RAM on the CPU; a fixed 4 GiB on a GPU, whose free
+/// memory candle does not report): the default KV budget.
+pub fn default_kv_budget(device: &Device) -> usize {
+    const FALLBACK: usize = 4 << 30;
+    if !device.is_cpu() {
+        return FALLBACK;
     }
-    safe
-}
-
-#[cfg(test)]
-mod tests {
-    use super::safe_emit_len;
-
-    #[test]
-    fn holds_back_a_possible_stop_prefix() {
-        assert_eq!(safe_emit_len("hello <|im", &["<|im_end|>"]), 6);
-        assert_eq!(safe_emit_len("hello", &["<|im_end|>"]), 5);
-        assert_eq!(safe_emit_len("a\n", &["\n\n"]), 1);
-    }
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<usize>().ok())
+        })
+        .map(|kb| kb * 1024 / 2)
+        .unwrap_or(FALLBACK)
 }

@@ -21,6 +21,10 @@ pub enum EngineError {
     Download { alias: String, tried: String },
     #[error("the prompt has {prompt_tokens} tokens, more than the context of {context} tokens leaves room for")]
     PromptTooLong { prompt_tokens: usize, context: usize },
+    #[error("the KV cache is full: {needed_blocks} more blocks of {block_bytes} bytes needed, {free_blocks} free (raise --kv-memory, or lower the width or --max-tokens)")]
+    KvCacheFull { needed_blocks: usize, free_blocks: usize, block_bytes: usize },
+    #[error("the request needs {needed_bytes} bytes of KV cache, more than the budget of {budget_bytes} bytes (raise --kv-memory, or lower the width or --max-tokens)")]
+    OverKvBudget { needed_bytes: usize, budget_bytes: usize },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

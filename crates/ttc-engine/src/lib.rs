@@ -10,10 +10,14 @@ pub mod download;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod kv_cache;
 pub mod models;
 pub mod registry;
 pub mod sampler;
+pub mod session;
 pub mod tokenizer;
 
 pub use engine::{Engine, GenerateRequest, Generation, LoadOptions, StopReason};
+pub use kv_cache::SeqId;
+pub use session::{Counters, Session, SessionOptions, StepEvent};
 pub use error::{EngineError, Result};

@@ -52,6 +52,7 @@ pub struct Sampled {
     pub logprob: f32,
 }
 
+#[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,

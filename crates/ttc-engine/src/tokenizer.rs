@@ -236,7 +236,7 @@ impl Tokenizer {
 
 /// Turns a stream of token ids into text pieces that are always whole UTF-8 characters: a
 /// character split across tokens is held back until its last byte arrives.
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StreamDecoder {
     pending: Vec<u8>,
 }

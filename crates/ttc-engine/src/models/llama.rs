@@ -3,9 +3,10 @@
 //!
 //! Reference: candle-transformers `models/quantized_llama.rs` and `quantized_qwen2.rs` (tensor
 //! names, weight layout), llama.cpp `src/models/llama.cpp` and `qwen2.cpp` (RoPE types, Llama 3
-//! `rope_freqs`). Unlike those, the KV cache is not inside the layers: the caller owns it
-//! ([`SequenceCache`]), and grouped-query attention reads the shared K/V heads without
-//! `repeat_kv` copies by folding the query heads of a group into the row dimension.
+//! `rope_freqs`). Unlike those, the KV cache is not inside the layers: one forward pass runs a
+//! ragged batch of sequences (each with its own positions and length) over the engine's paged
+//! [`KvCache`], and grouped-query attention reads the shared K/V heads without `repeat_kv`
+//! copies by folding the query heads of a group into the row dimension.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use super::{ModelConfig, RopeLayout};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufModel;
+use crate::kv_cache::KvCache;
 
 struct Linear {
     weight: QMatMul,
@@ -69,29 +71,23 @@ struct Layer {
     down: Linear,
 }
 
-/// The keys and values of one sequence, per layer, as `(n_kv_heads, len, head_dim)` tensors.
-pub struct SequenceCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
+/// One sequence's part of a batched forward pass.
+pub struct BatchEntry<'a> {
+    /// New tokens (a prompt chunk, or one decode token).
+    pub tokens: &'a [u32],
+    /// Pool rows of every position of the sequence up to and including the new tokens
+    /// (`KvCache::slots(seq, 0..len + tokens.len())`): the last `tokens.len()` are written.
+    pub slots: &'a [u32],
+    /// Whether to return logits and hidden state at this entry's last token.
+    pub want_output: bool,
 }
 
-impl SequenceCache {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// What one forward pass returns.
-pub struct ForwardOutput {
-    /// Logits of the last input token, `(vocab,)`.
-    pub logits: Tensor,
-    /// The final-layer hidden state (after the output norm) at the last input token,
-    /// `(hidden,)`: the allocator's per-prompt feature.
-    pub hidden: Tensor,
+/// Logits and final hidden state (after the output norm) at the last token of each entry that
+/// asked for them, in entry order: `(rows, vocab)` and `(rows, hidden)`. The hidden state at a
+/// prompt's last token is the allocator's per-prompt feature.
+pub struct BatchOutput {
+    pub logits: Option<Tensor>,
+    pub hidden: Option<Tensor>,
 }
 
 pub struct Model {
@@ -152,80 +148,112 @@ impl Model {
         &self.device
     }
 
-    pub fn new_cache(&self) -> SequenceCache {
-        SequenceCache { layers: (0..self.config.n_layers).map(|_| None).collect(), len: 0 }
-    }
-
-    /// Runs `tokens` (one chunk of a prompt, or one decode token) after what `cache` holds,
-    /// appends their K/V to it and returns the last token's logits and hidden state.
-    pub fn forward(&self, tokens: &[u32], cache: &mut SequenceCache) -> Result<ForwardOutput> {
-        let n = tokens.len();
-        let start = cache.len;
-        if n == 0 {
+    /// One forward pass over a ragged batch: every entry's new tokens at their own positions,
+    /// K/V written into `cache`'s pool, attention through each entry's slots.
+    pub fn forward_batch(&self, batch: &[BatchEntry], cache: &KvCache) -> Result<BatchOutput> {
+        let dev = &self.device;
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut new_slots = Vec::new();
+        let mut output_rows = Vec::new();
+        for e in batch {
+            let n = e.tokens.len();
+            if n == 0 || e.slots.len() < n {
+                return Err(EngineError::InvalidArgument("a batch entry needs tokens and their slots".into()));
+            }
+            let start = e.slots.len() - n;
+            if start + n > self.config.context_length {
+                return Err(EngineError::PromptTooLong { prompt_tokens: start + n, context: self.config.context_length });
+            }
+            tokens.extend_from_slice(e.tokens);
+            positions.extend((start..start + n).map(|p| p as u32));
+            new_slots.extend_from_slice(&e.slots[start..]);
+            if e.want_output {
+                output_rows.push((tokens.len() - 1) as u32);
+            }
+        }
+        let t = tokens.len();
+        if t == 0 {
             return Err(EngineError::InvalidArgument("forward over zero tokens".into()));
         }
-        if start + n > self.config.context_length {
-            return Err(EngineError::PromptTooLong {
-                prompt_tokens: start + n,
-                context: self.config.context_length,
-            });
-        }
-        let ids = Tensor::from_slice(tokens, n, &self.device)?;
+        let ids = Tensor::from_vec(tokens, t, dev)?;
+        let pos = Tensor::from_vec(positions, t, dev)?;
+        let cos = self.rope_cos.index_select(&pos, 0)?.contiguous()?;
+        let sin = self.rope_sin.index_select(&pos, 0)?.contiguous()?;
+        let kv_dim = cache.kv_dim();
+        let write_idx = Tensor::from_vec(new_slots, (t, 1), dev)?.broadcast_as((t, kv_dim))?.contiguous()?;
+        let read_idx: Vec<Tensor> = batch.iter().map(|e| Tensor::new(e.slots, dev)).collect::<candle_core::Result<_>>()?;
+        let masks: Vec<Option<Tensor>> =
+            batch.iter().map(|e| causal_mask(e.tokens.len(), e.slots.len() - e.tokens.len(), dev)).collect::<Result<_>>()?;
+
         let mut x = self.embeddings.embedding(&ids)?;
-        let cos = self.rope_cos.narrow(0, start, n)?;
-        let sin = self.rope_sin.narrow(0, start, n)?;
-        let mask = causal_mask(n, start, &self.device)?;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let residual = &x;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (k_pool, v_pool) = cache.layer(l);
             let h = layer.attn_norm.forward(&x)?;
-            let h = self.attention(layer, &h, &cos, &sin, mask.as_ref(), slot)?;
-            let x1 = (residual + h)?;
+            let h = self.attention(layer, &h, &cos, &sin, batch, k_pool, v_pool, &write_idx, &read_idx, &masks)?;
+            let x1 = (&x + h)?;
             let h = layer.ffn_norm.forward(&x1)?;
             let h = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
             x = (x1 + layer.down.forward(&h)?)?;
         }
-        cache.len += n;
-        let last = x.narrow(0, n - 1, 1)?;
-        let hidden = self.output_norm.forward(&last)?;
+        if output_rows.is_empty() {
+            return Ok(BatchOutput { logits: None, hidden: None });
+        }
+        let n_out = output_rows.len();
+        let rows = x.index_select(&Tensor::from_vec(output_rows, n_out, dev)?, 0)?;
+        let hidden = self.output_norm.forward(&rows)?;
         let logits = self.lm_head.forward(&hidden)?;
-        Ok(ForwardOutput { logits: logits.squeeze(0)?, hidden: hidden.squeeze(0)? })
+        Ok(BatchOutput { logits: Some(logits), hidden: Some(hidden) })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         layer: &Layer,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
-        slot: &mut Option<(Tensor, Tensor)>,
+        batch: &[BatchEntry],
+        k_pool: &Tensor,
+        v_pool: &Tensor,
+        write_idx: &Tensor,
+        read_idx: &[Tensor],
+        masks: &[Option<Tensor>],
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let (n, _) = x.dims2()?;
+        let (t, _) = x.dims2()?;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
-        let q = layer.q.forward(x)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?;
-        let k = layer.k.forward(x)?.reshape((n, nkv, hd))?.transpose(0, 1)?.contiguous()?;
-        let v = layer.v.forward(x)?.reshape((n, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+        let q = layer.q.forward(x)?.reshape((t, nh, hd))?.transpose(0, 1)?.contiguous()?;
+        let k = layer.k.forward(x)?.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+        let v = layer.v.forward(x)?;
         let q = self.rope(&q, cos, sin)?;
-        let k = self.rope(&k, cos, sin)?;
-        let (k, v) = match slot.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
-            None => (k, v),
-        };
-        let total = k.dim(1)?;
-        // GQA: the `group` query heads that share one KV head become rows of one matmul.
+        let k = self.rope(&k, cos, sin)?.transpose(0, 1)?.reshape((t, nkv * hd))?.contiguous()?;
+        k_pool.scatter_set(write_idx, &k, 0)?;
+        v_pool.scatter_set(write_idx, &v.contiguous()?, 0)?;
+
         let group = nh / nkv;
-        let q = q.reshape((nkv, group * n, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores.reshape((nkv, group, n, total))?.broadcast_add(m)?.reshape((nkv, group * n, total))?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?; // (nkv, group * n, hd)
-        *slot = Some((k, v));
-        let out = out.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))?;
+        let mut outs = Vec::with_capacity(batch.len());
+        let mut row = 0;
+        for ((e, idx), mask) in batch.iter().zip(read_idx).zip(masks) {
+            let n = e.tokens.len();
+            let total = e.slots.len();
+            // This sequence's keys and values, read through its block table.
+            let ks = k_pool.index_select(idx, 0)?.reshape((total, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+            let vs = v_pool.index_select(idx, 0)?.reshape((total, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+            // GQA: the `group` query heads that share one KV head become rows of one matmul.
+            let qs = q.narrow(1, row, n)?.reshape((nkv, group * n, hd))?;
+            let scores = (qs.matmul(&ks.t()?)? * scale)?;
+            let scores = match mask {
+                Some(m) => scores.reshape((nkv, group, n, total))?.broadcast_add(m)?.reshape((nkv, group * n, total))?,
+                None => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let out = probs.matmul(&vs)?; // (nkv, group * n, hd)
+            outs.push(out.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))?);
+            row += n;
+        }
+        let out = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
         layer.o.forward(&out)
     }
 

@@ -9,7 +9,7 @@ pub mod llama;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufModel;
 
-pub use llama::{ForwardOutput, Model, SequenceCache};
+pub use llama::{BatchEntry, BatchOutput, Model};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,0 +1,348 @@
+//! The engine's sequence API, what test-time scaling methods are written against (DESIGN.md):
+//! `prefill` a prompt once, `fork` it into samples or beams that share its KV blocks, `step` any
+//! set of sequences in one batched forward pass, read each sequence's tokens, text, log-probs
+//! and the prompt's final hidden state, and `free` what is no longer needed. Methods never touch
+//! tensors or blocks; the engine never knows what a beam is.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use crate::engine::{Engine, StopReason};
+use crate::error::{EngineError, Result};
+use crate::kv_cache::{KvCache, SeqId};
+use crate::models::BatchEntry;
+use crate::sampler::{Sampler, SamplingParams};
+use crate::tokenizer::StreamDecoder;
+
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub params: SamplingParams,
+    /// Each sequence's RNG is seeded from this and its id, so a run is reproducible.
+    pub seed: u64,
+    /// Generated tokens per sequence at most.
+    pub max_tokens: usize,
+    /// Stop strings beside the model's own.
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    /// KV blocks to reserve for the session (see [`Engine::blocks_for_plan`]).
+    pub kv_blocks: usize,
+}
+
+/// What the session has spent so far.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Counters {
+    /// Prompt tokens run through the model.
+    pub prefill_tokens: usize,
+    /// Tokens sampled by `step`.
+    pub decode_tokens: usize,
+    /// Forward passes (prefill chunks and batched decode steps).
+    pub forward_passes: usize,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+}
+
+/// What one `step` did to one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEvent {
+    pub seq: SeqId,
+    /// The token sampled (None when the sequence ended on EOS).
+    pub token: Option<u32>,
+    /// New text that is final: whole characters, not part of a possible stop string.
+    pub piece: String,
+    pub finished: Option<StopReason>,
+}
+
+#[derive(Clone)]
+struct SeqState {
+    prompt_len: usize,
+    generated: Vec<u32>,
+    logprobs: Vec<f32>,
+    /// Logits of the next token, once computed.
+    logits: Option<Vec<f32>>,
+    /// Final hidden state at the prompt's last token.
+    prompt_hidden: Option<Tensor>,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    text: String,
+    emitted: usize,
+    finished: Option<StopReason>,
+}
+
+pub struct Session<'e> {
+    engine: &'e Engine,
+    cache: KvCache,
+    seqs: BTreeMap<SeqId, SeqState>,
+    opts: SessionOptions,
+    stops: Vec<String>,
+    counters: Counters,
+}
+
+impl<'e> Session<'e> {
+    pub(crate) fn new(engine: &'e Engine, opts: SessionOptions) -> Result<Self> {
+        opts.params.validate().map_err(EngineError::InvalidArgument)?;
+        let cache = KvCache::new(engine.config(), opts.kv_blocks, engine.block_size(), engine.model.device())?;
+        let stops = engine.stop_strings().iter().chain(&opts.stop).filter(|s| !s.is_empty()).cloned().collect();
+        Ok(Self { engine, cache, seqs: BTreeMap::new(), opts, stops, counters: Counters::default() })
+    }
+
+    fn sampler_for(&self, seq: SeqId) -> Sampler {
+        // splitmix-style mixing, so neighbouring ids get unrelated streams.
+        let mixed = (self.opts.seed ^ (u64::from(seq.0) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(17);
+        Sampler::new(self.opts.params.clone(), mixed)
+    }
+
+    /// Runs `prompt` through the model (in chunks of the engine's prefill size) and returns a
+    /// sequence whose next-token logits are ready.
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<SeqId> {
+        let ctx = self.engine.context_limit();
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidArgument("empty prompt".into()));
+        }
+        if prompt.len() >= ctx {
+            return Err(EngineError::PromptTooLong { prompt_tokens: prompt.len(), context: ctx });
+        }
+        let t0 = Instant::now();
+        let seq = self.cache.new_sequence();
+        let result = (|| {
+            let mut last = None;
+            for chunk in prompt.chunks(self.engine.prefill_chunk.max(1)) {
+                let start = self.cache.len(seq);
+                self.cache.reserve(seq, chunk.len())?;
+                let slots = self.cache.slots(seq, 0..start + chunk.len())?;
+                let out = self.engine.model.forward_batch(&[BatchEntry { tokens: chunk, slots: &slots, want_output: true }], &self.cache)?;
+                self.cache.commit(seq, chunk.len())?;
+                self.counters.forward_passes += 1;
+                last = Some(out);
+            }
+            Ok::<_, EngineError>(last.expect("prompt is not empty"))
+        })();
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                self.cache.free(seq);
+                return Err(e);
+            }
+        };
+        let logits = out.logits.expect("asked for output").squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let state = SeqState {
+            prompt_len: prompt.len(),
+            generated: Vec::new(),
+            logprobs: Vec::new(),
+            logits: Some(logits),
+            prompt_hidden: out.hidden.map(|h| h.squeeze(0)).transpose()?,
+            sampler: self.sampler_for(seq),
+            decoder: StreamDecoder::default(),
+            text: String::new(),
+            emitted: 0,
+            finished: None,
+        };
+        self.seqs.insert(seq, state);
+        self.counters.prefill_tokens += prompt.len();
+        self.counters.prefill_s += t0.elapsed().as_secs_f64();
+        Ok(seq)
+    }
+
+    /// `n` new sequences that continue from `seq` as it is now (its KV blocks shared, its
+    /// text and pending logits copied), each with its own random stream.
+    pub fn fork(&mut self, seq: SeqId, n: usize) -> Result<Vec<SeqId>> {
+        let parent = self.state(seq)?.clone();
+        let mut children = Vec::with_capacity(n);
+        for _ in 0..n {
+            let child = self.cache.fork(seq)?;
+            let mut state = parent.clone();
+            state.sampler = self.sampler_for(child);
+            self.seqs.insert(child, state);
+            children.push(child);
+        }
+        Ok(children)
+    }
+
+    /// Drops `seq`; its blocks return to the pool when no other sequence holds them.
+    pub fn free(&mut self, seq: SeqId) {
+        self.seqs.remove(&seq);
+        self.cache.free(seq);
+    }
+
+    /// Samples one token for each of `seqs` and runs one batched forward pass over those that
+    /// go on. Finished sequences in `seqs` are an error.
+    pub fn step(&mut self, seqs: &[SeqId]) -> Result<Vec<StepEvent>> {
+        let t0 = Instant::now();
+        let ctx = self.engine.context_limit();
+        let tokenizer = &self.engine.tokenizer;
+        let mut events = Vec::with_capacity(seqs.len());
+        let mut go_on: Vec<(SeqId, u32)> = Vec::new();
+        for &seq in seqs {
+            let ignore_eos = self.opts.ignore_eos;
+            let max_tokens = self.opts.max_tokens;
+            let kv_len = self.cache.len(seq);
+            let stops = &self.stops;
+            let st = self.seqs.get_mut(&seq).ok_or_else(|| unknown(seq))?;
+            if st.finished.is_some() {
+                return Err(EngineError::InvalidArgument(format!("{seq:?} has finished")));
+            }
+            let logits = st.logits.take().ok_or_else(|| EngineError::InvalidArgument(format!("{seq:?} has no logits")))?;
+            let s = st.sampler.sample(&logits);
+            if tokenizer.is_eos(s.token) && !ignore_eos {
+                st.finished = Some(StopReason::Eos);
+                let rest = st.decoder.finish();
+                st.text.push_str(&rest);
+                let piece = st.text[st.emitted..].to_string();
+                st.emitted = st.text.len();
+                events.push(StepEvent { seq, token: None, piece, finished: st.finished });
+                continue;
+            }
+            st.generated.push(s.token);
+            st.logprobs.push(s.logprob);
+            st.text.push_str(&st.decoder.push(tokenizer, s.token));
+            let mut piece = String::new();
+            if let Some(pos) = stops.iter().filter_map(|x| st.text.find(x.as_str())).min() {
+                st.text.truncate(pos);
+                st.finished = Some(StopReason::StopString);
+                if pos > st.emitted {
+                    piece = st.text[st.emitted..].to_string();
+                }
+                st.emitted = st.text.len();
+            } else {
+                if st.generated.len() >= max_tokens {
+                    st.finished = Some(StopReason::MaxTokens);
+                } else if kv_len + 1 >= ctx {
+                    st.finished = Some(StopReason::ContextFull);
+                }
+                if st.finished.is_some() {
+                    let rest = st.decoder.finish();
+                    st.text.push_str(&rest);
+                }
+                let safe = if st.finished.is_some() { st.text.len() } else { safe_emit_len(&st.text, stops) };
+                if safe > st.emitted {
+                    piece = st.text[st.emitted..safe].to_string();
+                    st.emitted = safe;
+                }
+            }
+            if st.finished.is_none() {
+                go_on.push((seq, s.token));
+            }
+            events.push(StepEvent { seq, token: Some(s.token), piece, finished: st.finished });
+        }
+        self.counters.decode_tokens += events.iter().filter(|e| e.token.is_some()).count();
+        if !go_on.is_empty() {
+            self.forward_decode(&go_on)?;
+        }
+        self.counters.decode_s += t0.elapsed().as_secs_f64();
+        Ok(events)
+    }
+
+    fn forward_decode(&mut self, go_on: &[(SeqId, u32)]) -> Result<()> {
+        let mut slots = Vec::with_capacity(go_on.len());
+        for &(seq, _) in go_on {
+            if let Err(e) = self.cache.reserve(seq, 1) {
+                // Nothing was written yet: the step can be retried after freeing sequences.
+                for &(s, t) in go_on {
+                    self.unsample(s, t);
+                }
+                return Err(e);
+            }
+            let len = self.cache.len(seq);
+            slots.push(self.cache.slots(seq, 0..len + 1)?);
+        }
+        let toks: Vec<[u32; 1]> = go_on.iter().map(|&(_, t)| [t]).collect();
+        let entries: Vec<BatchEntry> =
+            toks.iter().zip(&slots).map(|(t, s)| BatchEntry { tokens: t, slots: s, want_output: true }).collect();
+        let out = self.engine.model.forward_batch(&entries, &self.cache)?;
+        self.counters.forward_passes += 1;
+        let logits = out.logits.expect("asked for output").to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        for (&(seq, _), row) in go_on.iter().zip(logits) {
+            self.cache.commit(seq, 1)?;
+            self.seqs.get_mut(&seq).expect("stepped").logits = Some(row);
+        }
+        Ok(())
+    }
+
+    /// Undoes the sampling of a step whose forward pass could not run (KV cache full).
+    fn unsample(&mut self, seq: SeqId, token: u32) {
+        if let Some(st) = self.seqs.get_mut(&seq) {
+            if st.generated.last() == Some(&token) {
+                st.generated.pop();
+                st.logprobs.pop();
+            }
+        }
+    }
+
+    fn state(&self, seq: SeqId) -> Result<&SeqState> {
+        self.seqs.get(&seq).ok_or_else(|| unknown(seq))
+    }
+
+    pub fn is_finished(&self, seq: SeqId) -> bool {
+        self.seqs.get(&seq).is_none_or(|s| s.finished.is_some())
+    }
+
+    pub fn finish_reason(&self, seq: SeqId) -> Option<StopReason> {
+        self.seqs.get(&seq).and_then(|s| s.finished)
+    }
+
+    pub fn text(&self, seq: SeqId) -> Result<&str> {
+        Ok(&self.state(seq)?.text)
+    }
+
+    pub fn generated(&self, seq: SeqId) -> Result<&[u32]> {
+        Ok(&self.state(seq)?.generated)
+    }
+
+    /// log p of each generated token under the model (temperature 1).
+    pub fn logprobs(&self, seq: SeqId) -> Result<&[f32]> {
+        Ok(&self.state(seq)?.logprobs)
+    }
+
+    /// The next-token logits of `seq`, when computed and not yet sampled.
+    pub fn logits(&self, seq: SeqId) -> Result<Option<&[f32]>> {
+        Ok(self.state(seq)?.logits.as_deref())
+    }
+
+    pub fn prompt_len(&self, seq: SeqId) -> Result<usize> {
+        Ok(self.state(seq)?.prompt_len)
+    }
+
+    /// The model's final hidden state at the prompt's last token (the allocator's feature).
+    pub fn prompt_hidden(&self, seq: SeqId) -> Result<Option<&Tensor>> {
+        Ok(self.state(seq)?.prompt_hidden.as_ref())
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn kv_cache(&self) -> &KvCache {
+        &self.cache
+    }
+}
+
+fn unknown(seq: SeqId) -> EngineError {
+    EngineError::InvalidArgument(format!("unknown sequence {seq:?}"))
+}
+
+/// The length of the prefix of `text` that cannot be the start of a stop string.
+pub(crate) fn safe_emit_len(text: &str, stops: &[String]) -> usize {
+    let mut safe = text.len();
+    for stop in stops {
+        for (i, _) in text.char_indices().rev().take(stop.len()) {
+            if stop.starts_with(&text[i..]) {
+                safe = safe.min(i);
+            }
+        }
+    }
+    safe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_emit_len;
+
+    #[test]
+    fn holds_back_a_possible_stop_prefix() {
+        let stops = vec!["<|im_end|>".to_string(), "\n\n".to_string()];
+        assert_eq!(safe_emit_len("hello <|im", &stops), 6);
+        assert_eq!(safe_emit_len("hello", &stops), 5);
+        assert_eq!(safe_emit_len("a\n", &stops), 1);
+    }
+}

@@ -1,0 +1,186 @@
+//! The batched engine on the real model: samples and beams share the prompt's KV blocks, and
+//! batching, forking, pruning and freeing never change what a sequence computes.
+
+use ttc_e2e::engine;
+use ttc_engine::chat_template::Message;
+use ttc_engine::kv_cache::KvCache;
+use ttc_engine::models::BatchEntry;
+use ttc_engine::sampler::SamplingParams;
+use ttc_engine::{EngineError, GenerateRequest, SeqId, Session, SessionOptions};
+
+fn prompt(q: &str) -> Vec<u32> {
+    engine().encode_chat(&[Message::new("user", q)]).unwrap()
+}
+
+fn session(width: usize, params: SamplingParams, max_tokens: usize, prompt_len: usize) -> Session<'static> {
+    let opts = SessionOptions { params, seed: 5, max_tokens, stop: vec![], ignore_eos: true, kv_blocks: 0 };
+    engine().session(prompt_len, width, opts).unwrap()
+}
+
+fn run_to_end(s: &mut Session, seqs: &[SeqId]) {
+    loop {
+        let live: Vec<SeqId> = seqs.iter().copied().filter(|&q| !s.is_finished(q)).collect();
+        if live.is_empty() {
+            break;
+        }
+        s.step(&live).unwrap();
+    }
+}
+
+#[test]
+fn a_forked_batched_group_decodes_as_one_sequence_alone() {
+    let p = prompt("Name three animals that live in the sea.");
+    let alone = engine().generate(&p, &GenerateRequest { ignore_eos: true, ..GenerateRequest::greedy(24) }, |_| {}).unwrap();
+    let mut s = session(6, SamplingParams::greedy(), 24, p.len());
+    let root = s.prefill(&p).unwrap();
+    let kids = s.fork(root, 6).unwrap();
+    s.free(root);
+    run_to_end(&mut s, &kids);
+    for k in kids {
+        assert_eq!(s.generated(k).unwrap(), alone.tokens.as_slice(), "{k:?}");
+    }
+}
+
+#[test]
+fn n_samples_cost_one_prefill_and_the_prompt_is_stored_once() {
+    let p = prompt("Tell me a fact about the moon.");
+    let (width, gen) = (16, 12);
+    let params = SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0, min_p: 0.0 };
+    let mut s = session(width, params, gen, p.len());
+    let root = s.prefill(&p).unwrap();
+    let prompt_blocks = s.kv_cache().allocator().in_use();
+    let kids = s.fork(root, width).unwrap();
+    assert_eq!(s.kv_cache().allocator().in_use(), prompt_blocks, "forking copies nothing");
+    run_to_end(&mut s, &kids);
+    let c = s.counters().clone();
+    assert_eq!(c.prefill_tokens, p.len(), "one prefill");
+    assert_eq!(c.decode_tokens, width * gen);
+    assert_eq!(c.forward_passes, 1 + gen - 1, "one prefill chunk, then one batched pass per step but the last");
+    let distinct: std::collections::HashSet<&[u32]> = kids.iter().map(|&k| s.generated(k).unwrap()).collect();
+    assert!(distinct.len() > 1, "samples with their own RNG differ");
+    // The prompt's full blocks are shared; each sample holds its own tail.
+    let bs = s.kv_cache().block_size();
+    let most = p.len().div_ceil(bs) + width * ((p.len() % bs + gen).div_ceil(bs));
+    assert!(s.kv_cache().allocator().peak_in_use() <= most, "{} > {most}", s.kv_cache().allocator().peak_in_use());
+}
+
+#[test]
+fn fork_diverge_and_free_leave_the_pool_as_it_was() {
+    let p = prompt("Write one sentence about rain.");
+    let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+    let mut s = session(8, params, 20, p.len());
+    let total = s.kv_cache().allocator().num_blocks();
+    let root = s.prefill(&p).unwrap();
+    let kids = s.fork(root, 8).unwrap();
+    run_to_end(&mut s, &kids);
+    let grandkids = s.fork(kids[3], 2).unwrap();
+    for k in kids.iter().chain(&grandkids).chain([&root]) {
+        s.free(*k);
+    }
+    assert_eq!(s.kv_cache().allocator().num_free(), total);
+    assert_eq!(s.kv_cache().num_sequences(), 0);
+}
+
+#[test]
+fn pruning_leaves_the_survivor_as_if_it_had_been_alone() {
+    let p = prompt("Describe a forest in a few words.");
+    let params = SamplingParams { temperature: 0.9, top_k: 0, top_p: 1.0, min_p: 0.0 };
+    // With company: four samples for 6 steps, then the others are pruned.
+    let mut a = session(4, params.clone(), 20, p.len());
+    let root = a.prefill(&p).unwrap();
+    let kids = a.fork(root, 4).unwrap();
+    for _ in 0..6 {
+        a.step(&kids).unwrap();
+    }
+    for &k in kids.iter().filter(|&&k| k != kids[2]) {
+        a.free(k);
+    }
+    run_to_end(&mut a, &[kids[2]]);
+    // Alone: the same sequence id (so the same random stream), never batched with others.
+    let mut b = session(4, params, 20, p.len());
+    let root_b = b.prefill(&p).unwrap();
+    let kids_b = b.fork(root_b, 4).unwrap();
+    for &k in kids_b.iter().filter(|&&k| k != kids_b[2]) {
+        b.free(k);
+    }
+    run_to_end(&mut b, &[kids_b[2]]);
+    assert_eq!(kids[2], kids_b[2]);
+    assert_eq!(a.generated(kids[2]).unwrap(), b.generated(kids_b[2]).unwrap());
+}
+
+/// Logits of `tokens` appended to a fresh sequence holding `prefix`, run alone.
+fn alone_logits(prefix: &[u32], tokens: &[u32]) -> Vec<f32> {
+    let e = engine();
+    let mut cache = KvCache::new(e.config(), 64, 16, e.model.device()).unwrap();
+    let seq = cache.new_sequence();
+    let mut last = Vec::new();
+    for part in [prefix, tokens] {
+        let start = cache.len(seq);
+        cache.reserve(seq, part.len()).unwrap();
+        let slots = cache.slots(seq, 0..start + part.len()).unwrap();
+        let out = e.model.forward_batch(&[BatchEntry { tokens: part, slots: &slots, want_output: true }], &cache).unwrap();
+        cache.commit(seq, part.len()).unwrap();
+        last = out.logits.unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+    }
+    last
+}
+
+#[test]
+fn a_ragged_batch_gives_the_logits_of_each_sequence_alone() {
+    let e = engine();
+    let a = prompt("Hi!");
+    let b = prompt("Please explain in detail how a bicycle works.");
+    let (a_prefix, a_new) = a.split_at(a.len() - 3); // three new tokens for A
+    let (b_prefix, b_new) = b.split_at(b.len() - 1); // one new token for B
+    let mut cache = KvCache::new(e.config(), 64, 16, e.model.device()).unwrap();
+    let (sa, sb) = (cache.new_sequence(), cache.new_sequence());
+    for (seq, prefix) in [(sa, a_prefix), (sb, b_prefix)] {
+        cache.reserve(seq, prefix.len()).unwrap();
+        let slots = cache.slots(seq, 0..prefix.len()).unwrap();
+        e.model.forward_batch(&[BatchEntry { tokens: prefix, slots: &slots, want_output: false }], &cache).unwrap();
+        cache.commit(seq, prefix.len()).unwrap();
+    }
+    cache.reserve(sa, a_new.len()).unwrap();
+    cache.reserve(sb, b_new.len()).unwrap();
+    let slots_a = cache.slots(sa, 0..a.len()).unwrap();
+    let slots_b = cache.slots(sb, 0..b.len()).unwrap();
+    let out = e
+        .model
+        .forward_batch(
+            &[
+                BatchEntry { tokens: a_new, slots: &slots_a, want_output: true },
+                BatchEntry { tokens: b_new, slots: &slots_b, want_output: true },
+            ],
+            &cache,
+        )
+        .unwrap();
+    let rows = out.logits.unwrap().to_vec2::<f32>().unwrap();
+    for (row, alone) in rows.iter().zip([alone_logits(a_prefix, a_new), alone_logits(b_prefix, b_new)]) {
+        let diff = row.iter().zip(&alone).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-3, "batched and alone differ by {diff}");
+    }
+}
+
+#[test]
+fn a_request_over_the_kv_budget_is_refused_before_it_runs() {
+    let e = engine();
+    let p = prompt("Hello");
+    let per_token = e.config().kv_bytes_per_token();
+    let opts = SessionOptions {
+        params: SamplingParams::greedy(),
+        seed: 0,
+        max_tokens: 512,
+        stop: vec![],
+        ignore_eos: false,
+        kv_blocks: 0,
+    };
+    // 64 samples of 512 tokens need ~64 * 512 * 184 KiB: far more than a 100 MiB budget.
+    let mut small = ttc_e2e::load_default_engine();
+    small.set_kv_budget(100 << 20);
+    let err = small.session(p.len(), 64, opts.clone()).err().unwrap();
+    assert!(matches!(err, EngineError::OverKvBudget { .. }), "{err}");
+    let width = small.max_width_for(p.len(), 512);
+    assert!(width >= 1 && width < 64, "{width}");
+    assert!(small.session(p.len(), width, opts).is_ok(), "the narrower width fits");
+    assert!(per_token > 0);
+}
