@@ -18,12 +18,12 @@ G=${4:-128}
 cargo build -q --release -p ttc-cli
 TTC=target/release/ttc-run
 
-ttc_json=$("$TTC" bench --model "$MODEL" --threads "$THREADS" --prompt-len "$P" --gen-len "$G" --reps 3 --json)
+ttc_json=$("$TTC" bench --model "$MODEL" --threads "$THREADS" --widths 1 --prompt-len "$P" --gen-len "$G" --reps 3 --json)
 llama_json=$("$LLAMA_CPP_BIN/llama-bench" -m "$MODEL" -t "$THREADS" -p "$P" -n "$G" -r 3 -o json 2>/dev/null)
 
 python3 - "$ttc_json" "$llama_json" "$P" "$G" "$THREADS" "$MODEL" <<'PY'
 import json, sys
-ttc, llama, P, G, T, model = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+ttc, llama, P, G, T, model = json.loads(sys.argv[1])[0], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 pp = next(r["avg_ts"] for r in llama if r["n_prompt"] > 0 and r["n_gen"] == 0)
 tg = next(r["avg_ts"] for r in llama if r["n_gen"] > 0 and r["n_prompt"] == 0)
 print(f"model: {model}  threads: {T}")

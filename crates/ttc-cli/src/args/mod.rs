@@ -34,7 +34,7 @@ pub enum Command {
     Models,
     /// Download a model into the cache (hub, else its offline fallback) and print its path.
     Fetch(FetchArgs),
-    /// Measure prefill and decode speed on this machine (like llama-bench -p P -n G).
+    /// Measure prefill and batched decode speed and KV memory on this machine.
     Bench(BenchArgs),
 }
 
@@ -49,6 +49,30 @@ pub struct ModelArgs {
     /// CPU threads (default: all available cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    /// KV-cache budget per request, e.g. 512MiB or 2GiB (default: half the available RAM).
+    /// A request that cannot fit is refused before it starts.
+    #[arg(long, value_parser = parse_bytes)]
+    pub kv_memory: Option<usize>,
+}
+
+/// "1024", "512KiB", "512MiB", "2GiB", "1.5GB" -> bytes.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 2GiB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
+    };
+    let bytes = value * scale;
+    if !(bytes >= 1.0) {
+        return Err(format!("'{s}' is not a positive size"));
+    }
+    Ok(bytes as usize)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -123,16 +147,35 @@ pub struct FetchArgs {
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Prompt tokens to prefill (random ids, as llama-bench uses).
+    /// Sequences decoded together from one shared prompt, e.g. 1,4,16.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub widths: Vec<usize>,
+    /// Prompt tokens to prefill once (random ids, as llama-bench uses).
     #[arg(long, default_value_t = 128)]
     pub prompt_len: usize,
-    /// Tokens to decode after the prompt (EOS ignored).
+    /// Tokens each sequence decodes after the prompt (EOS ignored).
     #[arg(long, default_value_t = 128)]
     pub gen_len: usize,
-    /// Repetitions; the mean and standard deviation are reported.
-    #[arg(long, short = 'r', default_value_t = 3)]
+    /// Repetitions per width; the mean is reported.
+    #[arg(long, short = 'r', default_value_t = 1)]
     pub reps: usize,
-    /// Print one JSON object instead of a table.
+    /// Print a JSON array, one object per width, instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1.5k"), Ok(1536));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("MiB").is_err());
+    }
 }

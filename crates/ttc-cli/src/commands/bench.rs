@@ -1,83 +1,101 @@
-//! `ttc-run bench`: prefill and decode throughput of one sequence on this machine, measured the
-//! way `llama-bench -p P -n G` measures them (random prompt ids, fixed generation length), so
-//! the two can be run side by side (benches/bench-vs-llama-cpp.sh).
+//! `ttc-run bench`: for each width, one prompt of random ids is prefilled once, forked into
+//! `width` sequences, and each samples `gen_len` tokens (temperature 0.8, EOS ignored), the
+//! way llama-batched-bench measures with a shared prompt (`-pps`). Width 1 is llama-bench's
+//! `-p P -n G` measurement, so benches/bench-vs-llama-cpp.sh can run both side by side.
 
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use ttc_engine::sampler::SamplingParams;
-use ttc_engine::GenerateRequest;
+use ttc_engine::{SeqId, SessionOptions};
 
 use crate::args::BenchArgs;
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct BenchRow {
-    model: String,
-    threads: usize,
+    width: usize,
     prompt_len: usize,
     gen_len: usize,
-    reps: usize,
+    prefill_s: f64,
     prefill_tok_s: f64,
-    prefill_tok_s_std: f64,
+    decode_s: f64,
+    /// Generated tokens per second, all sequences together.
     decode_tok_s: f64,
-    decode_tok_s_std: f64,
-}
-
-fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n.max(1.0);
-    (mean, var.sqrt())
+    kv_bytes_peak: usize,
+    kv_bytes_per_token: usize,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     anyhow::ensure!(args.prompt_len > 0 && args.gen_len > 0 && args.reps > 0, "--prompt-len, --gen-len and --reps must be positive");
+    anyhow::ensure!(!args.widths.is_empty() && args.widths.iter().all(|&w| w > 0), "--widths must be positive");
     let engine = super::load_engine(&args.model)?;
     let vocab = engine.tokenizer.vocab_size() as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let req = GenerateRequest {
-        params: SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0, min_p: 0.0 },
-        seed: 1,
-        max_tokens: args.gen_len,
-        stop: Vec::new(),
-        ignore_eos: true,
-    };
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
-    // One untimed warm-up run pages the weights in.
-    for rep in 0..=args.reps {
-        let prompt: Vec<u32> = std::iter::repeat_with(|| rng.random_range(0..vocab))
-            .filter(|&t| !engine.tokenizer.is_special(t))
-            .take(args.prompt_len)
-            .collect();
-        let g = engine.generate(&prompt, &req, |_| {})?;
-        if rep > 0 {
-            pp.push(prompt.len() as f64 / g.prefill_s);
-            tg.push(g.tokens.len() as f64 / g.decode_s);
+    let prompt: Vec<u32> = std::iter::repeat_with(|| rng.random_range(0..vocab))
+        .filter(|&t| !engine.tokenizer.is_special(t))
+        .take(args.prompt_len)
+        .collect();
+    let params = SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0, min_p: 0.0 };
+    let mut rows = Vec::new();
+    // An untimed warm-up run pages the weights in.
+    for (i, &width) in std::iter::once(&1).chain(&args.widths).enumerate() {
+        let mut sum: Option<BenchRow> = None;
+        let reps = if i == 0 { 1 } else { args.reps };
+        for _ in 0..reps {
+            let opts = SessionOptions { params: params.clone(), seed: 1, max_tokens: args.gen_len, stop: vec![], ignore_eos: true, kv_blocks: 0 };
+            let mut session = engine.session(prompt.len(), width, opts)?;
+            let root = session.prefill(&prompt)?;
+            let seqs: Vec<SeqId> = if width == 1 { vec![root] } else { session.fork(root, width)? };
+            if width > 1 {
+                session.free(root);
+            }
+            while seqs.iter().any(|&s| !session.is_finished(s)) {
+                session.step(&seqs)?;
+            }
+            let c = session.counters();
+            let row = BenchRow {
+                width,
+                prompt_len: prompt.len(),
+                gen_len: args.gen_len,
+                prefill_s: c.prefill_s,
+                prefill_tok_s: c.prefill_tokens as f64 / c.prefill_s,
+                decode_s: c.decode_s,
+                decode_tok_s: c.decode_tokens as f64 / c.decode_s,
+                kv_bytes_peak: session.kv_cache().bytes_peak(),
+                kv_bytes_per_token: session.kv_cache().bytes_per_token(),
+            };
+            sum = Some(match sum {
+                None => row,
+                Some(s) => BenchRow {
+                    prefill_s: s.prefill_s + row.prefill_s,
+                    prefill_tok_s: s.prefill_tok_s + row.prefill_tok_s,
+                    decode_s: s.decode_s + row.decode_s,
+                    decode_tok_s: s.decode_tok_s + row.decode_tok_s,
+                    ..s
+                },
+            });
         }
+        if i == 0 {
+            continue;
+        }
+        let s = sum.expect("reps > 0");
+        let r = reps as f64;
+        let row = BenchRow { prefill_s: s.prefill_s / r, prefill_tok_s: s.prefill_tok_s / r, decode_s: s.decode_s / r, decode_tok_s: s.decode_tok_s / r, ..s };
+        if !args.json {
+            if rows.is_empty() {
+                println!("model: {}  threads: {}", engine.name, super::threads_in_use());
+                println!("|  width |      P |      G | prefill_s |  pp t/s | decode_s |  tg t/s (all) | kv_bytes_peak | kv_bytes/token |");
+                println!("| -----: | -----: | -----: | --------: | ------: | -------: | ------------: | ------------: | -------------: |");
+            }
+            println!(
+                "| {:>6} | {:>6} | {:>6} | {:>9.3} | {:>7.1} | {:>8.3} | {:>13.1} | {:>13} | {:>14} |",
+                row.width, row.prompt_len, row.gen_len, row.prefill_s, row.prefill_tok_s, row.decode_s, row.decode_tok_s, row.kv_bytes_peak, row.kv_bytes_per_token
+            );
+        }
+        rows.push(row);
     }
-    let (pp_mean, pp_std) = mean_std(&pp);
-    let (tg_mean, tg_std) = mean_std(&tg);
-    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    });
-    let row = BenchRow {
-        model: engine.name.clone(),
-        threads,
-        prompt_len: args.prompt_len,
-        gen_len: args.gen_len,
-        reps: args.reps,
-        prefill_tok_s: pp_mean,
-        prefill_tok_s_std: pp_std,
-        decode_tok_s: tg_mean,
-        decode_tok_s_std: tg_std,
-    };
     if args.json {
-        println!("{}", serde_json::to_string(&row)?);
-    } else {
-        println!("| model | threads | test | t/s |");
-        println!("| --- | ---: | ---: | ---: |");
-        println!("| {} | {} | pp{} | {:.2} ± {:.2} |", row.model, threads, args.prompt_len, pp_mean, pp_std);
-        println!("| {} | {} | tg{} | {:.2} ± {:.2} |", row.model, threads, args.gen_len, tg_mean, tg_std);
+        println!("{}", serde_json::to_string(&rows)?);
     }
     Ok(())
 }

@@ -20,5 +20,17 @@ pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
         std::env::set_var("RAYON_NUM_THREADS", k.to_string());
     }
     let opts = LoadOptions { device: args.device, show_progress: true };
-    Ok(Engine::load(&args.model, &opts)?)
+    let mut engine = Engine::load(&args.model, &opts)?;
+    if let Some(bytes) = args.kv_memory {
+        engine.set_kv_budget(bytes);
+    }
+    Ok(engine)
+}
+
+/// The CPU threads candle uses (it reads RAYON_NUM_THREADS, else all cores).
+pub fn threads_in_use() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
