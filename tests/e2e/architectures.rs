@@ -181,3 +181,44 @@ fn context_length_comes_from_the_metadata_uncapped() {
     assert_eq!(config.context_length, 131_072);
     assert_eq!((config.n_heads, config.n_kv_heads, config.head_dim), (HEADS, KV_HEADS, HEAD_DIM));
 }
+
+/// Cascade attention (a shared prefix read once per group) equals plain attention for forked
+/// sequences whose suffixes differ in length. On this f32 model nothing rounds activations to
+/// 8 bits, so the two agree to float precision (on a Q4 model, where activations are quantized
+/// per block, a 1e-7 difference can flip one 8-bit step and grow through the layers).
+#[test]
+fn cascade_attention_equals_plain_attention() {
+    for spec in [LLAMA, QWEN2] {
+        let mut model = load(&spec, &format!("cascade-{}", spec.arch));
+        let mut cache = KvCache::new(model.config(), 32, 4, &Device::Cpu).unwrap();
+        let root = cache.new_sequence();
+        let prompt: Vec<u32> = (0..42).map(|i| (i * 7 % VOCAB) as u32).collect();
+        run(&model, &mut cache, root, &prompt);
+        let kids: Vec<SeqId> = (0..3).map(|_| cache.fork(root).unwrap()).collect();
+        for (i, &k) in kids.iter().enumerate() {
+            let extra: Vec<u32> = (0..=2 * i as u32).map(|j| 5 + j).collect(); // 1, 3 and 5 tokens
+            run(&model, &mut cache, k, &extra);
+        }
+        let step = |model: &Model, cache: &mut KvCache| -> Vec<Vec<f32>> {
+            let slots: Vec<Vec<u32>> = kids
+                .iter()
+                .map(|&k| {
+                    cache.reserve(k, 1).unwrap();
+                    cache.slots(k, 0..cache.len(k) + 1).unwrap()
+                })
+                .collect();
+            let toks = [[11u32], [12], [13]];
+            let entries: Vec<BatchEntry> =
+                toks.iter().zip(&slots).map(|(t, s)| BatchEntry { tokens: t, slots: s, want_output: true }).collect();
+            model.forward_batch(&entries, cache).unwrap().logits.unwrap().to_vec2::<f32>().unwrap()
+        };
+        // Nothing is committed, so both passes write and read the same slots.
+        let cascade = step(&model, &mut cache);
+        model.set_cascade(false);
+        let plain = step(&model, &mut cache);
+        for (c, p) in cascade.iter().zip(&plain) {
+            assert!(max_diff(c, p) < 1e-4, "{}: cascade and plain differ by {}", spec.arch, max_diff(c, p));
+        }
+        assert!(max_diff(&cascade[0], &cascade[1]) > 1e-3, "members with different suffixes differ");
+    }
+}

@@ -74,6 +74,10 @@ impl Sampler {
 
     fn sample_filtered(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // No filter needs the candidates in order: sample the whole distribution.
+            return self.draw(&logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect::<Vec<_>>());
+        }
         let mut cands: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         // Sorted by logit, descending; ties by id so that the order never depends on the sort.
         let k = if p.top_k > 0 { p.top_k.min(cands.len()) } else { cands.len() };
@@ -100,7 +104,12 @@ impl Sampler {
             keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
         }
         cands.truncate(keep);
-        let probs = softmax(&cands.iter().map(|c| c.1).collect::<Vec<_>>(), p.temperature);
+        self.draw(&cands)
+    }
+
+    /// Draws one of `cands` (id, logit) with probability softmax(logit / temperature).
+    fn draw(&mut self, cands: &[(u32, f32)]) -> u32 {
+        let probs = softmax(&cands.iter().map(|c| c.1).collect::<Vec<_>>(), self.params.temperature);
         let r: f32 = self.rng.random();
         let mut cum = 0.0;
         for (c, q) in cands.iter().zip(&probs) {

@@ -156,6 +156,9 @@ pub struct BenchArgs {
     /// Tokens each sequence decodes after the prompt (EOS ignored).
     #[arg(long, default_value_t = 128)]
     pub gen_len: usize,
+    /// Attend to the shared prompt per sequence instead of once per group (for comparison).
+    #[arg(long)]
+    pub no_cascade: bool,
     /// Repetitions per width; the mean is reported.
     #[arg(long, short = 'r', default_value_t = 1)]
     pub reps: usize,

@@ -28,7 +28,8 @@ struct BenchRow {
 pub fn run(args: &BenchArgs) -> Result<()> {
     anyhow::ensure!(args.prompt_len > 0 && args.gen_len > 0 && args.reps > 0, "--prompt-len, --gen-len and --reps must be positive");
     anyhow::ensure!(!args.widths.is_empty() && args.widths.iter().all(|&w| w > 0), "--widths must be positive");
-    let engine = super::load_engine(&args.model)?;
+    let mut engine = super::load_engine(&args.model)?;
+    engine.model.set_cascade(!args.no_cascade);
     let vocab = engine.tokenizer.vocab_size() as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let prompt: Vec<u32> = std::iter::repeat_with(|| rng.random_range(0..vocab))
