@@ -19,7 +19,7 @@ fn session(width: usize, params: SamplingParams, max_tokens: usize, prompt_len: 
 
 fn run_to_end(s: &mut Session, seqs: &[SeqId]) {
     loop {
-        let live: Vec<SeqId> = seqs.iter().copied().filter(|&q| !s.is_finished(q)).collect();
+        let live = s.live(seqs);
         if live.is_empty() {
             break;
         }

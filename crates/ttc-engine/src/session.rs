@@ -273,6 +273,11 @@ impl<'e> Session<'e> {
         self.seqs.get(&seq).ok_or_else(|| unknown(seq))
     }
 
+    /// Those of `seqs` that have not finished, in order.
+    pub fn live(&self, seqs: &[SeqId]) -> Vec<SeqId> {
+        seqs.iter().copied().filter(|&q| !self.is_finished(q)).collect()
+    }
+
     pub fn is_finished(&self, seq: SeqId) -> bool {
         self.seqs.get(&seq).is_none_or(|s| s.finished.is_some())
     }

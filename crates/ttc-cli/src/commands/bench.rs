@@ -50,8 +50,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             if width > 1 {
                 session.free(root);
             }
-            while seqs.iter().any(|&s| !session.is_finished(s)) {
-                session.step(&seqs)?;
+            loop {
+                let live = session.live(&seqs);
+                if live.is_empty() {
+                    break;
+                }
+                session.step(&live)?;
             }
             let c = session.counters();
             let row = BenchRow {
