@@ -210,3 +210,26 @@ fn kv_memory_budget_is_enforced_with_a_clear_error() {
     let ok = ttc(&["--model", &model(), "--kv-memory", "64MiB", "--temperature", "0", "--json", PROMPT]);
     assert!(ok.status.success(), "{}", stderr(&ok));
 }
+
+#[test]
+fn method_json_reports_candidates_answer_steps_and_timing() {
+    let o = ttc(&["--model", &model(), "--method", "majority", "--n", "3", "--max-tokens", "24", "--seed", "5", "--json", "What is 3 + 4?"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    for key in ["text", "model", "prompt_tokens", "tokens_generated", "latency_s", "method", "n", "beam_width", "answer", "candidates", "steps", "timing"] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(v["method"], "majority");
+    assert_eq!(v["n"], 3);
+    let cands = v["candidates"].as_array().unwrap();
+    assert_eq!(cands.len(), 3);
+    assert!(cands.iter().all(|c| c.get("text").is_some() && c.get("answer").is_some() && c["score"].is_number()));
+    let sum: u64 = cands.iter().map(|c| c["tokens"].as_u64().unwrap()).sum();
+    assert_eq!(v["tokens_generated"].as_u64().unwrap(), sum);
+    for t in ["prefill_s", "decode_s", "scoring_s", "total_s"] {
+        assert!(v["timing"][t].is_number(), "timing.{t}");
+    }
+    assert_clean_failure(&ttc(&["--model", &model(), "--method", "beam", "--n", "3", "--beam-width", "2", "hi"]), "multiple of --beam-width");
+    assert_clean_failure(&ttc(&["--method", "vibes", "hi"]), "unknown method 'vibes'");
+    assert_clean_failure(&ttc(&["--scorer", "prm:/x", "hi"]), "not supported yet");
+}

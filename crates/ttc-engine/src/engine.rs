@@ -51,6 +51,9 @@ pub enum StopReason {
     MaxTokens,
     StopString,
     ContextFull,
+    /// The sequence's step stop (e.g. a beam step's "\n\n") was generated: the step is over,
+    /// the text is kept whole, and the sequence can be resumed.
+    StepEnd,
 }
 
 #[derive(Debug, Clone)]

@@ -50,6 +50,9 @@ pub struct Sampled {
     pub token: u32,
     /// log p(token) under the model's own distribution (temperature 1, no filters).
     pub logprob: f32,
+    /// Self-certainty of the distribution the token was drawn from: KL(uniform || p), the
+    /// divergence from uniform (Kang et al., "Scalable Best-of-N Selection via Self-Certainty").
+    pub self_certainty: f32,
 }
 
 #[derive(Debug, Clone)]
@@ -69,7 +72,8 @@ impl Sampler {
 
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
         let token = if self.params.temperature <= 0.0 { argmax(logits) } else { self.sample_filtered(logits) };
-        Sampled { token, logprob: log_softmax_at(logits, token as usize) }
+        let lse = log_sum_exp(logits);
+        Sampled { token, logprob: logits[token as usize] - lse, self_certainty: self_certainty(logits, lse) }
     }
 
     fn sample_filtered(&mut self, logits: &[f32]) -> u32 {
@@ -139,10 +143,21 @@ fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-pub fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
+pub fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
-    logits[index] - lse
+    logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max
+}
+
+pub fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
+    logits[index] - log_sum_exp(logits)
+}
+
+/// KL(U || p) = -log V - mean_i log p_i, for p = softmax(logits) with log-sum-exp `lse`:
+/// 0 for a uniform distribution, larger the more peaked it is.
+pub fn self_certainty(logits: &[f32], lse: f32) -> f32 {
+    let v = logits.len() as f32;
+    let mean_logit = logits.iter().map(|&l| l as f64).sum::<f64>() as f32 / v;
+    lse - mean_logit - v.ln()
 }
 
 #[cfg(test)]
@@ -156,6 +171,20 @@ mod tests {
         assert_eq!(out.token, 1);
         let expected = 2.0 - (1.0f32 + 2.0f32.exp() + 1.0f32.exp()).ln();
         assert!((out.logprob - expected).abs() < 1e-5);
+    }
+
+    #[test]
+    fn self_certainty_is_zero_for_uniform_and_grows_with_peakedness() {
+        let flat = [1.0f32; 8];
+        assert!(self_certainty(&flat, log_sum_exp(&flat)).abs() < 1e-6);
+        let peaked = [5.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let sharper = [9.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let (a, b) = (self_certainty(&peaked, log_sum_exp(&peaked)), self_certainty(&sharper, log_sum_exp(&sharper)));
+        assert!(a > 0.5 && b > a, "{a} {b}");
+        // Direct definition: sum_i (1/V) log((1/V) / p_i).
+        let p: Vec<f32> = peaked.iter().map(|&l| (l - log_sum_exp(&peaked)).exp()).collect();
+        let kl: f32 = p.iter().map(|&pi| (1.0 / 8.0) * ((1.0 / 8.0) / pi).ln()).sum();
+        assert!((kl - a).abs() < 1e-4, "{kl} {a}");
     }
 
     #[test]

@@ -59,6 +59,11 @@ struct SeqState {
     prompt_len: usize,
     generated: Vec<u32>,
     logprobs: Vec<f32>,
+    self_certainties: Vec<f32>,
+    /// Ends a step without ending the sequence (a beam step's "\n\n").
+    step_stop: Option<String>,
+    /// Byte offset in `text` where the current step began.
+    step_start: usize,
     /// Logits of the next token, once computed.
     logits: Option<Vec<f32>>,
     /// Final hidden state at the prompt's last token.
@@ -130,6 +135,9 @@ impl<'e> Session<'e> {
             prompt_len: prompt.len(),
             generated: Vec::new(),
             logprobs: Vec::new(),
+            self_certainties: Vec::new(),
+            step_stop: None,
+            step_start: 0,
             logits: Some(logits),
             prompt_hidden: out.hidden.map(|h| h.squeeze(0)).transpose()?,
             sampler: self.sampler_for(seq),
@@ -195,6 +203,7 @@ impl<'e> Session<'e> {
             }
             st.generated.push(s.token);
             st.logprobs.push(s.logprob);
+            st.self_certainties.push(s.self_certainty);
             st.text.push_str(&st.decoder.push(tokenizer, s.token));
             let mut piece = String::new();
             if let Some(pos) = stops.iter().filter_map(|x| st.text.find(x.as_str())).min() {
@@ -209,8 +218,10 @@ impl<'e> Session<'e> {
                     st.finished = Some(StopReason::MaxTokens);
                 } else if kv_len + 1 >= ctx {
                     st.finished = Some(StopReason::ContextFull);
+                } else if st.step_stop.as_deref().is_some_and(|x| st.text[st.step_start..].contains(x)) {
+                    st.finished = Some(StopReason::StepEnd);
                 }
-                if st.finished.is_some() {
+                if st.finished.is_some_and(|r| r != StopReason::StepEnd) {
                     let rest = st.decoder.finish();
                     st.text.push_str(&rest);
                 }
@@ -220,7 +231,8 @@ impl<'e> Session<'e> {
                     st.emitted = safe;
                 }
             }
-            if st.finished.is_none() {
+            // A step end still needs the forward pass: the sequence will be resumed.
+            if st.finished.is_none() || st.finished == Some(StopReason::StepEnd) {
                 go_on.push((seq, s.token));
             }
             events.push(StepEvent { seq, token: Some(s.token), piece, finished: st.finished });
@@ -265,12 +277,37 @@ impl<'e> Session<'e> {
             if st.generated.last() == Some(&token) {
                 st.generated.pop();
                 st.logprobs.pop();
+                st.self_certainties.pop();
             }
         }
     }
 
     fn state(&self, seq: SeqId) -> Result<&SeqState> {
         self.seqs.get(&seq).ok_or_else(|| unknown(seq))
+    }
+
+    /// Makes `stop` end each step of `seq` (None: steps end only with the sequence). The
+    /// current step starts now.
+    pub fn set_step_stop(&mut self, seq: SeqId, stop: Option<String>) -> Result<()> {
+        let st = self.seqs.get_mut(&seq).ok_or_else(|| unknown(seq))?;
+        st.step_stop = stop.filter(|s| !s.is_empty());
+        st.step_start = st.text.len();
+        Ok(())
+    }
+
+    /// Starts the next step of a sequence whose last step ended at its step stop.
+    pub fn resume(&mut self, seq: SeqId) -> Result<()> {
+        let st = self.seqs.get_mut(&seq).ok_or_else(|| unknown(seq))?;
+        if st.finished == Some(StopReason::StepEnd) {
+            st.finished = None;
+        }
+        st.step_start = st.text.len();
+        Ok(())
+    }
+
+    /// Per generated token, KL(uniform || next-token distribution).
+    pub fn self_certainties(&self, seq: SeqId) -> Result<&[f32]> {
+        Ok(&self.state(seq)?.self_certainties)
     }
 
     /// Those of `seqs` that have not finished, in order.

@@ -122,8 +122,37 @@ pub struct RunArgs {
     /// instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub method: MethodArgs,
     /// The prompt.
     pub prompt: Option<String>,
+}
+
+/// Test-time scaling: how much compute to spend on the answer.
+#[derive(Args, Debug, Clone)]
+pub struct MethodArgs {
+    /// greedy, best-of-n, majority, weighted, beam or dvts. Without it: one plain completion,
+    /// streamed.
+    #[arg(long)]
+    pub method: Option<ttc_methods::Method>,
+    /// Samples (best-of-n, majority, weighted) or beams (beam, dvts).
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    /// Branching factor m of beam search and DVTS (n must be a multiple of it).
+    #[arg(long, default_value_t = 2)]
+    pub beam_width: usize,
+    /// Beam iterations (steps that end at a blank line); the last runs to the end.
+    #[arg(long, default_value_t = 40)]
+    pub max_iters: usize,
+    /// How candidates are scored: logprob (mean token log-probability) or self-certainty.
+    #[arg(long, default_value = "logprob")]
+    pub scorer: ttc_methods::Scorer,
+    /// Instruction appended to the prompt with --method, so the answer can be extracted.
+    #[arg(long, default_value = ttc_methods::answer::DEFAULT_INSTRUCTION)]
+    pub instruction: String,
+    /// Do not append the instruction.
+    #[arg(long)]
+    pub no_instruction: bool,
 }
 
 #[derive(Args, Debug, Clone)]

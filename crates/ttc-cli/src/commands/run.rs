@@ -1,4 +1,5 @@
-//! `ttc-run [run] "PROMPT"`: answer one prompt, streaming, or as one JSON object.
+//! `ttc-run [run] "PROMPT"`: answer one prompt, streaming, or as one JSON object; with
+//! `--method`, through a test-time scaling method.
 
 use std::io::Write;
 use std::time::Instant;
@@ -7,7 +8,8 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use ttc_engine::chat_template::Message;
 use ttc_engine::sampler::SamplingParams;
-use ttc_engine::{GenerateRequest, StopReason};
+use ttc_engine::{Engine, GenerateRequest, StopReason};
+use ttc_methods::{Method, MethodConfig, MethodResult, Timing};
 
 use crate::args::RunArgs;
 
@@ -26,36 +28,73 @@ struct RunOutput<'a> {
     seed: u64,
 }
 
+#[derive(Serialize)]
+struct CandidateOutput<'a> {
+    text: &'a str,
+    answer: Option<&'a str>,
+    score: f32,
+    tokens: usize,
+}
+
+#[derive(Serialize)]
+struct MethodOutput<'a> {
+    text: &'a str,
+    model: &'a str,
+    prompt_tokens: usize,
+    tokens_generated: usize,
+    latency_s: f64,
+    method: Method,
+    n: usize,
+    beam_width: usize,
+    scorer: &'static str,
+    answer: Option<&'a str>,
+    candidates: Vec<CandidateOutput<'a>>,
+    steps: usize,
+    timing: &'a Timing,
+    seed: u64,
+}
+
 pub fn run(args: &RunArgs) -> Result<()> {
     let Some(prompt) = args.prompt.as_deref() else {
         bail!("no prompt given: ttc-run \"PROMPT\" (see ttc-run --help)");
     };
-    let started = Instant::now();
     let mut engine = super::load_engine(&args.model)?;
     if let Some(ctx) = args.context {
         engine.set_context_limit(ctx)?;
     }
+    let user = match (&args.method.method, args.method.no_instruction) {
+        (Some(_), false) => format!("{prompt}\n{}", args.method.instruction),
+        _ => prompt.to_string(),
+    };
     let ids = if args.raw {
-        engine.tokenizer.encode_prompt(prompt)?
+        engine.tokenizer.encode_prompt(&user)?
     } else {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(Message::new("system", system.clone()));
         }
-        messages.push(Message::new("user", prompt));
+        messages.push(Message::new("user", user));
         engine.encode_chat(&messages)?
     };
     let s = &args.sampling;
+    let params = SamplingParams { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p };
+    match args.method.method {
+        Some(method) => run_method(args, &engine, &ids, method, params),
+        None => run_plain(args, &engine, &ids, params),
+    }
+}
+
+fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParams) -> Result<()> {
     let req = GenerateRequest {
-        params: SamplingParams { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p },
-        seed: s.seed,
+        params,
+        seed: args.sampling.seed,
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
     };
     let t0 = Instant::now();
     let mut stdout = std::io::stdout().lock();
-    let generation = engine.generate(&ids, &req, |piece| {
+    let generation = engine.generate(ids, &req, |piece| {
         if !args.json {
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
@@ -75,12 +114,63 @@ pub fn run(args: &RunArgs) -> Result<()> {
             prefill_tok_s: generation.prompt_tokens as f64 / generation.prefill_s.max(1e-9),
             decode_tok_s: n as f64 / generation.decode_s.max(1e-9),
             stop_reason: generation.stop_reason,
-            seed: s.seed,
+            seed: args.sampling.seed,
         };
         writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
     } else {
         writeln!(stdout)?;
     }
-    tracing::debug!(load_and_run_s = started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn run_method(args: &RunArgs, engine: &Engine, ids: &[u32], method: Method, params: SamplingParams) -> Result<()> {
+    let m = &args.method;
+    let cfg = MethodConfig {
+        method,
+        n: m.n,
+        beam_width: m.beam_width,
+        max_iters: m.max_iters,
+        scorer: m.scorer,
+        params,
+        seed: args.sampling.seed,
+        max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+    };
+    let r: MethodResult = ttc_methods::run(engine, ids, &cfg)?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let out = MethodOutput {
+            text: &r.text,
+            model: &engine.name,
+            prompt_tokens: r.prompt_tokens,
+            tokens_generated: r.generated_tokens,
+            latency_s: r.timing.total_s,
+            method: r.method,
+            n: r.n,
+            beam_width: r.beam_width,
+            scorer: r.scorer.name(),
+            answer: r.answer.as_deref(),
+            candidates: r
+                .candidates
+                .iter()
+                .map(|c| CandidateOutput { text: &c.text, answer: c.answer.as_deref(), score: c.score, tokens: c.tokens })
+                .collect(),
+            steps: r.steps,
+            timing: &r.timing,
+            seed: args.sampling.seed,
+        };
+        writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
+    } else {
+        writeln!(stdout, "{}", r.text)?;
+        eprintln!(
+            "ttc: {} n={} answer={} tokens={} steps={} {:.2}s",
+            r.method.name(),
+            r.n,
+            r.answer.as_deref().unwrap_or("-"),
+            r.generated_tokens,
+            r.steps,
+            r.timing.total_s
+        );
+    }
     Ok(())
 }

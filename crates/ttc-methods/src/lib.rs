@@ -1,0 +1,309 @@
+//! ttc-methods: test-time scaling written against the engine's sequence API only (prefill,
+//! fork, step, free): greedy, best-of-N, majority vote, weighted majority, beam search and DVTS
+//! (PAPER.md; beam search with search-and-learn's semantics). Every result says exactly what it
+//! spent: tokens (pruned beams included), sequential decode steps and wall-clock time.
+
+pub mod answer;
+pub mod scorer;
+pub mod vote;
+
+use std::time::Instant;
+
+use serde::Serialize;
+use ttc_engine::sampler::SamplingParams;
+use ttc_engine::{Engine, EngineError, SeqId, Session, SessionOptions, StopReason};
+
+pub use scorer::Scorer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    Greedy,
+    BestOfN,
+    Majority,
+    Weighted,
+    Beam,
+    Dvts,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "greedy" => Ok(Self::Greedy),
+            "best-of-n" | "bon" => Ok(Self::BestOfN),
+            "majority" | "self-consistency" => Ok(Self::Majority),
+            "weighted" => Ok(Self::Weighted),
+            "beam" => Ok(Self::Beam),
+            "dvts" => Ok(Self::Dvts),
+            other => Err(format!("unknown method '{other}' (greedy, best-of-n, majority, weighted, beam, dvts)")),
+        }
+    }
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Greedy => "greedy",
+            Self::BestOfN => "best-of-n",
+            Self::Majority => "majority",
+            Self::Weighted => "weighted",
+            Self::Beam => "beam",
+            Self::Dvts => "dvts",
+        }
+    }
+
+    /// Beam search and DVTS generate step by step.
+    pub fn is_search(self) -> bool {
+        matches!(self, Self::Beam | Self::Dvts)
+    }
+}
+
+/// Beam steps end at a blank line (search-and-learn).
+pub const STEP_STOP: &str = "\n\n";
+
+#[derive(Debug, Clone)]
+pub struct MethodConfig {
+    pub method: Method,
+    /// Samples (parallel methods) or beams (search).
+    pub n: usize,
+    /// Branching factor m of beam search / DVTS.
+    pub beam_width: usize,
+    /// Beam iterations; the last one runs to the end.
+    pub max_iters: usize,
+    pub scorer: Scorer,
+    /// Sampling of every method but greedy.
+    pub params: SamplingParams,
+    pub seed: u64,
+    /// Generated tokens per sequence at most.
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+}
+
+impl MethodConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n == 0 || self.max_tokens == 0 {
+            return Err("--n and --max-tokens must be at least 1".into());
+        }
+        if self.method.is_search() {
+            if self.beam_width == 0 || self.n % self.beam_width != 0 {
+                return Err(format!("--n ({}) must be a multiple of --beam-width ({})", self.n, self.beam_width));
+            }
+            if self.max_iters == 0 {
+                return Err("--max-iters must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub text: String,
+    pub answer: Option<String>,
+    pub score: f32,
+    /// Tokens of this candidate's text.
+    pub tokens: usize,
+    pub finish: StopReason,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timing {
+    pub prefill_s: f64,
+    pub decode_s: f64,
+    pub scoring_s: f64,
+    pub total_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodResult {
+    pub method: Method,
+    pub n: usize,
+    pub beam_width: usize,
+    pub scorer: Scorer,
+    /// The chosen candidate's text and answer.
+    pub text: String,
+    pub answer: Option<String>,
+    pub chosen: usize,
+    pub candidates: Vec<Candidate>,
+    pub prompt_tokens: usize,
+    /// Prompt tokens run through the model: the prompt once, whatever n is.
+    pub prefill_tokens: usize,
+    /// Every token generated, pruned beams included.
+    pub generated_tokens: usize,
+    /// Tokens a scorer model read (0 for the generator's own scores).
+    pub scorer_tokens: usize,
+    /// Sequential decode steps (batched forward passes after the prefill).
+    pub steps: usize,
+    pub forward_passes: usize,
+    pub timing: Timing,
+    /// The model's final hidden state at the prompt's last token (the allocator's feature).
+    #[serde(skip)]
+    pub prompt_hidden: Option<Vec<f32>>,
+}
+
+/// Runs `cfg` on `prompt` (token ids, template applied).
+pub fn run(engine: &Engine, prompt: &[u32], cfg: &MethodConfig) -> ttc_engine::Result<MethodResult> {
+    cfg.validate().map_err(EngineError::InvalidArgument)?;
+    let t0 = Instant::now();
+    let params = if cfg.method == Method::Greedy { SamplingParams::greedy() } else { cfg.params.clone() };
+    let width = match cfg.method {
+        Method::Greedy => 1,
+        m if m.is_search() => cfg.n + cfg.n / cfg.beam_width,
+        _ => cfg.n,
+    };
+    let opts = SessionOptions { params, seed: cfg.seed, max_tokens: cfg.max_tokens, stop: cfg.stop.clone(), ignore_eos: false, kv_blocks: 0 };
+    let mut session = engine.session(prompt.len(), width, opts)?;
+    let root = session.prefill(prompt)?;
+    let prompt_hidden = session.prompt_hidden(root)?.map(|h| h.to_vec1::<f32>()).transpose()?;
+    let mut run = Run { session, scorer: cfg.scorer, steps: 0, scoring_s: 0.0 };
+    let (candidates, chosen) = match cfg.method {
+        Method::Greedy => {
+            run.until_done(&[root])?;
+            (vec![run.candidate(root)?], 0)
+        }
+        Method::BestOfN | Method::Majority | Method::Weighted => {
+            let samples = run.session.fork(root, cfg.n)?;
+            run.session.free(root);
+            run.until_done(&samples)?;
+            let cands = samples.iter().map(|&s| run.candidate(s)).collect::<ttc_engine::Result<Vec<_>>>()?;
+            let ballots: Vec<vote::Ballot> = cands.iter().map(|c| vote::Ballot { answer: c.answer.as_deref(), score: c.score }).collect();
+            let chosen = match cfg.method {
+                Method::BestOfN => vote::best_of_n(&ballots),
+                Method::Majority => vote::majority(&ballots),
+                _ => vote::weighted(&ballots),
+            };
+            (cands, chosen.unwrap_or(0))
+        }
+        Method::Beam | Method::Dvts => run.search(root, cfg)?,
+    };
+    let c = run.session.counters().clone();
+    let chosen_c = candidates.get(chosen).cloned().ok_or_else(|| EngineError::InvalidArgument("no candidate was generated".into()))?;
+    Ok(MethodResult {
+        method: cfg.method,
+        n: if cfg.method == Method::Greedy { 1 } else { cfg.n },
+        beam_width: if cfg.method.is_search() { cfg.beam_width } else { 1 },
+        scorer: cfg.scorer,
+        text: chosen_c.text,
+        answer: chosen_c.answer,
+        chosen,
+        candidates,
+        prompt_tokens: prompt.len(),
+        prefill_tokens: c.prefill_tokens,
+        generated_tokens: c.decode_tokens,
+        scorer_tokens: 0,
+        steps: run.steps,
+        forward_passes: c.forward_passes,
+        timing: Timing { prefill_s: c.prefill_s, decode_s: c.decode_s, scoring_s: run.scoring_s, total_s: t0.elapsed().as_secs_f64() },
+        prompt_hidden,
+    })
+}
+
+/// A method's state while it runs.
+struct Run<'e> {
+    session: Session<'e>,
+    scorer: Scorer,
+    steps: usize,
+    scoring_s: f64,
+}
+
+impl Run<'_> {
+    /// Steps `seqs` (one batched pass each time) until every one has finished or ended a step.
+    fn until_done(&mut self, seqs: &[SeqId]) -> ttc_engine::Result<()> {
+        loop {
+            let live = self.session.live(seqs);
+            if live.is_empty() {
+                return Ok(());
+            }
+            self.session.step(&live)?;
+            self.steps += 1;
+        }
+    }
+
+    fn score(&mut self, seq: SeqId) -> ttc_engine::Result<f32> {
+        let t = Instant::now();
+        let s = self.scorer.score(&self.session, seq);
+        self.scoring_s += t.elapsed().as_secs_f64();
+        s
+    }
+
+    fn candidate(&mut self, seq: SeqId) -> ttc_engine::Result<Candidate> {
+        let score = self.score(seq)?;
+        let text = self.session.text(seq)?.to_string();
+        Ok(Candidate {
+            answer: answer::extract(&text),
+            text,
+            score,
+            tokens: self.session.generated(seq)?.len(),
+            finish: self.session.finish_reason(seq).unwrap_or(StopReason::MaxTokens),
+        })
+    }
+
+    /// Beam search (global top n/m kept each iteration) and DVTS (n/m independent subtrees,
+    /// the best of each subtree's m children kept), expanding by steps that end at "\n\n".
+    fn search(&mut self, root: SeqId, cfg: &MethodConfig) -> ttc_engine::Result<(Vec<Candidate>, usize)> {
+        let m = cfg.beam_width;
+        let keep = cfg.n / m;
+        // (sequence, subtree): DVTS keeps one beam per subtree; beam search ignores subtrees.
+        let mut active: Vec<(SeqId, usize)> = self.session.fork(root, cfg.n)?.into_iter().enumerate().map(|(i, s)| (s, i / m)).collect();
+        self.session.free(root);
+        let mut completed: Vec<Candidate> = Vec::new();
+        for iter in 0..cfg.max_iters {
+            let last = iter + 1 == cfg.max_iters;
+            for &(s, _) in &active {
+                self.session.resume(s)?;
+                self.session.set_step_stop(s, (!last).then(|| STEP_STOP.to_string()))?;
+            }
+            let seqs: Vec<SeqId> = active.iter().map(|a| a.0).collect();
+            self.until_done(&seqs)?;
+            // Finished beams are kept as candidates; those that ended a step go on.
+            let mut going: Vec<(SeqId, usize, f32)> = Vec::new();
+            for &(s, tree) in &active {
+                if self.session.finish_reason(s) == Some(StopReason::StepEnd) {
+                    let dup = going.iter().any(|g| self.session.text(g.0).ok() == self.session.text(s).ok());
+                    if dup {
+                        self.session.free(s);
+                    } else {
+                        let score = self.score(s)?;
+                        going.push((s, tree, score));
+                    }
+                } else {
+                    completed.push(self.candidate(s)?);
+                    self.session.free(s);
+                }
+            }
+            if going.is_empty() {
+                break;
+            }
+            // Selection: the best `keep` overall (beam) or the best of each subtree (DVTS);
+            // ties go to the earlier sequence.
+            let mut order: Vec<usize> = (0..going.len()).collect();
+            order.sort_by(|&a, &b| going[b].2.total_cmp(&going[a].2).then(going[a].0.cmp(&going[b].0)));
+            let mut selected: Vec<usize> = Vec::new();
+            for &i in &order {
+                let take = match cfg.method {
+                    Method::Dvts => !selected.iter().any(|&j| going[j].1 == going[i].1),
+                    _ => selected.len() < keep,
+                };
+                if take {
+                    selected.push(i);
+                }
+            }
+            selected.sort_unstable();
+            let mut next = Vec::with_capacity(cfg.n);
+            for (i, &(s, tree, _)) in going.iter().enumerate() {
+                if selected.contains(&i) {
+                    next.extend(self.session.fork(s, m)?.into_iter().map(|c| (c, tree)));
+                }
+                self.session.free(s);
+            }
+            active = next;
+        }
+        if completed.is_empty() {
+            return Err(EngineError::InvalidArgument("beam search produced no finished beam".into()));
+        }
+        let ballots: Vec<vote::Ballot> = completed.iter().map(|c| vote::Ballot { answer: c.answer.as_deref(), score: c.score }).collect();
+        let chosen = vote::best_of_n(&ballots).unwrap_or(0);
+        Ok((completed, chosen))
+    }
+}
