@@ -22,6 +22,7 @@ fn config(method: Method, n: usize, max_tokens: usize) -> MethodConfig {
         seed: 11,
         max_tokens,
         stop: vec![],
+        cancel: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         None => commands::run::run(&cli.run),
         Some(Command::Run(a)) => commands::run::run(a),
+        Some(Command::Chat(a)) => commands::chat::run(a),
         Some(Command::Tokenize(a)) => commands::tokenize::run(a),
         Some(Command::Models) => commands::models::run(),
         Some(Command::Fetch(a)) => commands::fetch::run(a),

@@ -124,6 +124,7 @@ fn bad_inputs_fail_with_one_clear_line() {
     if !cfg!(feature = "cuda") {
         assert_clean_failure(&ttc(&["--model", &model(), "--device", "cuda", "hi"]), "no CUDA support");
     }
+    // No prompt and nothing on stdin (not a terminal): nothing to answer.
     assert_clean_failure(&ttc(&["--model", &model()]), "no prompt given");
 }
 

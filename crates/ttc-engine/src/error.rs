@@ -33,6 +33,8 @@ pub enum EngineError {
     Registry { file: String, reason: String },
     #[error("device: {0}")]
     Device(String),
+    #[error("cancelled")]
+    Cancelled,
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("{0}")]

@@ -7,6 +7,8 @@ pub mod answer;
 pub mod scorer;
 pub mod vote;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -78,6 +80,8 @@ pub struct MethodConfig {
     /// Generated tokens per sequence at most.
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// Set from another thread (Ctrl-C) to stop between two decode steps.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl MethodConfig {
@@ -156,7 +160,7 @@ pub fn run(engine: &Engine, prompt: &[u32], cfg: &MethodConfig) -> ttc_engine::R
     let mut session = engine.session(prompt.len(), width, opts)?;
     let root = session.prefill(prompt)?;
     let prompt_hidden = session.prompt_hidden(root)?.map(|h| h.to_vec1::<f32>()).transpose()?;
-    let mut run = Run { session, scorer: cfg.scorer, steps: 0, scoring_s: 0.0 };
+    let mut run = Run { session, scorer: cfg.scorer, steps: 0, scoring_s: 0.0, cancel: cfg.cancel.clone() };
     let (candidates, chosen) = match cfg.method {
         Method::Greedy => {
             run.until_done(&[root])?;
@@ -205,6 +209,7 @@ struct Run<'e> {
     scorer: Scorer,
     steps: usize,
     scoring_s: f64,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Run<'_> {
@@ -214,6 +219,9 @@ impl Run<'_> {
             let live = self.session.live(seqs);
             if live.is_empty() {
                 return Ok(());
+            }
+            if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(EngineError::Cancelled);
             }
             self.session.step(&live)?;
             self.steps += 1;

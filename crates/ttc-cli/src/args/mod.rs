@@ -28,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Answer one prompt (the default when no subcommand is given).
     Run(RunArgs),
+    /// Chat in the terminal (also `ttc-run` with no prompt); with piped stdin, one answer per line.
+    Chat(ChatArgs),
     /// Print the token ids of TEXT as a JSON list (no BOS; special tokens parsed).
     Tokenize(TokenizeArgs),
     /// List the model aliases.
@@ -156,6 +158,48 @@ pub struct MethodArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Stop each answer after N generated tokens.
+    #[arg(long, short = 'n', default_value_t = 512)]
+    pub max_tokens: usize,
+    /// System prompt (default: the chat template's own).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Start with this method (default: plain sampling, streamed); /method changes it.
+    #[arg(long)]
+    pub method: Option<ttc_methods::Method>,
+    /// Samples or beams for the method; /n changes it.
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    /// Branching factor of beam search and DVTS.
+    #[arg(long, default_value_t = 2)]
+    pub beam_width: usize,
+    /// Beam iterations.
+    #[arg(long, default_value_t = 40)]
+    pub max_iters: usize,
+}
+
+impl ChatArgs {
+    /// The chat that `ttc-run [OPTIONS]` without a prompt starts.
+    pub fn from_run(r: &RunArgs) -> Self {
+        Self {
+            model: r.model.clone(),
+            sampling: r.sampling.clone(),
+            max_tokens: r.max_tokens,
+            system: r.system.clone(),
+            method: r.method.method,
+            n: r.method.n,
+            beam_width: r.method.beam_width,
+            max_iters: r.method.max_iters,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct TokenizeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -185,6 +229,10 @@ pub struct BenchArgs {
     /// Tokens each sequence decodes after the prompt (EOS ignored).
     #[arg(long, default_value_t = 128)]
     pub gen_len: usize,
+    /// Run the whole suite instead: a prefill sweep, a decode sweep over widths and context
+    /// lengths, and the latency of each method at a few widths.
+    #[arg(long)]
+    pub suite: bool,
     /// Attend to the shared prompt per sequence instead of once per group (for comparison).
     #[arg(long)]
     pub no_cascade: bool,

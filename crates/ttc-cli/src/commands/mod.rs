@@ -1,6 +1,7 @@
 //! One module per `ttc-run` subcommand.
 
 pub mod bench;
+pub mod chat;
 pub mod fetch;
 pub mod models;
 pub mod run;

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::Serialize;
 use ttc_engine::chat_template::Message;
 use ttc_engine::sampler::SamplingParams;
@@ -56,7 +56,8 @@ struct MethodOutput<'a> {
 
 pub fn run(args: &RunArgs) -> Result<()> {
     let Some(prompt) = args.prompt.as_deref() else {
-        bail!("no prompt given: ttc-run \"PROMPT\" (see ttc-run --help)");
+        // No prompt: a chat on a terminal, one answer per line for piped input.
+        return super::chat::run(&crate::args::ChatArgs::from_run(args));
     };
     let mut engine = super::load_engine(&args.model)?;
     if let Some(ctx) = args.context {
@@ -135,6 +136,7 @@ fn run_method(args: &RunArgs, engine: &Engine, ids: &[u32], method: Method, para
         seed: args.sampling.seed,
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
+        cancel: None,
     };
     let r: MethodResult = ttc_methods::run(engine, ids, &cfg)?;
     let mut stdout = std::io::stdout().lock();

@@ -1,0 +1,300 @@
+//! `ttc-run chat`: a multi-turn chat in the terminal, like `ollama run` or `llama-cli`, that
+//! shows what each answer cost. With stdin not a terminal, one prompt per line in and one
+//! answer per line out.
+//!
+//! Each turn renders the whole conversation through the model's template and prefills it (the
+//! KV cache is not kept across turns yet). Ctrl-C while an answer is generated stops it and
+//! returns to the prompt; Ctrl-D or /quit leaves with status 0.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use rustyline::error::ReadlineError;
+use ttc_engine::chat_template::Message;
+use ttc_engine::sampler::SamplingParams;
+use ttc_engine::{Engine, EngineError, SessionOptions};
+use ttc_methods::{Method, MethodConfig};
+
+use crate::args::ChatArgs;
+
+const HELP: &str = "\
+/method NAME      greedy, best-of-n, majority, weighted, beam, dvts, or plain (sampled, streamed)
+/n N              samples or beams for the method
+/lambda latency|tokens X   prices for the allocator (needs the allocator: not available yet)
+/system TEXT      set the system prompt (and reset the conversation)
+/reset            forget the conversation
+/stats            what this session has spent
+/help             this text
+/quit             leave (or Ctrl-D); Ctrl-C stops an answer";
+
+/// What one answer cost.
+struct Turn {
+    label: String,
+    tokens: usize,
+    seconds: f64,
+    stopped: bool,
+}
+
+struct Chat<'e> {
+    engine: &'e Engine,
+    args: &'e ChatArgs,
+    system: Option<String>,
+    messages: Vec<Message>,
+    method: Option<Method>,
+    n: usize,
+    cancel: Arc<AtomicBool>,
+    totals: (usize, usize, f64), // turns, tokens, seconds
+}
+
+pub fn run(args: &ChatArgs) -> Result<()> {
+    let engine = super::load_engine(&args.model)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        // Outside line editing, Ctrl-C only asks the current answer to stop.
+        ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed))?;
+    }
+    let mut chat = Chat {
+        engine: &engine,
+        args,
+        system: args.system.clone(),
+        messages: Vec::new(),
+        method: args.method,
+        n: args.n,
+        cancel,
+        totals: (0, 0, 0.0),
+    };
+    if std::io::stdin().is_terminal() {
+        chat.interactive()
+    } else {
+        chat.piped()
+    }
+}
+
+impl Chat<'_> {
+    fn interactive(&mut self) -> Result<()> {
+        let mut editor = rustyline::DefaultEditor::new()?;
+        let history = ttc_engine::download::cache_dir().join("chat_history.txt");
+        let _ = std::fs::create_dir_all(history.parent().expect("cache dir"));
+        let _ = editor.load_history(&history);
+        println!("ttc chat with {} ({}). /help for commands, Ctrl-D to leave.", self.engine.name, self.method_label());
+        loop {
+            match editor.readline(">>> ") {
+                Ok(line) => {
+                    let line = line.trim().to_string();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let _ = editor.add_history_entry(line.as_str());
+                    if let Some(cmd) = line.strip_prefix('/') {
+                        if !self.command(cmd) {
+                            break;
+                        }
+                        continue;
+                    }
+                    match self.answer(&line, true) {
+                        Ok(turn) => {
+                            let rate = turn.tokens as f64 / turn.seconds.max(1e-9);
+                            let stopped = if turn.stopped { " | stopped" } else { "" };
+                            println!(
+                                "\x1b[2m[{} | {} tokens | {:.2} s | {:.1} tok/s{}]\x1b[0m",
+                                turn.label, turn.tokens, turn.seconds, rate, stopped
+                            );
+                        }
+                        Err(e) => println!("error: {e}"),
+                    }
+                }
+                Err(ReadlineError::Interrupted) => continue,
+                Err(ReadlineError::Eof) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let _ = editor.save_history(&history);
+        Ok(())
+    }
+
+    /// One prompt per input line, one answer per output line (newlines inside become spaces).
+    fn piped(&mut self) -> Result<()> {
+        let stdin = std::io::stdin();
+        let mut any = false;
+        for line in stdin.lock().lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            any = true;
+            self.messages.clear();
+            let turn_text = self.answer_text(line.trim())?;
+            println!("{}", turn_text.replace(['\n', '\r'], " ").trim());
+            std::io::stdout().flush()?;
+        }
+        anyhow::ensure!(any, "no prompt given: pass PROMPT, pipe prompts on stdin, or run in a terminal to chat");
+        Ok(())
+    }
+
+    fn answer_text(&mut self, user: &str) -> Result<String> {
+        self.answer(user, false)?;
+        Ok(self.messages.last().map(|m| m.content.clone()).unwrap_or_default())
+    }
+
+    fn method_label(&self) -> String {
+        match self.method {
+            Some(m) if m != Method::Greedy => format!("{} n={}", m.name(), self.n),
+            Some(m) => m.name().to_string(),
+            None => "plain".to_string(),
+        }
+    }
+
+    fn prompt_ids(&self, user: &str) -> Result<Vec<u32>> {
+        let mut messages = Vec::new();
+        if let Some(s) = &self.system {
+            messages.push(Message::new("system", s.clone()));
+        }
+        messages.extend(self.messages.iter().cloned());
+        messages.push(Message::new("user", user));
+        Ok(self.engine.encode_chat(&messages)?)
+    }
+
+    fn params(&self) -> SamplingParams {
+        let s = &self.args.sampling;
+        SamplingParams { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p }
+    }
+
+    /// Answers `user` in the conversation; streams when `show` and the method is plain.
+    fn answer(&mut self, user: &str, show: bool) -> Result<Turn> {
+        self.cancel.store(false, Ordering::Relaxed);
+        let ids = self.prompt_ids(user)?;
+        let t0 = Instant::now();
+        let (text, tokens, stopped) = match self.method {
+            None => self.stream(&ids, show)?,
+            Some(method) => {
+                let spinner = show.then(|| {
+                    let s = indicatif::ProgressBar::new_spinner();
+                    s.set_message(format!("{} n={}: generating candidates", method.name(), self.n));
+                    s.enable_steady_tick(Duration::from_millis(120));
+                    s
+                });
+                let cfg = MethodConfig {
+                    method,
+                    n: self.n,
+                    beam_width: self.args.beam_width,
+                    max_iters: self.args.max_iters,
+                    scorer: ttc_methods::Scorer::Logprob,
+                    params: self.params(),
+                    seed: self.args.sampling.seed + self.totals.0 as u64,
+                    max_tokens: self.args.max_tokens,
+                    stop: Vec::new(),
+                    cancel: Some(self.cancel.clone()),
+                };
+                let result = ttc_methods::run(self.engine, &ids, &cfg);
+                if let Some(s) = spinner {
+                    s.finish_and_clear();
+                }
+                match result {
+                    Ok(r) => {
+                        if show {
+                            println!("{}", r.text);
+                        }
+                        (r.text, r.generated_tokens, false)
+                    }
+                    Err(EngineError::Cancelled) => (String::new(), 0, true),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        if !stopped {
+            self.messages.push(Message::new("user", user));
+            self.messages.push(Message::new("assistant", text));
+        }
+        self.totals = (self.totals.0 + 1, self.totals.1 + tokens, self.totals.2 + seconds);
+        Ok(Turn { label: self.method_label(), tokens, seconds, stopped })
+    }
+
+    /// Plain sampling, streamed token by token; Ctrl-C stops it.
+    fn stream(&self, ids: &[u32], show: bool) -> Result<(String, usize, bool)> {
+        let opts = SessionOptions {
+            params: self.params(),
+            seed: self.args.sampling.seed + self.totals.0 as u64,
+            max_tokens: self.args.max_tokens,
+            stop: Vec::new(),
+            ignore_eos: false,
+            kv_blocks: 0,
+        };
+        let mut session = self.engine.session(ids.len(), 1, opts)?;
+        let seq = session.prefill(ids)?;
+        let mut out = std::io::stdout();
+        let mut stopped = false;
+        loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                stopped = true;
+                break;
+            }
+            let ev = session.step(&[seq])?.pop().expect("one event");
+            if show && !ev.piece.is_empty() {
+                out.write_all(ev.piece.as_bytes())?;
+                out.flush()?;
+            }
+            if ev.finished.is_some() {
+                break;
+            }
+        }
+        if show {
+            println!();
+        }
+        let text = session.text(seq)?.to_string();
+        Ok((text, session.generated(seq)?.len(), stopped))
+    }
+
+    /// Runs a slash command; false to quit.
+    fn command(&mut self, cmd: &str) -> bool {
+        let (name, arg) = cmd.split_once(' ').map(|(a, b)| (a, b.trim())).unwrap_or((cmd, ""));
+        match name {
+            "quit" | "exit" | "bye" => return false,
+            "help" => println!("{HELP}"),
+            "reset" => {
+                self.messages.clear();
+                println!("conversation cleared");
+            }
+            "system" => {
+                self.system = (!arg.is_empty()).then(|| arg.to_string());
+                self.messages.clear();
+                println!("system prompt set; conversation cleared");
+            }
+            "method" => match arg {
+                "plain" | "" => {
+                    self.method = None;
+                    println!("method: plain");
+                }
+                other => match other.parse::<Method>() {
+                    Ok(m) => {
+                        self.method = Some(m);
+                        println!("method: {}", self.method_label());
+                    }
+                    Err(e) => println!("error: {e}"),
+                },
+            },
+            "n" => match arg.parse::<usize>() {
+                Ok(n) if n > 0 => {
+                    self.n = n;
+                    println!("n = {n}");
+                }
+                _ => println!("error: /n takes a positive number"),
+            },
+            "lambda" => println!("the allocator is not available yet: /lambda has no effect (use /method and /n)"),
+            "stats" => {
+                let (turns, tokens, secs) = self.totals;
+                println!(
+                    "{turns} answers, {tokens} tokens generated, {secs:.2} s, {:.1} tok/s; {} messages in the conversation",
+                    tokens as f64 / secs.max(1e-9),
+                    self.messages.len()
+                );
+            }
+            other => println!("error: unknown command /{other} (/help lists them)"),
+        }
+        true
+    }
+}

@@ -1,0 +1,91 @@
+//! The chat REPL driven as a person drives it: in a pseudo-terminal, typing, reading the
+//! streamed answer and the status line, switching methods, Ctrl-C during an answer, leaving.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use expectrl::{ControlCode, Expect, Regex, Session};
+use ttc_e2e::{default_model_path, scratch_dir};
+
+fn chat(extra: &[&str]) -> expectrl::session::OsSession {
+    let model = default_model_path();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ttc-run"));
+    cmd.args(["chat", "--model", model.to_str().unwrap(), "--temperature", "0"]).args(extra);
+    // The history file goes to the cache dir: keep it out of the user's.
+    cmd.env("TTC_CACHE_DIR", scratch_dir("chat-cache"));
+    let mut p = Session::spawn(cmd).expect("spawn ttc-run chat in a pty");
+    p.set_expect_timeout(Some(Duration::from_secs(120)));
+    p
+}
+
+fn exit_code(p: &expectrl::session::OsSession) -> i32 {
+    match p.get_process().wait().expect("wait") {
+        expectrl::process::unix::WaitStatus::Exited(_, code) => code,
+        other => panic!("ttc-run chat did not exit normally: {other:?}"),
+    }
+}
+
+#[test]
+fn a_conversation_with_method_switching_ctrl_c_and_quit() {
+    let mut p = chat(&["--max-tokens", "300"]);
+    p.expect(">>> ").unwrap();
+    p.send_line("What is 12 + 35? Answer with just the number.").unwrap();
+    p.expect("12 + 35 = 50").unwrap();
+    p.expect(Regex(r"\[plain \| \d+ tokens \| [0-9.]+ s \| [0-9.]+ tok/s\]")).unwrap();
+
+    p.send_line("/method majority").unwrap();
+    p.expect("method: majority n=4").unwrap();
+    p.send_line("/n 3").unwrap();
+    p.expect("n = 3").unwrap();
+    p.send_line("What is 2 + 3?").unwrap();
+    p.expect(Regex(r"\[majority n=3 \| \d+ tokens \| [0-9.]+ s")).unwrap();
+
+    // A long answer, stopped by Ctrl-C: back at the prompt, the session goes on.
+    p.send_line("/method plain").unwrap();
+    p.expect("method: plain").unwrap();
+    p.send_line("Write a very long story about a dragon who learns to cook.").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    p.send(ControlCode::EndOfText).unwrap();
+    p.expect("stopped]").unwrap();
+    p.send_line("/stats").unwrap();
+    p.expect(Regex(r"3 answers, \d+ tokens generated")).unwrap();
+
+    p.send_line("/quit").unwrap();
+    assert_eq!(exit_code(&p), 0);
+}
+
+#[test]
+fn ctrl_d_leaves_with_status_zero() {
+    let mut p = chat(&[]);
+    p.expect(">>> ").unwrap();
+    p.send_line("/help").unwrap();
+    p.expect("/method NAME").unwrap();
+    p.send(ControlCode::EndOfTransmission).unwrap();
+    assert_eq!(exit_code(&p), 0);
+}
+
+#[test]
+fn piped_stdin_answers_one_line_per_prompt() {
+    let model = default_model_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ttc-run"))
+        .args(["--model", model.to_str().unwrap(), "--temperature", "0", "--max-tokens", "24"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is 12 + 35? Answer with just the number.\n\nList three primary colors.\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text:?}");
+    assert_eq!(lines[0], "12 + 35 = 50");
+    assert!(lines[1].starts_with("The primary colors are:"), "{:?}", lines[1]);
+}
