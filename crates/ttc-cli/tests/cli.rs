@@ -232,5 +232,19 @@ fn method_json_reports_candidates_answer_steps_and_timing() {
     }
     assert_clean_failure(&ttc(&["--model", &model(), "--method", "beam", "--n", "3", "--beam-width", "2", "hi"]), "multiple of --beam-width");
     assert_clean_failure(&ttc(&["--method", "vibes", "hi"]), "unknown method 'vibes'");
-    assert_clean_failure(&ttc(&["--scorer", "prm:/x", "hi"]), "not supported yet");
+    assert_clean_failure(&ttc(&["--model", &model(), "--method", "best-of-n", "--scorer", "prm:/no/such/prm", "hi"]), "/no/such/prm");
+    assert_clean_failure(&ttc(&["--scorer", "oracle", "hi"]), "unknown scorer 'oracle'");
+}
+
+#[test]
+fn a_process_reward_model_scores_candidates_from_the_cli() {
+    let prm = ttc_e2e::write_tiny_prm("cli-prm", true);
+    let scorer = format!("prm:{}", prm.display());
+    let o = ttc(&["--model", &model(), "--method", "best-of-n", "--n", "2", "--max-tokens", "16", "--scorer", &scorer, "--json", "What is 1 + 1?"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["scorer"], "prm");
+    assert!(v["scorer_tokens"].as_u64().unwrap() > 0);
+    let scores: Vec<f64> = v["candidates"].as_array().unwrap().iter().map(|c| c["score"].as_f64().unwrap()).collect();
+    assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "rewards are probabilities: {scores:?}");
 }

@@ -16,6 +16,8 @@ pub mod registry;
 pub mod sampler;
 pub mod session;
 pub mod tokenizer;
+pub mod weights;
+pub mod reward_model;
 
 pub use engine::{Engine, GenerateRequest, Generation, LoadOptions, StopReason};
 pub use kv_cache::SeqId;

@@ -185,6 +185,28 @@ impl Tokenizer {
         self.token_bytes.len()
     }
 
+    /// Adds `text` as a control token (or returns its id if it is one already): a reward
+    /// model's step separator, say.
+    pub fn add_special_token(&mut self, text: &str) -> Result<u32> {
+        if let [id] = self.encode(text, true)?[..] {
+            if self.token_text(id) == text {
+                return Ok(id);
+            }
+        }
+        let token = AddedToken::from(text.to_string(), true).normalized(false);
+        self.with_special.add_special_tokens(std::slice::from_ref(&token));
+        self.plain.add_special_tokens(&[token]);
+        let id = self.token_bytes.len() as u32;
+        self.token_bytes.push(text.as_bytes().to_vec());
+        self.special.push(true);
+        Ok(id)
+    }
+
+    /// Writes the tokenizer as a Hugging Face `tokenizer.json`.
+    pub fn save_json(&self, path: &Path) -> Result<()> {
+        self.with_special.save(path, false).map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
     /// Token ids of `text`, without BOS. With `parse_special`, control tokens written in the
     /// text (`<|im_start|>`) become their ids; otherwise they are tokenized as text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, EngineError, SeqId, Session, SessionOptions, StopReason};
 
-pub use scorer::Scorer;
+pub use scorer::{Scorer, ScorerSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -124,7 +124,7 @@ pub struct MethodResult {
     pub method: Method,
     pub n: usize,
     pub beam_width: usize,
-    pub scorer: Scorer,
+    pub scorer: &'static str,
     /// The chosen candidate's text and answer.
     pub text: String,
     pub answer: Option<String>,
@@ -160,7 +160,7 @@ pub fn run(engine: &Engine, prompt: &[u32], cfg: &MethodConfig) -> ttc_engine::R
     let mut session = engine.session(prompt.len(), width, opts)?;
     let root = session.prefill(prompt)?;
     let prompt_hidden = session.prompt_hidden(root)?.map(|h| h.to_vec1::<f32>()).transpose()?;
-    let mut run = Run { session, scorer: cfg.scorer, steps: 0, scoring_s: 0.0, cancel: cfg.cancel.clone() };
+    let mut run = Run { session, scorer: cfg.scorer.clone(), steps: 0, scoring_s: 0.0, scorer_tokens: 0, cancel: cfg.cancel.clone() };
     let (candidates, chosen) = match cfg.method {
         Method::Greedy => {
             run.until_done(&[root])?;
@@ -187,7 +187,7 @@ pub fn run(engine: &Engine, prompt: &[u32], cfg: &MethodConfig) -> ttc_engine::R
         method: cfg.method,
         n: if cfg.method == Method::Greedy { 1 } else { cfg.n },
         beam_width: if cfg.method.is_search() { cfg.beam_width } else { 1 },
-        scorer: cfg.scorer,
+        scorer: cfg.scorer.name(),
         text: chosen_c.text,
         answer: chosen_c.answer,
         chosen,
@@ -195,7 +195,7 @@ pub fn run(engine: &Engine, prompt: &[u32], cfg: &MethodConfig) -> ttc_engine::R
         prompt_tokens: prompt.len(),
         prefill_tokens: c.prefill_tokens,
         generated_tokens: c.decode_tokens,
-        scorer_tokens: 0,
+        scorer_tokens: run.scorer_tokens,
         steps: run.steps,
         forward_passes: c.forward_passes,
         timing: Timing { prefill_s: c.prefill_s, decode_s: c.decode_s, scoring_s: run.scoring_s, total_s: t0.elapsed().as_secs_f64() },
@@ -209,6 +209,7 @@ struct Run<'e> {
     scorer: Scorer,
     steps: usize,
     scoring_s: f64,
+    scorer_tokens: usize,
     cancel: Option<Arc<AtomicBool>>,
 }
 
@@ -230,9 +231,10 @@ impl Run<'_> {
 
     fn score(&mut self, seq: SeqId) -> ttc_engine::Result<f32> {
         let t = Instant::now();
-        let s = self.scorer.score(&self.session, seq);
+        let (score, tokens) = self.scorer.score(&self.session, seq)?;
         self.scoring_s += t.elapsed().as_secs_f64();
-        s
+        self.scorer_tokens += tokens;
+        Ok(score)
     }
 
     fn candidate(&mut self, seq: SeqId) -> ttc_engine::Result<Candidate> {

@@ -146,9 +146,10 @@ pub struct MethodArgs {
     /// Beam iterations (steps that end at a blank line); the last runs to the end.
     #[arg(long, default_value_t = 40)]
     pub max_iters: usize,
-    /// How candidates are scored: logprob (mean token log-probability) or self-certainty.
+    /// How candidates are scored: logprob (mean token log-probability), self-certainty, or
+    /// prm:DIR (a Qwen2 process reward model in Hugging Face format, e.g. Qwen2.5-Math-PRM).
     #[arg(long, default_value = "logprob")]
-    pub scorer: ttc_methods::Scorer,
+    pub scorer: ttc_methods::ScorerSpec,
     /// Instruction appended to the prompt with --method, so the answer can be extracted.
     #[arg(long, default_value = ttc_methods::answer::DEFAULT_INSTRUCTION)]
     pub instruction: String,

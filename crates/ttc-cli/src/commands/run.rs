@@ -9,7 +9,8 @@ use serde::Serialize;
 use ttc_engine::chat_template::Message;
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, GenerateRequest, StopReason};
-use ttc_methods::{Method, MethodConfig, MethodResult, Timing};
+use ttc_engine::reward_model::RewardModel;
+use ttc_methods::{Method, MethodConfig, MethodResult, Scorer, ScorerSpec, Timing};
 
 use crate::args::RunArgs;
 
@@ -50,6 +51,7 @@ struct MethodOutput<'a> {
     answer: Option<&'a str>,
     candidates: Vec<CandidateOutput<'a>>,
     steps: usize,
+    scorer_tokens: usize,
     timing: &'a Timing,
     seed: u64,
 }
@@ -80,7 +82,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let s = &args.sampling;
     let params = SamplingParams { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p };
     match args.method.method {
-        Some(method) => run_method(args, &engine, &ids, method, params),
+        Some(method) => run_method(args, &engine, &ids, method, params, prompt),
         None => run_plain(args, &engine, &ids, params),
     }
 }
@@ -124,14 +126,25 @@ fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParam
     Ok(())
 }
 
-fn run_method(args: &RunArgs, engine: &Engine, ids: &[u32], method: Method, params: SamplingParams) -> Result<()> {
+fn scorer(spec: &ScorerSpec, engine: &Engine, question: &str) -> Result<Scorer> {
+    Ok(match spec {
+        ScorerSpec::Logprob => Scorer::Logprob,
+        ScorerSpec::SelfCertainty => Scorer::SelfCertainty,
+        ScorerSpec::Prm(dir) => Scorer::Prm {
+            model: std::sync::Arc::new(RewardModel::load(dir, engine.model.device())?),
+            question: question.into(),
+        },
+    })
+}
+
+fn run_method(args: &RunArgs, engine: &Engine, ids: &[u32], method: Method, params: SamplingParams, question: &str) -> Result<()> {
     let m = &args.method;
     let cfg = MethodConfig {
         method,
         n: m.n,
         beam_width: m.beam_width,
         max_iters: m.max_iters,
-        scorer: m.scorer,
+        scorer: scorer(&m.scorer, engine, question)?,
         params,
         seed: args.sampling.seed,
         max_tokens: args.max_tokens,
@@ -150,7 +163,7 @@ fn run_method(args: &RunArgs, engine: &Engine, ids: &[u32], method: Method, para
             method: r.method,
             n: r.n,
             beam_width: r.beam_width,
-            scorer: r.scorer.name(),
+            scorer: r.scorer,
             answer: r.answer.as_deref(),
             candidates: r
                 .candidates
@@ -158,6 +171,7 @@ fn run_method(args: &RunArgs, engine: &Engine, ids: &[u32], method: Method, para
                 .map(|c| CandidateOutput { text: &c.text, answer: c.answer.as_deref(), score: c.score, tokens: c.tokens })
                 .collect(),
             steps: r.steps,
+            scorer_tokens: r.scorer_tokens,
             timing: &r.timing,
             seed: args.sampling.seed,
         };

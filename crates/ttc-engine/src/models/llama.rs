@@ -15,27 +15,27 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::{ModelConfig, RopeLayout};
 use crate::error::{EngineError, Result};
-use crate::gguf::GgufModel;
 use crate::kv_cache::KvCache;
+use crate::weights::WeightSource;
 
-struct Linear {
+pub(crate) struct Linear {
     weight: QMatMul,
     bias: Option<Tensor>,
 }
 
 impl Linear {
-    fn load(gguf: &GgufModel, name: &str, with_bias: bool, device: &Device) -> Result<Self> {
-        let weight = QMatMul::from_qtensor(gguf.tensor(&format!("{name}.weight"), device)?)?;
+    pub(crate) fn load(w: &dyn WeightSource, name: &str, with_bias: bool, device: &Device) -> Result<Self> {
+        let weight = QMatMul::from_qtensor(w.tensor(&format!("{name}.weight"), device)?)?;
         let bias_name = format!("{name}.bias");
-        let bias = if with_bias && gguf.has_tensor(&bias_name) {
-            Some(gguf.tensor(&bias_name, device)?.dequantize(device)?)
+        let bias = if with_bias && w.has_tensor(&bias_name) {
+            Some(w.tensor(&bias_name, device)?.dequantize(device)?)
         } else {
             None
         };
         Ok(Self { weight, bias })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.weight.forward(x)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -50,8 +50,8 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(gguf: &GgufModel, name: &str, eps: f32, device: &Device) -> Result<Self> {
-        Ok(Self { weight: gguf.tensor(name, device)?.dequantize(device)?, eps })
+    fn load(w: &dyn WeightSource, name: &str, eps: f32, device: &Device) -> Result<Self> {
+        Ok(Self { weight: w.tensor(name, device)?.dequantize(device)?, eps })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -105,7 +105,8 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn load(gguf: &GgufModel, config: ModelConfig, device: &Device) -> Result<Self> {
+    /// Loads the decoder from `gguf` (or any weight source using GGUF tensor names).
+    pub fn load(gguf: &dyn WeightSource, config: ModelConfig, device: &Device) -> Result<Self> {
         let with_bias = config.architecture == super::Architecture::Qwen2;
         let embeddings = Arc::new(gguf.tensor("token_embd.weight", device)?);
         // Small models tie the output projection to the embeddings (no `output.weight`).
