@@ -126,6 +126,12 @@ pub struct RunArgs {
     pub json: bool,
     #[command(flatten)]
     pub method: MethodArgs,
+    /// Instruction appended to the prompt with --method, so the answer can be extracted.
+    #[arg(long, default_value = ttc_methods::answer::DEFAULT_INSTRUCTION)]
+    pub instruction: String,
+    /// Do not append the instruction.
+    #[arg(long)]
+    pub no_instruction: bool,
     /// The prompt.
     pub prompt: Option<String>,
 }
@@ -150,12 +156,6 @@ pub struct MethodArgs {
     /// prm:DIR (a Qwen2 process reward model in Hugging Face format, e.g. Qwen2.5-Math-PRM).
     #[arg(long, default_value = "logprob")]
     pub scorer: ttc_methods::ScorerSpec,
-    /// Instruction appended to the prompt with --method, so the answer can be extracted.
-    #[arg(long, default_value = ttc_methods::answer::DEFAULT_INSTRUCTION)]
-    pub instruction: String,
-    /// Do not append the instruction.
-    #[arg(long)]
-    pub no_instruction: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -170,18 +170,9 @@ pub struct ChatArgs {
     /// System prompt (default: the chat template's own).
     #[arg(long)]
     pub system: Option<String>,
-    /// Start with this method (default: plain sampling, streamed); /method changes it.
-    #[arg(long)]
-    pub method: Option<ttc_methods::Method>,
-    /// Samples or beams for the method; /n changes it.
-    #[arg(long, default_value_t = 4)]
-    pub n: usize,
-    /// Branching factor of beam search and DVTS.
-    #[arg(long, default_value_t = 2)]
-    pub beam_width: usize,
-    /// Beam iterations.
-    #[arg(long, default_value_t = 40)]
-    pub max_iters: usize,
+    /// The method to start with (/method and /n change it).
+    #[command(flatten)]
+    pub method: MethodArgs,
 }
 
 impl ChatArgs {
@@ -192,10 +183,7 @@ impl ChatArgs {
             sampling: r.sampling.clone(),
             max_tokens: r.max_tokens,
             system: r.system.clone(),
-            method: r.method.method,
-            n: r.method.n,
-            beam_width: r.method.beam_width,
-            max_iters: r.method.max_iters,
+            method: r.method.clone(),
         }
     }
 }

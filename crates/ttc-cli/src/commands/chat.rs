@@ -62,8 +62,8 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         args,
         system: args.system.clone(),
         messages: Vec::new(),
-        method: args.method,
-        n: args.n,
+        method: args.method.method,
+        n: args.method.n,
         cancel,
         totals: (0, 0, 0.0),
     };
@@ -180,9 +180,9 @@ impl Chat<'_> {
                 let cfg = MethodConfig {
                     method,
                     n: self.n,
-                    beam_width: self.args.beam_width,
-                    max_iters: self.args.max_iters,
-                    scorer: ttc_methods::Scorer::Logprob,
+                    beam_width: self.args.method.beam_width,
+                    max_iters: self.args.method.max_iters,
+                    scorer: super::run::scorer(&self.args.method.scorer, self.engine, user)?,
                     params: self.params(),
                     seed: self.args.sampling.seed + self.totals.0 as u64,
                     max_tokens: self.args.max_tokens,

@@ -65,8 +65,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if let Some(ctx) = args.context {
         engine.set_context_limit(ctx)?;
     }
-    let user = match (&args.method.method, args.method.no_instruction) {
-        (Some(_), false) => format!("{prompt}\n{}", args.method.instruction),
+    let user = match (&args.method.method, args.no_instruction) {
+        (Some(_), false) => format!("{prompt}\n{}", args.instruction),
         _ => prompt.to_string(),
     };
     let ids = if args.raw {
@@ -126,7 +126,8 @@ fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParam
     Ok(())
 }
 
-fn scorer(spec: &ScorerSpec, engine: &Engine, question: &str) -> Result<Scorer> {
+/// The scorer `spec` names; a reward model is loaded on the generator's device.
+pub fn scorer(spec: &ScorerSpec, engine: &Engine, question: &str) -> Result<Scorer> {
     Ok(match spec {
         ScorerSpec::Logprob => Scorer::Logprob,
         ScorerSpec::SelfCertainty => Scorer::SelfCertainty,
