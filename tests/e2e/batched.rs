@@ -184,3 +184,19 @@ fn a_request_over_the_kv_budget_is_refused_before_it_runs() {
     assert!(small.session(p.len(), width, opts).is_ok(), "the narrower width fits");
     assert!(per_token > 0);
 }
+
+#[test]
+fn a_failed_step_changes_nothing() {
+    let p = prompt("Say hello.");
+    let mut s = session(2, SamplingParams::greedy(), 8, p.len());
+    let root = s.prefill(&p).unwrap();
+    let kids = s.fork(root, 2).unwrap();
+    s.free(root);
+    // Listing a sequence twice, or an unknown one, is refused before anything is sampled.
+    assert!(s.step(&[kids[0], kids[0]]).is_err());
+    assert!(s.step(&[kids[0], SeqId(999)]).is_err());
+    assert_eq!(s.generated(kids[0]).unwrap().len(), 0);
+    assert!(s.logits(kids[0]).unwrap().is_some(), "the pending logits are still there");
+    s.step(&kids).unwrap();
+    assert_eq!(s.generated(kids[0]).unwrap(), s.generated(kids[1]).unwrap());
+}

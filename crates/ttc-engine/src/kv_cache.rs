@@ -206,28 +206,37 @@ impl KvCache {
         }
     }
 
-    /// Makes room to append `n` tokens to `seq`: new blocks as needed, and a private copy of a
-    /// shared, partly filled last block (copy-on-write). All or nothing: on failure the table
-    /// is as it was.
+    /// Makes room to append `n` tokens to `seq`: new blocks as needed, and a private copy of
+    /// every shared block that the new tokens would be written into (copy-on-write: the
+    /// partly filled last block after a fork, or a reserved block shared by a fork). All or
+    /// nothing: on failure the table is as it was.
     pub fn reserve(&mut self, seq: SeqId, n: usize) -> Result<()> {
         let bs = self.block_size;
-        let table = self.table(seq)?.clone();
+        let mut table = self.table(seq)?.clone();
+        if n == 0 {
+            return Ok(());
+        }
+        let first_written = table.len / bs;
+        let shared: Vec<usize> =
+            (first_written..table.blocks.len()).filter(|&i| self.alloc.ref_count(table.blocks[i]) > 1).collect();
         let needed = Self::blocks_for(table.len + n, bs).saturating_sub(table.blocks.len());
-        let cow = n > 0 && table.len % bs != 0 && self.alloc.ref_count(*table.blocks.last().expect("partial block")) > 1;
-        if needed + usize::from(cow) > self.alloc.num_free() {
+        if needed + shared.len() > self.alloc.num_free() {
             return Err(EngineError::KvCacheFull {
-                needed_blocks: needed + usize::from(cow),
+                needed_blocks: needed + shared.len(),
                 free_blocks: self.alloc.num_free(),
                 block_bytes: self.block_bytes(),
             });
         }
-        let mut table = table;
-        if cow {
-            let old = table.blocks.pop().expect("partial block");
+        for i in shared {
+            let old = table.blocks[i];
             let new = self.alloc.allocate().expect("checked above");
-            self.copy_block(old, new, table.len % bs)?;
+            // Only the block holding the sequence's end has rows of it to keep.
+            let rows = if i == first_written { table.len % bs } else { 0 };
+            if rows > 0 {
+                self.copy_block(old, new, rows)?;
+            }
             self.alloc.release(old);
-            table.blocks.push(new);
+            table.blocks[i] = new;
         }
         for _ in 0..needed {
             table.blocks.push(self.alloc.allocate().expect("checked above"));
@@ -334,6 +343,19 @@ mod tests {
         filled(&mut c, k, 1);
         assert_eq!(c.blocks(k)[..2], c.blocks(p)[..]);
         assert_eq!(c.allocator().in_use(), 3);
+    }
+
+    #[test]
+    fn a_reserved_block_shared_by_a_fork_is_copied_before_either_writes() {
+        let mut c = KvCache::new(&config(), 8, 4, &Device::Cpu).unwrap();
+        let p = c.new_sequence();
+        filled(&mut c, p, 4); // one full block
+        c.reserve(p, 1).unwrap(); // a second block reserved, still empty
+        let k = c.fork(p).unwrap();
+        assert_eq!(c.blocks(k), c.blocks(p));
+        filled(&mut c, k, 1);
+        assert_eq!(c.blocks(k)[0], c.blocks(p)[0], "the full block stays shared");
+        assert_ne!(c.blocks(k)[1], c.blocks(p)[1], "the child writes into a block of its own");
     }
 
     #[test]

@@ -174,9 +174,23 @@ impl<'e> Session<'e> {
     }
 
     /// Samples one token for each of `seqs` and runs one batched forward pass over those that
-    /// go on. Finished sequences in `seqs` are an error.
+    /// go on. An unknown or finished sequence in `seqs`, or a full KV pool, is an error that
+    /// changes nothing: every check and every KV reservation comes before any sampling.
     pub fn step(&mut self, seqs: &[SeqId]) -> Result<Vec<StepEvent>> {
         let t0 = Instant::now();
+        for (i, &seq) in seqs.iter().enumerate() {
+            let st = self.state(seq)?;
+            if st.finished.is_some() || st.logits.is_none() {
+                return Err(EngineError::InvalidArgument(format!("{seq:?} has finished")));
+            }
+            if seqs[..i].contains(&seq) {
+                return Err(EngineError::InvalidArgument(format!("{seq:?} is listed twice")));
+            }
+        }
+        for &seq in seqs {
+            // Room for the token about to be sampled (unused if the sequence then ends).
+            self.cache.reserve(seq, 1)?;
+        }
         let ctx = self.engine.context_limit();
         let tokenizer = &self.engine.tokenizer;
         let mut events = Vec::with_capacity(seqs.len());
@@ -186,11 +200,8 @@ impl<'e> Session<'e> {
             let max_tokens = self.opts.max_tokens;
             let kv_len = self.cache.len(seq);
             let stops = &self.stops;
-            let st = self.seqs.get_mut(&seq).ok_or_else(|| unknown(seq))?;
-            if st.finished.is_some() {
-                return Err(EngineError::InvalidArgument(format!("{seq:?} has finished")));
-            }
-            let logits = st.logits.take().ok_or_else(|| EngineError::InvalidArgument(format!("{seq:?} has no logits")))?;
+            let st = self.seqs.get_mut(&seq).expect("checked above");
+            let logits = st.logits.take().expect("checked above");
             let s = st.sampler.sample(&logits);
             if tokenizer.is_eos(s.token) && !ignore_eos {
                 st.finished = Some(StopReason::Eos);
@@ -248,15 +259,8 @@ impl<'e> Session<'e> {
     fn forward_decode(&mut self, go_on: &[(SeqId, u32)]) -> Result<()> {
         let mut slots = Vec::with_capacity(go_on.len());
         for &(seq, _) in go_on {
-            if let Err(e) = self.cache.reserve(seq, 1) {
-                // Nothing was written yet: the step can be retried after freeing sequences.
-                for &(s, t) in go_on {
-                    self.unsample(s, t);
-                }
-                return Err(e);
-            }
             let len = self.cache.len(seq);
-            slots.push(self.cache.slots(seq, 0..len + 1)?);
+            slots.push(self.cache.slots(seq, 0..len + 1)?); // reserved by `step`
         }
         let toks: Vec<[u32; 1]> = go_on.iter().map(|&(_, t)| [t]).collect();
         let entries: Vec<BatchEntry> =
@@ -269,17 +273,6 @@ impl<'e> Session<'e> {
             self.seqs.get_mut(&seq).expect("stepped").logits = Some(row);
         }
         Ok(())
-    }
-
-    /// Undoes the sampling of a step whose forward pass could not run (KV cache full).
-    fn unsample(&mut self, seq: SeqId, token: u32) {
-        if let Some(st) = self.seqs.get_mut(&seq) {
-            if st.generated.last() == Some(&token) {
-                st.generated.pop();
-                st.logprobs.pop();
-                st.self_certainties.pop();
-            }
-        }
     }
 
     fn state(&self, seq: SeqId) -> Result<&SeqState> {
