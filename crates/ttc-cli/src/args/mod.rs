@@ -96,18 +96,28 @@ pub struct SamplingArgs {
     pub seed: u64,
 }
 
+/// What every command that generates takes: the model, sampling, length, system prompt and
+/// test-time scaling method.
 #[derive(Args, Debug, Clone)]
-pub struct RunArgs {
+pub struct GenerationArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Stop after N generated tokens.
+    /// Stop after N generated tokens (per answer, per sample).
     #[arg(long, short = 'n', default_value_t = 512)]
     pub max_tokens: usize,
     /// System prompt (default: the chat template's own).
     #[arg(long)]
     pub system: Option<String>,
+    #[command(flatten)]
+    pub method: MethodArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub gen: GenerationArgs,
     /// Extra stop string (repeatable).
     #[arg(long = "stop")]
     pub stop: Vec<String>,
@@ -124,8 +134,6 @@ pub struct RunArgs {
     /// instead of streaming text.
     #[arg(long)]
     pub json: bool,
-    #[command(flatten)]
-    pub method: MethodArgs,
     /// Instruction appended to the prompt with --method, so the answer can be extracted.
     #[arg(long, default_value = ttc_methods::answer::DEFAULT_INSTRUCTION)]
     pub instruction: String,
@@ -158,34 +166,11 @@ pub struct MethodArgs {
     pub scorer: ttc_methods::ScorerSpec,
 }
 
+/// `ttc-run chat`: the generation options; /method, /n and /system change them as it runs.
 #[derive(Args, Debug, Clone)]
 pub struct ChatArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-    /// Stop each answer after N generated tokens.
-    #[arg(long, short = 'n', default_value_t = 512)]
-    pub max_tokens: usize,
-    /// System prompt (default: the chat template's own).
-    #[arg(long)]
-    pub system: Option<String>,
-    /// The method to start with (/method and /n change it).
-    #[command(flatten)]
-    pub method: MethodArgs,
-}
-
-impl ChatArgs {
-    /// The chat that `ttc-run [OPTIONS]` without a prompt starts.
-    pub fn from_run(r: &RunArgs) -> Self {
-        Self {
-            model: r.model.clone(),
-            sampling: r.sampling.clone(),
-            max_tokens: r.max_tokens,
-            system: r.system.clone(),
-            method: r.method.clone(),
-        }
-    }
+    pub gen: GenerationArgs,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -50,7 +50,7 @@ struct Chat<'e> {
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {
-    let engine = super::load_engine(&args.model)?;
+    let engine = super::load_engine(&args.gen.model)?;
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = cancel.clone();
@@ -60,10 +60,10 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let mut chat = Chat {
         engine: &engine,
         args,
-        system: args.system.clone(),
+        system: args.gen.system.clone(),
         messages: Vec::new(),
-        method: args.method.method,
-        n: args.method.n,
+        method: args.gen.method.method,
+        n: args.gen.method.n,
         cancel,
         totals: (0, 0, 0.0),
     };
@@ -159,7 +159,7 @@ impl Chat<'_> {
     }
 
     fn params(&self) -> SamplingParams {
-        let s = &self.args.sampling;
+        let s = &self.args.gen.sampling;
         SamplingParams { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p }
     }
 
@@ -180,12 +180,12 @@ impl Chat<'_> {
                 let cfg = MethodConfig {
                     method,
                     n: self.n,
-                    beam_width: self.args.method.beam_width,
-                    max_iters: self.args.method.max_iters,
-                    scorer: super::run::scorer(&self.args.method.scorer, self.engine, user)?,
+                    beam_width: self.args.gen.method.beam_width,
+                    max_iters: self.args.gen.method.max_iters,
+                    scorer: super::run::scorer(&self.args.gen.method.scorer, self.engine, user)?,
                     params: self.params(),
-                    seed: self.args.sampling.seed + self.totals.0 as u64,
-                    max_tokens: self.args.max_tokens,
+                    seed: self.args.gen.sampling.seed + self.totals.0 as u64,
+                    max_tokens: self.args.gen.max_tokens,
                     stop: Vec::new(),
                     cancel: Some(self.cancel.clone()),
                 };
@@ -218,8 +218,8 @@ impl Chat<'_> {
     fn stream(&self, ids: &[u32], show: bool) -> Result<(String, usize, bool)> {
         let opts = SessionOptions {
             params: self.params(),
-            seed: self.args.sampling.seed + self.totals.0 as u64,
-            max_tokens: self.args.max_tokens,
+            seed: self.args.gen.sampling.seed + self.totals.0 as u64,
+            max_tokens: self.args.gen.max_tokens,
             stop: Vec::new(),
             ignore_eos: false,
             kv_blocks: 0,

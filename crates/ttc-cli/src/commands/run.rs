@@ -59,13 +59,13 @@ struct MethodOutput<'a> {
 pub fn run(args: &RunArgs) -> Result<()> {
     let Some(prompt) = args.prompt.as_deref() else {
         // No prompt: a chat on a terminal, one answer per line for piped input.
-        return super::chat::run(&crate::args::ChatArgs::from_run(args));
+        return super::chat::run(&crate::args::ChatArgs { gen: args.gen.clone() });
     };
-    let mut engine = super::load_engine(&args.model)?;
+    let mut engine = super::load_engine(&args.gen.model)?;
     if let Some(ctx) = args.context {
         engine.set_context_limit(ctx)?;
     }
-    let user = match (&args.method.method, args.no_instruction) {
+    let user = match (&args.gen.method.method, args.no_instruction) {
         (Some(_), false) => format!("{prompt}\n{}", args.instruction),
         _ => prompt.to_string(),
     };
@@ -73,15 +73,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
         engine.tokenizer.encode_prompt(&user)?
     } else {
         let mut messages = Vec::new();
-        if let Some(system) = &args.system {
+        if let Some(system) = &args.gen.system {
             messages.push(Message::new("system", system.clone()));
         }
         messages.push(Message::new("user", user));
         engine.encode_chat(&messages)?
     };
-    let s = &args.sampling;
+    let s = &args.gen.sampling;
     let params = SamplingParams { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p };
-    match args.method.method {
+    match args.gen.method.method {
         Some(method) => run_method(args, &engine, &ids, method, params, prompt),
         None => run_plain(args, &engine, &ids, params),
     }
@@ -90,8 +90,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
 fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParams) -> Result<()> {
     let req = GenerateRequest {
         params,
-        seed: args.sampling.seed,
-        max_tokens: args.max_tokens,
+        seed: args.gen.sampling.seed,
+        max_tokens: args.gen.max_tokens,
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
     };
@@ -117,7 +117,7 @@ fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParam
             prefill_tok_s: generation.prompt_tokens as f64 / generation.prefill_s.max(1e-9),
             decode_tok_s: n as f64 / generation.decode_s.max(1e-9),
             stop_reason: generation.stop_reason,
-            seed: args.sampling.seed,
+            seed: args.gen.sampling.seed,
         };
         writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
     } else {
@@ -139,7 +139,7 @@ pub fn scorer(spec: &ScorerSpec, engine: &Engine, question: &str) -> Result<Scor
 }
 
 fn run_method(args: &RunArgs, engine: &Engine, ids: &[u32], method: Method, params: SamplingParams, question: &str) -> Result<()> {
-    let m = &args.method;
+    let m = &args.gen.method;
     let cfg = MethodConfig {
         method,
         n: m.n,
@@ -147,8 +147,8 @@ fn run_method(args: &RunArgs, engine: &Engine, ids: &[u32], method: Method, para
         max_iters: m.max_iters,
         scorer: scorer(&m.scorer, engine, question)?,
         params,
-        seed: args.sampling.seed,
-        max_tokens: args.max_tokens,
+        seed: args.gen.sampling.seed,
+        max_tokens: args.gen.max_tokens,
         stop: args.stop.clone(),
         cancel: None,
     };
@@ -174,7 +174,7 @@ fn run_method(args: &RunArgs, engine: &Engine, ids: &[u32], method: Method, para
             steps: r.steps,
             scorer_tokens: r.scorer_tokens,
             timing: &r.timing,
-            seed: args.sampling.seed,
+            seed: args.gen.sampling.seed,
         };
         writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
     } else {
