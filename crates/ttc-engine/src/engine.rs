@@ -1,6 +1,9 @@
 //! The engine: a loaded model with its tokenizer and chat template, and single-sequence
 //! generation (chunked prefill, then one token per step) with streaming and timings.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use candle_core::Device;
 
 use crate::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
@@ -54,6 +57,8 @@ pub enum StopReason {
     /// The sequence's step stop (e.g. a beam step's "\n\n") was generated: the step is over,
     /// the text is kept whole, and the sequence can be resumed.
     StepEnd,
+    /// The caller's cancel flag was set (Ctrl-C in the chat).
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]
@@ -65,11 +70,13 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep generating past EOS (benchmarks: a fixed number of tokens).
     pub ignore_eos: bool,
+    /// Set from another thread (Ctrl-C) to stop between two decode steps.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl GenerateRequest {
     pub fn greedy(max_tokens: usize) -> Self {
-        Self { params: SamplingParams::greedy(), seed: 0, max_tokens, stop: Vec::new(), ignore_eos: false }
+        Self { params: SamplingParams::greedy(), seed: 0, max_tokens, stop: Vec::new(), ignore_eos: false, cancel: None }
     }
 }
 
@@ -181,6 +188,11 @@ impl Engine {
         self.kv_budget = bytes;
     }
 
+    /// Bytes of one KV block (all layers, K and V).
+    fn kv_block_bytes(&self) -> usize {
+        self.block_size * self.config().kv_bytes_per_token()
+    }
+
     /// KV blocks a request needs: the prompt once, and for each of `width` sequences its
     /// generated tokens plus one block for a copied partial block (copy-on-write).
     pub fn blocks_for_plan(&self, prompt_len: usize, width: usize, max_new: usize) -> usize {
@@ -190,18 +202,16 @@ impl Engine {
 
     /// The widest request of this shape that fits the KV budget (0 if not even one does).
     pub fn max_width_for(&self, prompt_len: usize, max_new: usize) -> usize {
-        let bs = self.block_size;
-        let block_bytes = self.config().kv_bytes_per_token() * bs;
-        let budget_blocks = self.kv_budget / block_bytes;
-        let prompt_blocks = prompt_len.div_ceil(bs);
-        budget_blocks.saturating_sub(prompt_blocks) / (max_new.div_ceil(bs) + 1)
+        let budget_blocks = self.kv_budget / self.kv_block_bytes();
+        let per_sequence = self.blocks_for_plan(0, 1, max_new);
+        budget_blocks.saturating_sub(self.blocks_for_plan(prompt_len, 0, max_new)) / per_sequence
     }
 
     /// A session for a request of `width` sequences of at most `max_tokens` new tokens after a
     /// prompt of `prompt_len`: refused before anything runs if it cannot fit the KV budget.
     pub fn session(&self, prompt_len: usize, width: usize, opts_without_blocks: SessionOptions) -> Result<Session<'_>> {
         let blocks = self.blocks_for_plan(prompt_len, width.max(1), opts_without_blocks.max_tokens);
-        let needed_bytes = blocks * self.block_size * self.config().kv_bytes_per_token();
+        let needed_bytes = blocks * self.kv_block_bytes();
         if needed_bytes > self.kv_budget {
             return Err(EngineError::OverKvBudget { needed_bytes, budget_bytes: self.kv_budget });
         }
@@ -226,6 +236,9 @@ impl Engine {
             StopReason::MaxTokens
         } else {
             loop {
+                if req.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    break StopReason::Cancelled;
+                }
                 let ev = session.step(&[seq])?.pop().expect("one event per sequence");
                 if !ev.piece.is_empty() {
                     on_text(&ev.piece);

@@ -111,12 +111,15 @@ impl<'e> Session<'e> {
         let t0 = Instant::now();
         let seq = self.cache.new_sequence();
         let result = (|| {
+            let chunks: Vec<&[u32]> = prompt.chunks(self.engine.prefill_chunk.max(1)).collect();
             let mut last = None;
-            for chunk in prompt.chunks(self.engine.prefill_chunk.max(1)) {
+            for (i, chunk) in chunks.iter().enumerate() {
                 let start = self.cache.len(seq);
                 self.cache.reserve(seq, chunk.len())?;
                 let slots = self.cache.slots(seq, 0..start + chunk.len())?;
-                let out = self.engine.model.forward_batch(&[BatchEntry { tokens: chunk, slots: &slots, want_output: true }], &self.cache)?;
+                // Only the last chunk's logits and hidden state are needed.
+                let want_output = i + 1 == chunks.len();
+                let out = self.engine.model.forward_batch(&[BatchEntry { tokens: chunk, slots: &slots, want_output }], &self.cache)?;
                 self.cache.commit(seq, chunk.len())?;
                 self.counters.forward_passes += 1;
                 last = Some(out);

@@ -15,7 +15,7 @@ use anyhow::Result;
 use rustyline::error::ReadlineError;
 use ttc_engine::chat_template::Message;
 use ttc_engine::sampler::SamplingParams;
-use ttc_engine::{Engine, EngineError, SessionOptions};
+use ttc_engine::{Engine, EngineError, GenerateRequest, StopReason};
 use ttc_methods::{Method, MethodConfig};
 
 use crate::args::ChatArgs;
@@ -216,37 +216,25 @@ impl Chat<'_> {
 
     /// Plain sampling, streamed token by token; Ctrl-C stops it.
     fn stream(&self, ids: &[u32], show: bool) -> Result<(String, usize, bool)> {
-        let opts = SessionOptions {
+        let req = GenerateRequest {
             params: self.params(),
             seed: self.args.gen.sampling.seed + self.totals.0 as u64,
             max_tokens: self.args.gen.max_tokens,
             stop: Vec::new(),
             ignore_eos: false,
-            kv_blocks: 0,
+            cancel: Some(self.cancel.clone()),
         };
-        let mut session = self.engine.session(ids.len(), 1, opts)?;
-        let seq = session.prefill(ids)?;
         let mut out = std::io::stdout();
-        let mut stopped = false;
-        loop {
-            if self.cancel.load(Ordering::Relaxed) {
-                stopped = true;
-                break;
+        let g = self.engine.generate(ids, &req, |piece| {
+            if show {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
             }
-            let ev = session.step(&[seq])?.pop().expect("one event");
-            if show && !ev.piece.is_empty() {
-                out.write_all(ev.piece.as_bytes())?;
-                out.flush()?;
-            }
-            if ev.finished.is_some() {
-                break;
-            }
-        }
+        })?;
         if show {
             println!();
         }
-        let text = session.text(seq)?.to_string();
-        Ok((text, session.generated(seq)?.len(), stopped))
+        Ok((g.text, g.tokens.len(), g.stop_reason == StopReason::Cancelled))
     }
 
     /// Runs a slash command; false to quit.

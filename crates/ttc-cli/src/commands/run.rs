@@ -94,6 +94,7 @@ fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParam
         max_tokens: args.gen.max_tokens,
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
+        cancel: None,
     };
     let t0 = Instant::now();
     let mut stdout = std::io::stdout().lock();
