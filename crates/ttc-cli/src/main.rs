@@ -46,6 +46,8 @@ fn main() -> ExitCode {
         Some(Command::Models) => commands::models::run(),
         Some(Command::Fetch(a)) => commands::fetch::run(a),
         Some(Command::Bench(a)) => commands::bench::run(a),
+        Some(Command::Calibrate(a)) => commands::calibrate::run(a),
+        Some(Command::Profile(a)) => commands::profile::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

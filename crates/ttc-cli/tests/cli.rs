@@ -61,7 +61,7 @@ fn tokenize_prints_llama_cpp_ids() {
 
 #[test]
 fn greedy_json_answer_matches_llama_cpp() {
-    let o = ttc(&["--model", &model(), "--temperature", "0", "--json", PROMPT]);
+    let o = ttc(&["--model", &model(), "--method", "plain", "--temperature", "0", "--json", PROMPT]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object on stdout");
     assert_eq!(v["text"], "12 + 35 = 50");
@@ -74,7 +74,7 @@ fn greedy_json_answer_matches_llama_cpp() {
 
 #[test]
 fn streamed_text_equals_the_json_text_and_max_tokens_stops() {
-    let args = ["--model", &model(), "--temperature", "0", "--max-tokens", "12", "Write a poem about the sea."];
+    let args = ["--model", &model(), "--method", "plain", "--temperature", "0", "--max-tokens", "12", "Write a poem about the sea."];
     let streamed = ttc(&args);
     assert!(streamed.status.success(), "{}", stderr(&streamed));
     let mut with_json = args.to_vec();
@@ -88,7 +88,7 @@ fn streamed_text_equals_the_json_text_and_max_tokens_stops() {
 
 #[test]
 fn stop_string_ends_the_answer_before_it() {
-    let o = ttc(&["--model", &model(), "--temperature", "0", "--stop", " = ", "--json", PROMPT]);
+    let o = ttc(&["--model", &model(), "--method", "plain", "--temperature", "0", "--stop", " = ", "--json", PROMPT]);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["text"], "12 + 35");
     assert_eq!(v["stop_reason"], "stop_string");
@@ -96,7 +96,7 @@ fn stop_string_ends_the_answer_before_it() {
 
 #[test]
 fn seeded_sampling_is_reproducible() {
-    let args = ["--model", &model(), "--temperature", "1.0", "--seed", "7", "--max-tokens", "16", "--json", "Name a color."];
+    let args = ["--model", &model(), "--method", "plain", "--temperature", "1.0", "--seed", "7", "--max-tokens", "16", "--json", "Name a color."];
     let a: serde_json::Value = serde_json::from_str(stdout(&ttc(&args)).trim()).unwrap();
     let b: serde_json::Value = serde_json::from_str(stdout(&ttc(&args)).trim()).unwrap();
     assert_eq!(a["text"], b["text"]);
@@ -204,11 +204,11 @@ fn bench_reports_each_width_with_the_documented_keys() {
 #[test]
 fn kv_memory_budget_is_enforced_with_a_clear_error() {
     assert_clean_failure(
-        &ttc(&["--model", &model(), "--kv-memory", "64KiB", "hi"]),
+        &ttc(&["--model", &model(), "--method", "plain", "--kv-memory", "64KiB", "hi"]),
         "bytes of KV cache, more than the budget",
     );
     assert_clean_failure(&ttc(&["--kv-memory", "lots", "hi"]), "is not a size");
-    let ok = ttc(&["--model", &model(), "--kv-memory", "64MiB", "--temperature", "0", "--json", PROMPT]);
+    let ok = ttc(&["--model", &model(), "--method", "plain", "--kv-memory", "64MiB", "--temperature", "0", "--json", PROMPT]);
     assert!(ok.status.success(), "{}", stderr(&ok));
 }
 

@@ -98,6 +98,21 @@ impl<'e> Session<'e> {
         Sampler::new(self.opts.params.clone(), mixed)
     }
 
+    /// Changes how tokens are sampled, for every sequence from now on (each keeps a fresh,
+    /// seeded stream). The allocator prefills once, then picks greedy or sampling.
+    pub fn set_sampling(&mut self, params: SamplingParams) -> Result<()> {
+        params.validate().map_err(EngineError::InvalidArgument)?;
+        self.opts.params = params;
+        let ids: Vec<SeqId> = self.seqs.keys().copied().collect();
+        for seq in ids {
+            let sampler = self.sampler_for(seq);
+            if let Some(st) = self.seqs.get_mut(&seq) {
+                st.sampler = sampler;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `prompt` through the model (in chunks of the engine's prefill size) and returns a
     /// sequence whose next-token logits are ready.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<SeqId> {

@@ -17,7 +17,7 @@ use ttc_engine::{Engine, EngineError, SeqId, Session, SessionOptions, StopReason
 
 pub use scorer::{Scorer, ScorerSpec};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     Greedy,
@@ -150,15 +150,41 @@ pub struct MethodResult {
 pub fn run(engine: &Engine, prompt: &[u32], cfg: &MethodConfig) -> ttc_engine::Result<MethodResult> {
     cfg.validate().map_err(EngineError::InvalidArgument)?;
     let t0 = Instant::now();
-    let params = if cfg.method == Method::Greedy { SamplingParams::greedy() } else { cfg.params.clone() };
-    let width = match cfg.method {
-        Method::Greedy => 1,
-        m if m.is_search() => cfg.n + cfg.n / cfg.beam_width,
-        _ => cfg.n,
-    };
-    let opts = SessionOptions { params, seed: cfg.seed, max_tokens: cfg.max_tokens, stop: cfg.stop.clone(), ignore_eos: false, kv_blocks: 0 };
-    let mut session = engine.session(prompt.len(), width, opts)?;
+    let mut session = engine.session(prompt.len(), cfg.width(), cfg.session_options())?;
     let root = session.prefill(prompt)?;
+    run_prefilled(session, root, prompt.len(), cfg, t0)
+}
+
+impl MethodConfig {
+    /// Sequences alive at once: beams and their expansions for search, samples otherwise.
+    pub fn width(&self) -> usize {
+        match self.method {
+            Method::Greedy => 1,
+            m if m.is_search() => self.n + self.n / self.beam_width.max(1),
+            _ => self.n,
+        }
+    }
+
+    /// The sampling this method uses: greedy for greedy, `params` otherwise.
+    pub fn sampling(&self) -> SamplingParams {
+        if self.method == Method::Greedy {
+            SamplingParams::greedy()
+        } else {
+            self.params.clone()
+        }
+    }
+
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions { params: self.sampling(), seed: self.seed, max_tokens: self.max_tokens, stop: self.stop.clone(), ignore_eos: false, kv_blocks: 0 }
+    }
+}
+
+/// Runs `cfg` from `root`, a prompt already prefilled in `session` (which must have room for
+/// `cfg.width()` sequences): how the allocator decides after the prefill without redoing it.
+/// `t0` is when the request started; the total time is measured from it.
+pub fn run_prefilled(mut session: Session<'_>, root: SeqId, prompt_len: usize, cfg: &MethodConfig, t0: Instant) -> ttc_engine::Result<MethodResult> {
+    cfg.validate().map_err(EngineError::InvalidArgument)?;
+    session.set_sampling(cfg.sampling())?;
     let prompt_hidden = session.prompt_hidden(root)?.map(|h| h.to_vec1::<f32>()).transpose()?;
     let mut run = Run { session, scorer: cfg.scorer.clone(), steps: 0, scoring_s: 0.0, scorer_tokens: 0, cancel: cfg.cancel.clone() };
     let (candidates, chosen) = match cfg.method {
@@ -192,7 +218,7 @@ pub fn run(engine: &Engine, prompt: &[u32], cfg: &MethodConfig) -> ttc_engine::R
         answer: chosen_c.answer,
         chosen,
         candidates,
-        prompt_tokens: prompt.len(),
+        prompt_tokens: prompt_len,
         prefill_tokens: c.prefill_tokens,
         generated_tokens: c.decode_tokens,
         scorer_tokens: run.scorer_tokens,

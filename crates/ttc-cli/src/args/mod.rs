@@ -38,6 +38,10 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Measure prefill and batched decode speed and KV memory on this machine.
     Bench(BenchArgs),
+    /// Measure this device's prefill and decode-step latency for the allocator.
+    Profile(ProfileArgs),
+    /// Build the accuracy probe and token model of a model from labelled questions.
+    Calibrate(CalibrateArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -104,9 +108,10 @@ pub struct GenerationArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Stop after N generated tokens (per answer, per sample).
-    #[arg(long, short = 'n', default_value_t = 512)]
-    pub max_tokens: usize,
+    /// Stop after N generated tokens (per answer, per sample). Default: 512, or under the
+    /// allocator the cap its probe was calibrated with.
+    #[arg(long, short = 'n')]
+    pub max_tokens: Option<usize>,
     /// System prompt (default: the chat template's own).
     #[arg(long)]
     pub system: Option<String>,
@@ -144,13 +149,33 @@ pub struct RunArgs {
     pub prompt: Option<String>,
 }
 
+/// How to answer: the allocator chooses, one plain streamed completion, or a fixed method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodChoice {
+    Auto,
+    Plain,
+    Fixed(ttc_methods::Method),
+}
+
+impl std::str::FromStr for MethodChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "plain" | "none" => Ok(Self::Plain),
+            other => other.parse().map(Self::Fixed).map_err(|e: String| e.replace("(greedy,", "(auto, plain, greedy,")),
+        }
+    }
+}
+
 /// Test-time scaling: how much compute to spend on the answer.
 #[derive(Args, Debug, Clone)]
 pub struct MethodArgs {
-    /// greedy, best-of-n, majority, weighted, beam or dvts. Without it: one plain completion,
-    /// streamed.
+    /// auto (the allocator chooses method and width for each prompt: the default for a
+    /// prompt), plain (one sampled completion, streamed: the default in chat), or a fixed
+    /// method: greedy, best-of-n, majority, weighted, beam or dvts.
     #[arg(long)]
-    pub method: Option<ttc_methods::Method>,
+    pub method: Option<MethodChoice>,
     /// Samples (best-of-n, majority, weighted) or beams (beam, dvts).
     #[arg(long, default_value_t = 4)]
     pub n: usize,
@@ -164,6 +189,47 @@ pub struct MethodArgs {
     /// prm:DIR (a Qwen2 process reward model in Hugging Face format, e.g. Qwen2.5-Math-PRM).
     #[arg(long, default_value = "logprob")]
     pub scorer: ttc_methods::ScorerSpec,
+    #[command(flatten)]
+    pub allocator: AllocatorArgs,
+}
+
+/// The allocator's prices and budgets (method auto).
+#[derive(Args, Debug, Clone)]
+pub struct AllocatorArgs {
+    /// Price of one generated token, in probability of a correct answer (utility =
+    /// P(correct) - lambda_tokens * tokens - lambda_latency * seconds).
+    #[arg(long, default_value_t = ttc_allocator::policy::Lambdas::DEFAULT.tokens)]
+    pub lambda_tokens: f64,
+    /// Price of one second of latency (default: one point of accuracy per second).
+    #[arg(long, default_value_t = ttc_allocator::policy::Lambdas::DEFAULT.latency)]
+    pub lambda_latency: f64,
+    /// Choose the most accurate configuration whose mean predicted latency fits S seconds
+    /// (solves lambda_latency).
+    #[arg(long, conflicts_with = "target_tokens")]
+    pub target_latency: Option<f64>,
+    /// Choose the most accurate configuration whose mean predicted tokens fit T (solves
+    /// lambda_tokens).
+    #[arg(long)]
+    pub target_tokens: Option<f64>,
+    /// Print every configuration's predicted accuracy, tokens and latency, and the choice.
+    #[arg(long)]
+    pub explain: bool,
+    /// Accuracy probe file (default: the cache's, else the one shipped for the model).
+    #[arg(long)]
+    pub probe: Option<std::path::PathBuf>,
+}
+
+impl AllocatorArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        if !ok(self.lambda_tokens) || !ok(self.lambda_latency) {
+            return Err("--lambda-tokens and --lambda-latency must be finite and at least 0".into());
+        }
+        if self.target_latency.is_some_and(|t| !(t > 0.0)) || self.target_tokens.is_some_and(|t| !(t > 0.0)) {
+            return Err("--target-latency and --target-tokens must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 /// `ttc-run chat`: the generation options; /method, /n and /system change them as it runs.
@@ -216,6 +282,58 @@ pub struct BenchArgs {
     /// Print a JSON array, one object per width, instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProfileArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Measure the small grid the first auto request uses, not the full one.
+    #[arg(long)]
+    pub brief: bool,
+    /// Print the profile as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Labelled questions: builtin:NAME (lookup, digits, multidigit, word, mixed) or a
+    /// GSM8K-style JSONL file. Repeatable.
+    #[arg(long, required_unless_present = "train_only")]
+    pub dataset: Vec<String>,
+    /// Split of the built-in suites to label (files are taken whole).
+    #[arg(long, default_value = "train")]
+    pub split: ttc_allocator::dataset::Split,
+    /// Questions per dataset at most.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Answers sampled per question (K); parallel configurations up to N=K are estimated from them.
+    #[arg(long, default_value_t = 16)]
+    pub samples: usize,
+    /// Tokens per answer at most; `auto` caps answers the same way.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Instruction appended to each question (the same one `run` appends).
+    #[arg(long, default_value = ttc_methods::answer::DEFAULT_INSTRUCTION)]
+    pub instruction: String,
+    /// The labels file (JSONL, resumable). Default: next to --out. With --train-only,
+    /// repeatable.
+    #[arg(long)]
+    pub labels: Vec<std::path::PathBuf>,
+    /// Where to write the probe (default: the cache's probe for this model).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Only label; do not train.
+    #[arg(long)]
+    pub label_only: bool,
+    /// Do not label: train from --labels files (repeatable) as they are.
+    #[arg(long, conflicts_with = "label_only")]
+    pub train_only: bool,
 }
 
 #[cfg(test)]

@@ -16,14 +16,18 @@ use rustyline::error::ReadlineError;
 use ttc_engine::chat_template::Message;
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, EngineError, GenerateRequest, StopReason};
+use ttc_allocator::policy::{Allocator, Lambdas};
+use ttc_allocator::route::{self, Request};
+use ttc_allocator::{AllocatorError, Config};
 use ttc_methods::{Method, MethodConfig};
 
-use crate::args::ChatArgs;
+use crate::args::{ChatArgs, MethodChoice};
 
 const HELP: &str = "\
-/method NAME      greedy, best-of-n, majority, weighted, beam, dvts, or plain (sampled, streamed)
+/method NAME      auto (the allocator chooses), greedy, best-of-n, majority, weighted, beam,
+                  dvts, or plain (sampled, streamed)
 /n N              samples or beams for the method
-/lambda latency|tokens X   prices for the allocator (needs the allocator: not available yet)
+/lambda latency|tokens X   the allocator's prices (per second, per token)
 /system TEXT      set the system prompt (and reset the conversation)
 /reset            forget the conversation
 /stats            what this session has spent
@@ -43,8 +47,11 @@ struct Chat<'e> {
     args: &'e ChatArgs,
     system: Option<String>,
     messages: Vec<Message>,
-    method: Option<Method>,
+    method: MethodChoice,
     n: usize,
+    /// Loaded when `auto` first answers (it may measure a latency profile).
+    allocator: Option<Allocator>,
+    lambdas: Lambdas,
     cancel: Arc<AtomicBool>,
     totals: (usize, usize, f64), // turns, tokens, seconds
 }
@@ -62,8 +69,10 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         args,
         system: args.gen.system.clone(),
         messages: Vec::new(),
-        method: args.gen.method.method,
+        method: args.gen.method.method.unwrap_or(MethodChoice::Plain),
         n: args.gen.method.n,
+        allocator: None,
+        lambdas: Lambdas { tokens: args.gen.method.allocator.lambda_tokens, latency: args.gen.method.allocator.lambda_latency },
         cancel,
         totals: (0, 0, 0.0),
     };
@@ -142,9 +151,10 @@ impl Chat<'_> {
 
     fn method_label(&self) -> String {
         match self.method {
-            Some(m) if m != Method::Greedy => format!("{} n={}", m.name(), self.n),
-            Some(m) => m.name().to_string(),
-            None => "plain".to_string(),
+            MethodChoice::Fixed(m) if m != Method::Greedy => format!("{} n={}", m.name(), self.n),
+            MethodChoice::Fixed(m) => m.name().to_string(),
+            MethodChoice::Plain => "plain".to_string(),
+            MethodChoice::Auto => format!("auto, lambda_latency={} lambda_tokens={}", self.lambdas.latency, self.lambdas.tokens),
         }
     }
 
@@ -168,39 +178,52 @@ impl Chat<'_> {
         self.cancel.store(false, Ordering::Relaxed);
         let ids = self.prompt_ids(user)?;
         let t0 = Instant::now();
+        let mut label = self.method_label();
         let (text, tokens, stopped) = match self.method {
-            None => self.stream(&ids, show)?,
-            Some(method) => {
+            MethodChoice::Plain => self.stream(&ids, show)?,
+            choice => {
+                if self.allocator.is_none() {
+                    self.allocator = Some(super::run::load_allocator(self.engine, self.args.gen.method.allocator.probe.as_deref())?.0);
+                }
+                let alloc = self.allocator.as_ref().expect("loaded above");
                 let spinner = show.then(|| {
                     let s = indicatif::ProgressBar::new_spinner();
-                    s.set_message(format!("{} n={}: generating candidates", method.name(), self.n));
+                    s.set_message(format!("{}: generating candidates", self.method_label()));
                     s.enable_steady_tick(Duration::from_millis(120));
                     s
                 });
-                let cfg = MethodConfig {
-                    method,
-                    n: self.n,
+                let forced = match choice {
+                    MethodChoice::Fixed(m) => Some(Config { n: self.n, ..super::run::forced_config(m, &self.args.gen.method) }),
+                    _ => None,
+                };
+                let base = MethodConfig {
+                    method: Method::Greedy,
+                    n: 1,
                     beam_width: self.args.gen.method.beam_width,
                     max_iters: self.args.gen.method.max_iters,
                     scorer: super::run::scorer(&self.args.gen.method.scorer, self.engine, user)?,
                     params: self.params(),
                     seed: self.args.gen.sampling.seed + self.totals.0 as u64,
-                    max_tokens: self.args.gen.max_tokens,
+                    max_tokens: self.args.gen.max_tokens.or(alloc.max_tokens()).unwrap_or(512),
                     stop: Vec::new(),
                     cancel: Some(self.cancel.clone()),
                 };
-                let result = ttc_methods::run(self.engine, &ids, &cfg);
+                let req = Request { lambdas: self.lambdas, target: None, forced, base };
+                let result = route::answer(self.engine, alloc, &ids, &req);
                 if let Some(s) = spinner {
                     s.finish_and_clear();
                 }
                 match result {
-                    Ok(r) => {
+                    Ok((r, d)) => {
+                        if choice == MethodChoice::Auto {
+                            label = format!("auto: {}", d.predicted.config);
+                        }
                         if show {
                             println!("{}", r.text);
                         }
                         (r.text, r.generated_tokens, false)
                     }
-                    Err(EngineError::Cancelled) => (String::new(), 0, true),
+                    Err(AllocatorError::Engine(EngineError::Cancelled)) => (String::new(), 0, true),
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -211,7 +234,7 @@ impl Chat<'_> {
             self.messages.push(Message::new("assistant", text));
         }
         self.totals = (self.totals.0 + 1, self.totals.1 + tokens, self.totals.2 + seconds);
-        Ok(Turn { label: self.method_label(), tokens, seconds, stopped })
+        Ok(Turn { label, tokens, seconds, stopped })
     }
 
     /// Plain sampling, streamed token by token; Ctrl-C stops it.
@@ -219,7 +242,7 @@ impl Chat<'_> {
         let req = GenerateRequest {
             params: self.params(),
             seed: self.args.gen.sampling.seed + self.totals.0 as u64,
-            max_tokens: self.args.gen.max_tokens,
+            max_tokens: self.args.gen.max_tokens.unwrap_or(512),
             stop: Vec::new(),
             ignore_eos: false,
             cancel: Some(self.cancel.clone()),
@@ -252,18 +275,12 @@ impl Chat<'_> {
                 self.messages.clear();
                 println!("system prompt set; conversation cleared");
             }
-            "method" => match arg {
-                "plain" | "" => {
-                    self.method = None;
-                    println!("method: plain");
+            "method" => match (if arg.is_empty() { "plain" } else { arg }).parse::<MethodChoice>() {
+                Ok(m) => {
+                    self.method = m;
+                    println!("method: {}", self.method_label());
                 }
-                other => match other.parse::<Method>() {
-                    Ok(m) => {
-                        self.method = Some(m);
-                        println!("method: {}", self.method_label());
-                    }
-                    Err(e) => println!("error: {e}"),
-                },
+                Err(e) => println!("error: {e}"),
             },
             "n" => match arg.parse::<usize>() {
                 Ok(n) if n > 0 => {
@@ -272,7 +289,18 @@ impl Chat<'_> {
                 }
                 _ => println!("error: /n takes a positive number"),
             },
-            "lambda" => println!("the allocator is not available yet: /lambda has no effect (use /method and /n)"),
+            "lambda" => {
+                let parsed = arg.split_once(' ').and_then(|(k, v)| Some((k, v.trim().parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0)?)));
+                match parsed {
+                    Some(("latency", x)) => self.lambdas.latency = x,
+                    Some(("tokens", x)) => self.lambdas.tokens = x,
+                    _ => {
+                        println!("error: /lambda latency X or /lambda tokens X, with X >= 0");
+                        return true;
+                    }
+                }
+                println!("lambda_latency = {}, lambda_tokens = {} (used by /method auto)", self.lambdas.latency, self.lambdas.tokens);
+            }
             "stats" => {
                 let (turns, tokens, secs) = self.totals;
                 println!(

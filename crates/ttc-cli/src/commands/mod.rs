@@ -1,11 +1,14 @@
 //! One module per `ttc-run` subcommand.
 
 pub mod bench;
+pub mod calibrate;
 pub mod chat;
 pub mod fetch;
 pub mod models;
+pub mod profile;
 pub mod run;
 pub mod tokenize;
+pub mod train;
 
 use anyhow::Result;
 use ttc_engine::{Engine, LoadOptions};

@@ -1,18 +1,21 @@
-//! `ttc-run [run] "PROMPT"`: answer one prompt, streaming, or as one JSON object; with
-//! `--method`, through a test-time scaling method.
+//! `ttc-run [run] "PROMPT"`: answer one prompt. By default the allocator chooses the
+//! test-time scaling configuration for it (`--method auto`); `--method plain` streams one
+//! completion; a named method runs as given. Text, or one JSON object with `--json`.
 
 use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
-use ttc_engine::chat_template::Message;
+use ttc_allocator::policy::{Allocator, Lambdas, Prediction, Target};
+use ttc_allocator::route::{self, Request};
+use ttc_allocator::{prompt, Config};
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, GenerateRequest, StopReason};
 use ttc_engine::reward_model::RewardModel;
-use ttc_methods::{Method, MethodConfig, MethodResult, Scorer, ScorerSpec, Timing};
+use ttc_methods::{Method, MethodConfig, Scorer, ScorerSpec, Timing};
 
-use crate::args::RunArgs;
+use crate::args::{MethodChoice, RunArgs};
 
 #[derive(Serialize)]
 struct RunOutput<'a> {
@@ -54,6 +57,48 @@ struct MethodOutput<'a> {
     scorer_tokens: usize,
     timing: &'a Timing,
     seed: u64,
+    /// What the allocator predicted for the configuration that ran.
+    predicted: Predicted,
+    /// Auto runs: what was chosen and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chosen: Option<Chosen>,
+    /// With --explain: every configuration considered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    menu: Option<Vec<MenuRow>>,
+}
+
+#[derive(Serialize)]
+struct Predicted {
+    accuracy: Option<f64>,
+    tokens: f64,
+    latency_s: f64,
+}
+
+impl From<&Prediction> for Predicted {
+    fn from(p: &Prediction) -> Self {
+        Self { accuracy: p.accuracy, tokens: p.tokens, latency_s: p.latency_s }
+    }
+}
+
+#[derive(Serialize)]
+struct Chosen {
+    config: Config,
+    utility: f64,
+    lambda_tokens: f64,
+    lambda_latency: f64,
+    /// True when no probe could predict accuracy and the fallback rule chose.
+    fallback: bool,
+    decision_ms: f64,
+    probe: Option<String>,
+}
+
+#[derive(Serialize)]
+struct MenuRow {
+    config: Config,
+    accuracy: Option<f64>,
+    tokens: f64,
+    latency_s: f64,
+    utility: f64,
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
@@ -61,37 +106,180 @@ pub fn run(args: &RunArgs) -> Result<()> {
         // No prompt: a chat on a terminal, one answer per line for piped input.
         return super::chat::run(&crate::args::ChatArgs { gen: args.gen.clone() });
     };
+    args.gen.method.allocator.validate().map_err(anyhow::Error::msg)?;
     let mut engine = super::load_engine(&args.gen.model)?;
     if let Some(ctx) = args.context {
         engine.set_context_limit(ctx)?;
     }
-    let user = match (&args.gen.method.method, args.no_instruction) {
-        (Some(_), false) => format!("{prompt}\n{}", args.instruction),
-        _ => prompt.to_string(),
-    };
-    let ids = if args.raw {
-        engine.tokenizer.encode_prompt(&user)?
-    } else {
-        let mut messages = Vec::new();
-        if let Some(system) = &args.gen.system {
-            messages.push(Message::new("system", system.clone()));
-        }
-        messages.push(Message::new("user", user));
-        engine.encode_chat(&messages)?
-    };
     let s = &args.gen.sampling;
     let params = SamplingParams { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p };
-    match args.gen.method.method {
-        Some(method) => run_method(args, &engine, &ids, method, params, prompt),
-        None => run_plain(args, &engine, &ids, params),
+    // Bad sampling settings are refused before anything is measured or run.
+    params.validate().map_err(anyhow::Error::msg)?;
+    match args.gen.method.method.unwrap_or(MethodChoice::Auto) {
+        MethodChoice::Plain => {
+            let ids = encode(args, &engine, prompt, None)?;
+            run_plain(args, &engine, &ids, params)
+        }
+        choice => run_allocated(args, &engine, prompt, choice, params),
     }
+}
+
+/// The prompt's ids: through the chat template (with the system prompt) unless --raw.
+fn encode(args: &RunArgs, engine: &Engine, prompt: &str, instruction: Option<&str>) -> Result<Vec<u32>> {
+    Ok(if args.raw {
+        engine.tokenizer.encode_prompt(&prompt::user_message(prompt, instruction))?
+    } else {
+        prompt::encode(engine, prompt, instruction, args.gen.system.as_deref())?
+    })
+}
+
+/// The configuration `--method M --n N --beam-width W --max-iters I` names.
+pub fn forced_config(method: Method, m: &crate::args::MethodArgs) -> Config {
+    match method {
+        Method::Greedy => Config::GREEDY,
+        x if x.is_search() => Config::search(x, m.n, m.beam_width, m.max_iters),
+        x => Config::parallel(x, m.n),
+    }
+}
+
+/// Loads the allocator for `engine`, with notices and a progress bar for a first profile.
+pub fn load_allocator(engine: &Engine, probe: Option<&std::path::Path>) -> Result<(Allocator, ttc_allocator::route::Sources)> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("profile [{bar:30}] {pos}/{len} {msg}").expect("valid template").progress_chars("=> "));
+    let out = Allocator::for_engine(
+        engine,
+        super::threads_in_use(),
+        probe,
+        |msg| bar.suspend(|| eprintln!("ttc: {msg}")),
+        |done, total, what| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(what.to_string());
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+fn run_allocated(args: &RunArgs, engine: &Engine, prompt: &str, choice: MethodChoice, params: SamplingParams) -> Result<()> {
+    let a = &args.gen.method.allocator;
+    let instruction = (!args.no_instruction).then_some(args.instruction.as_str());
+    let ids = encode(args, engine, prompt, instruction)?;
+    // A prompt over the context is refused before a latency profile is measured for nothing.
+    if ids.len() >= engine.context_limit() {
+        return Err(ttc_engine::EngineError::PromptTooLong { prompt_tokens: ids.len(), context: engine.context_limit() }.into());
+    }
+    let m = &args.gen.method;
+    let forced = match choice {
+        MethodChoice::Fixed(method) => Some(forced_config(method, m)),
+        _ => None,
+    };
+    let mut base = MethodConfig {
+        method: Method::Greedy,
+        n: 1,
+        beam_width: 1,
+        max_iters: m.max_iters,
+        scorer: scorer(&m.scorer, engine, prompt)?,
+        params,
+        seed: args.gen.sampling.seed,
+        max_tokens: args.gen.max_tokens.unwrap_or(1),
+        stop: args.stop.clone(),
+        cancel: None,
+    };
+    if let Some(c) = forced {
+        let cfg = MethodConfig { method: c.method, n: c.n, beam_width: c.beam_width, max_iters: c.max_iters.max(1), ..base.clone() };
+        cfg.validate().map_err(anyhow::Error::msg)?;
+    }
+    let (mut alloc, sources) = load_allocator(engine, a.probe.as_deref())?;
+    base.max_tokens = args.gen.max_tokens.or(alloc.max_tokens()).unwrap_or(512);
+    let target = a.target_latency.map(Target::Latency).or(a.target_tokens.map(Target::Tokens));
+    let req = Request { lambdas: Lambdas { tokens: a.lambda_tokens, latency: a.lambda_latency }, target, forced, base };
+    let (r, d) = route::answer(engine, &alloc, &ids, &req)?;
+    alloc.profile.observe(&route::observed_work(&r), r.timing.total_s);
+    if let Err(e) = alloc.save_profile() {
+        eprintln!("ttc: could not save the refined latency profile: {e}");
+    }
+    if d.fallback {
+        eprintln!(
+            "ttc: no accuracy probe for {}: auto runs {} (`ttc-run calibrate` builds one)",
+            engine.name,
+            d.predicted.config
+        );
+    }
+    let menu: Vec<MenuRow> = d
+        .menu
+        .iter()
+        .map(|p| MenuRow { config: p.config, accuracy: p.accuracy, tokens: p.tokens, latency_s: p.latency_s, utility: p.utility(d.lambdas) })
+        .collect();
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let out = MethodOutput {
+            text: &r.text,
+            model: &engine.name,
+            prompt_tokens: r.prompt_tokens,
+            tokens_generated: r.generated_tokens,
+            latency_s: r.timing.total_s,
+            method: r.method,
+            n: r.n,
+            beam_width: r.beam_width,
+            scorer: r.scorer,
+            answer: r.answer.as_deref(),
+            candidates: r
+                .candidates
+                .iter()
+                .map(|c| CandidateOutput { text: &c.text, answer: c.answer.as_deref(), score: c.score, tokens: c.tokens })
+                .collect(),
+            steps: r.steps,
+            scorer_tokens: r.scorer_tokens,
+            timing: &r.timing,
+            seed: args.gen.sampling.seed,
+            predicted: Predicted::from(&d.predicted),
+            chosen: (!d.forced).then(|| Chosen {
+                config: d.predicted.config,
+                utility: d.predicted.utility(d.lambdas),
+                lambda_tokens: d.lambdas.tokens,
+                lambda_latency: d.lambdas.latency,
+                fallback: d.fallback,
+                decision_ms: d.decision_s * 1e3,
+                probe: sources.probe.clone(),
+            }),
+            menu: a.explain.then_some(menu),
+        };
+        writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
+        return Ok(());
+    }
+    if a.explain {
+        let mut err = std::io::stderr().lock();
+        writeln!(err, "ttc: lambda_tokens={} lambda_latency={} probe={}", d.lambdas.tokens, d.lambdas.latency, sources.probe.as_deref().unwrap_or("none"))?;
+        writeln!(err, "  {:<16} {:>9} {:>9} {:>10} {:>9}", "config", "P(correct)", "tokens", "latency_s", "utility")?;
+        for row in &menu {
+            let mark = if row.config == d.predicted.config { " <- chosen" } else { "" };
+            let acc = row.accuracy.map(|a| format!("{a:.3}")).unwrap_or_else(|| "-".into());
+            writeln!(err, "  {:<16} {:>9} {:>9.0} {:>10.2} {:>9.4}{mark}", row.config.to_string(), acc, row.tokens, row.latency_s, row.utility)?;
+        }
+        writeln!(err, "  decision took {:.3} ms after the prefill", d.decision_s * 1e3)?;
+    }
+    writeln!(stdout, "{}", r.text)?;
+    let p = &d.predicted;
+    eprintln!(
+        "ttc: {} answer={} tokens={} steps={} {:.2}s (predicted: P={} tokens={:.0} {:.2}s)",
+        p.config,
+        r.answer.as_deref().unwrap_or("-"),
+        r.generated_tokens,
+        r.steps,
+        r.timing.total_s,
+        p.accuracy.map(|a| format!("{a:.2}")).unwrap_or_else(|| "?".into()),
+        p.tokens,
+        p.latency_s
+    );
+    Ok(())
 }
 
 fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParams) -> Result<()> {
     let req = GenerateRequest {
         params,
         seed: args.gen.sampling.seed,
-        max_tokens: args.gen.max_tokens,
+        max_tokens: args.gen.max_tokens.unwrap_or(512),
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
         cancel: None,
@@ -137,58 +325,4 @@ pub fn scorer(spec: &ScorerSpec, engine: &Engine, question: &str) -> Result<Scor
             question: question.into(),
         },
     })
-}
-
-fn run_method(args: &RunArgs, engine: &Engine, ids: &[u32], method: Method, params: SamplingParams, question: &str) -> Result<()> {
-    let m = &args.gen.method;
-    let cfg = MethodConfig {
-        method,
-        n: m.n,
-        beam_width: m.beam_width,
-        max_iters: m.max_iters,
-        scorer: scorer(&m.scorer, engine, question)?,
-        params,
-        seed: args.gen.sampling.seed,
-        max_tokens: args.gen.max_tokens,
-        stop: args.stop.clone(),
-        cancel: None,
-    };
-    let r: MethodResult = ttc_methods::run(engine, ids, &cfg)?;
-    let mut stdout = std::io::stdout().lock();
-    if args.json {
-        let out = MethodOutput {
-            text: &r.text,
-            model: &engine.name,
-            prompt_tokens: r.prompt_tokens,
-            tokens_generated: r.generated_tokens,
-            latency_s: r.timing.total_s,
-            method: r.method,
-            n: r.n,
-            beam_width: r.beam_width,
-            scorer: r.scorer,
-            answer: r.answer.as_deref(),
-            candidates: r
-                .candidates
-                .iter()
-                .map(|c| CandidateOutput { text: &c.text, answer: c.answer.as_deref(), score: c.score, tokens: c.tokens })
-                .collect(),
-            steps: r.steps,
-            scorer_tokens: r.scorer_tokens,
-            timing: &r.timing,
-            seed: args.gen.sampling.seed,
-        };
-        writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
-    } else {
-        writeln!(stdout, "{}", r.text)?;
-        eprintln!(
-            "ttc: {} n={} answer={} tokens={} steps={} {:.2}s",
-            r.method.name(),
-            r.n,
-            r.answer.as_deref().unwrap_or("-"),
-            r.generated_tokens,
-            r.steps,
-            r.timing.total_s
-        );
-    }
-    Ok(())
 }

@@ -1,0 +1,200 @@
+//! One request through the allocator: prefill the prompt once, read its hidden state, predict
+//! every configuration's accuracy, tokens and latency, choose, and run the choice from the same
+//! prefill (so deciding costs only the probe and the predictions, not a second prefill). A
+//! forced method runs the same way and carries its own prediction.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use ttc_engine::Engine;
+use ttc_methods::{MethodConfig, MethodResult};
+
+use crate::latency::{Grid, LatencyProfile, ProfileKey, Work};
+use crate::menu::Config;
+use crate::policy::{choose, fallback_config, solve, Allocator, Lambdas, Prediction, Target};
+use crate::probe::Probe;
+use crate::Result;
+
+/// Probes shipped in the repository's `models/` folder, compiled in: (model alias, file).
+const SHIPPED_PROBES: &[(&str, &[u8])] = &[];
+
+/// Where the allocator's parts came from, for messages and `--explain`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sources {
+    pub profile: String,
+    pub probe: Option<String>,
+}
+
+impl Allocator {
+    /// The allocator for `engine` running on `threads` CPU threads: the latency profile from
+    /// the cache (measured briefly now when there is none, or when it is unreadable), and the
+    /// probe from `probe_path`, else the cache, else the one shipped for the model's alias.
+    /// A bad file is reported through `notice` and replaced, never fatal.
+    pub fn for_engine(
+        engine: &Engine,
+        threads: usize,
+        probe_path: Option<&Path>,
+        mut notice: impl FnMut(&str),
+        on_progress: impl FnMut(usize, usize, &str),
+    ) -> Result<(Self, Sources)> {
+        let key = ProfileKey::for_engine(engine, threads);
+        let path = key.default_path();
+        let existing = if path.exists() {
+            match LatencyProfile::load(&path) {
+                Ok(p) if p.key == key => Some(p),
+                Ok(_) => {
+                    notice(&format!("{} was measured for another model, device or thread count; measuring again", path.display()));
+                    None
+                }
+                Err(e) => {
+                    notice(&format!("{e}; measuring again"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let profile = match existing {
+            Some(p) => p,
+            None => {
+                notice("no latency profile for this model, device and thread count yet: measuring a brief one (`ttc-run profile` measures the full grid)");
+                let p = LatencyProfile::measure(engine, key, &Grid::brief(), on_progress)?;
+                if let Err(e) = p.save(&path) {
+                    notice(&format!("could not save the latency profile: {e}"));
+                }
+                p
+            }
+        };
+        let (probe, probe_source) = load_probe(engine, probe_path, &mut notice);
+        Ok((Self::new(profile, probe), Sources { profile: path.display().to_string(), probe: probe_source }))
+    }
+
+    /// Saves the profile (with its refined correction) where `for_engine` finds it.
+    pub fn save_profile(&self) -> Result<()> {
+        self.profile.save(&self.profile.key.default_path())
+    }
+}
+
+fn load_probe(engine: &Engine, explicit: Option<&Path>, notice: &mut impl FnMut(&str)) -> (Option<Probe>, Option<String>) {
+    let hidden = engine.config().hidden_size;
+    let usable = |p: Probe, from: String, notice: &mut dyn FnMut(&str)| -> Option<(Probe, String)> {
+        if p.meta.hidden_dim != hidden {
+            notice(&format!("probe {from} was trained on another model (hidden size {}, this model has {hidden}); ignoring it", p.meta.hidden_dim));
+            return None;
+        }
+        Some((p, from))
+    };
+    let mut candidates: Vec<PathBuf> = explicit.map(Path::to_path_buf).into_iter().collect();
+    if explicit.is_none() {
+        candidates.push(crate::probe::default_path(&engine.name));
+    }
+    for path in candidates {
+        if !path.exists() && explicit.is_none() {
+            continue;
+        }
+        match Probe::load(&path) {
+            Ok(p) => {
+                if let Some((p, from)) = usable(p, path.display().to_string(), notice) {
+                    return (Some(p), Some(from));
+                }
+            }
+            Err(e) => notice(&format!("{e}; not using it")),
+        }
+    }
+    for (alias, bytes) in SHIPPED_PROBES {
+        if *alias == engine.name {
+            match Probe::from_bytes(bytes) {
+                Ok(p) => {
+                    if let Some((p, from)) = usable(p, format!("shipped probe for {alias}"), notice) {
+                        return (Some(p), Some(from));
+                    }
+                }
+                Err(e) => notice(&format!("the shipped probe for {alias} is unreadable: {e}")),
+            }
+        }
+    }
+    (None, None)
+}
+
+/// What to run: prices or a budget, or a forced configuration; and the method settings
+/// (scorer, sampling, seed, cap, stops) every configuration shares.
+pub struct Request {
+    pub lambdas: Lambdas,
+    pub target: Option<Target>,
+    /// Run this instead of choosing (still predicted).
+    pub forced: Option<Config>,
+    /// Method, n, beam width and iterations are replaced by the chosen configuration's.
+    pub base: MethodConfig,
+}
+
+/// Why the allocator ran what it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// Every configuration considered (empty without a probe).
+    pub menu: Vec<Prediction>,
+    /// What ran, and what was predicted for it.
+    pub predicted: Prediction,
+    pub lambdas: Lambdas,
+    /// True when no probe could predict accuracy and the fallback rule chose.
+    pub fallback: bool,
+    pub forced: bool,
+    /// Seconds from the end of the prefill to the start of the chosen run.
+    pub decision_s: f64,
+}
+
+/// Answers the prompt `ids` (template applied) through the allocator.
+pub fn answer(engine: &Engine, alloc: &Allocator, ids: &[u32], req: &Request) -> Result<(MethodResult, Decision)> {
+    let t0 = Instant::now();
+    let max_tokens = req.base.max_tokens;
+    // Only configurations whose KV cache fits are on the menu.
+    let fits = engine.max_width_for(ids.len(), max_tokens);
+    let width_of = |c: &Config| MethodConfig { method: c.method, n: c.n, beam_width: c.beam_width, max_iters: c.max_iters, ..req.base.clone() }.width();
+    let widest = match req.forced {
+        Some(c) => width_of(&c),
+        None => alloc.menu.iter().map(width_of).filter(|&w| w <= fits).max().unwrap_or(1),
+    };
+    let mut session = engine.session(ids.len(), widest, req.base.session_options())?;
+    let root = session.prefill(ids)?;
+    let t_decide = Instant::now();
+    let hidden = session.prompt_hidden(root)?.map(|h| h.to_vec1::<f32>()).transpose()?;
+    let mut menu = match (&hidden, &alloc.probe) {
+        (Some(h), Some(_)) => alloc.predict(h, ids.len())?,
+        _ => Vec::new(),
+    };
+    menu.retain(|p| width_of(&p.config) <= widest);
+    let mut lambdas = req.lambdas;
+    let (predicted, fallback) = match req.forced {
+        Some(c) => (predict_one(alloc, hidden.as_deref(), ids.len(), &c, max_tokens)?, false),
+        None if menu.is_empty() => (alloc.predict_without_probe(&fallback_config(), ids.len(), max_tokens), true),
+        None => {
+            if let Some(t) = req.target {
+                lambdas = solve(std::slice::from_ref(&menu), t, lambdas);
+            }
+            (menu[choose(&menu, lambdas)], false)
+        }
+    };
+    let c = predicted.config;
+    let cfg = MethodConfig { method: c.method, n: c.n, beam_width: c.beam_width, max_iters: c.max_iters.max(1), ..req.base.clone() };
+    let decision_s = t_decide.elapsed().as_secs_f64();
+    let result = ttc_methods::run_prefilled(session, root, ids.len(), &cfg, t0)?;
+    Ok((result, Decision { menu, predicted, lambdas, fallback, forced: req.forced.is_some(), decision_s }))
+}
+
+/// The prediction for one configuration, on the menu or not.
+fn predict_one(alloc: &Allocator, hidden: Option<&[f32]>, prompt_len: usize, c: &Config, max_tokens: usize) -> Result<Prediction> {
+    match (hidden, &alloc.probe) {
+        (Some(h), Some(probe)) => {
+            let accuracy = probe.accuracy(h, prompt_len, std::slice::from_ref(c))?[0];
+            let sample = probe.sample_tokens(h, prompt_len)?;
+            let work = probe.meta.tokens.work_nearest(c, sample, prompt_len);
+            Ok(Prediction { config: *c, accuracy: Some(accuracy), tokens: work.tokens, latency_s: alloc.profile.latency_s(&work), work })
+        }
+        _ => Ok(alloc.predict_without_probe(c, prompt_len, max_tokens)),
+    }
+}
+
+/// The work a finished run really did, for refining the latency model.
+pub fn observed_work(r: &MethodResult) -> Work {
+    Work { prompt_len: r.prompt_tokens, tokens: r.generated_tokens as f64, steps: r.steps as f64, scorer_tokens: r.scorer_tokens as f64 }
+}

@@ -1,0 +1,51 @@
+//! Trains the accuracy probe and token model from labels files (the second half of
+//! `ttc-run calibrate`), prints how it does on held-out questions, and saves it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use ttc_allocator::calibrate::read_labels;
+use ttc_allocator::menu;
+use ttc_allocator::probe::{Probe, ProbeMetaBase, TrainOptions};
+use ttc_engine::Engine;
+
+pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result<()> {
+    let mut questions = Vec::new();
+    let mut header = None;
+    for path in labels {
+        let file = read_labels(path)?;
+        anyhow::ensure!(
+            file.header.model == engine.name,
+            "{} holds labels of model {}, not {}",
+            path.display(),
+            file.header.model,
+            engine.name
+        );
+        if let Some(h) = &header {
+            anyhow::ensure!(file.header == *h, "{} was labelled with other settings than {}", path.display(), labels[0].display());
+        }
+        header = Some(file.header);
+        questions.extend(file.questions);
+    }
+    let header = header.ok_or_else(|| anyhow::anyhow!("no labels file given"))?;
+    let menu: Vec<_> = menu::default_menu().into_iter().filter(|c| questions.iter().any(|q| q.outcome(c).is_some())).collect();
+    let base = ProbeMetaBase {
+        model: engine.name.clone(),
+        instruction: header.instruction.clone(),
+        samples: header.samples,
+        max_tokens: header.max_tokens,
+        datasets: labels.iter().map(|p| p.display().to_string()).collect(),
+    };
+    eprintln!("training the probe on {} questions x {} configurations", questions.len(), menu.len());
+    let probe = Probe::train(&questions, &menu, base, &TrainOptions::default())?;
+    let r = &probe.meta.report;
+    println!(
+        "held-out log-loss: probe {:.4}, constant {:.4}, per-configuration mean {:.4} ({} held-out questions, {} trained on, best epoch {})",
+        r.heldout_log_loss, r.constant_log_loss, r.per_config_log_loss, r.heldout_questions, r.train_questions, r.epochs
+    );
+    println!("held-out answer length: mean |log error| {:.3} (x{:.2})", r.heldout_length_log_error, r.heldout_length_log_error.exp());
+    println!("platt: a={:.3} b={:.3}", probe.meta.platt[0], probe.meta.platt[1]);
+    probe.save(out)?;
+    println!("saved {}", out.display());
+    Ok(())
+}
