@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use rand::seq::index::sample;
 use rand::SeedableRng;
@@ -96,7 +98,7 @@ fn record(r: &MethodResult, reference: &str) -> RunRecord {
 }
 
 /// Samples, greedy and search runs for one question.
-pub fn label_question(engine: &Engine, problem: &Problem, header: &LabelHeader) -> Result<QuestionLabels> {
+pub fn label_question(engine: &Engine, problem: &Problem, header: &LabelHeader, cancel: Option<&Arc<AtomicBool>>) -> Result<QuestionLabels> {
     let ids = prompt::encode(engine, &problem.question, Some(&header.instruction), None)?;
     let seed = header.seed ^ crate::dataset::fnv1a(problem.id.as_bytes());
     let params = SamplingParams { temperature: header.temperature, top_k: header.top_k, top_p: header.top_p, min_p: header.min_p };
@@ -110,7 +112,7 @@ pub fn label_question(engine: &Engine, problem: &Problem, header: &LabelHeader) 
         seed,
         max_tokens: header.max_tokens,
         stop: Vec::new(),
-        cancel: None,
+        cancel: cancel.cloned(),
     };
     let greedy = ttc_methods::run(engine, &ids, &cfg(Config::GREEDY))?;
     let hidden = greedy.prompt_hidden.clone().ok_or_else(|| AllocatorError::Invalid("the model gave no hidden state".into()))?;
@@ -218,8 +220,16 @@ pub fn read_labels(path: &Path) -> Result<LabelsFile> {
 }
 
 /// Labels `problems` into `path`, skipping questions already there (same header required).
-/// `on_progress(done, total)` is called after each question.
-pub fn label_dataset(engine: &Engine, problems: &[Problem], header: &LabelHeader, path: &Path, mut on_progress: impl FnMut(usize, usize)) -> Result<()> {
+/// `on_progress(done, total)` is called after each question. Setting `cancel` stops between
+/// two decode steps; what was finished stays in the file, and the result is Ok(false).
+pub fn label_dataset(
+    engine: &Engine,
+    problems: &[Problem],
+    header: &LabelHeader,
+    path: &Path,
+    cancel: Option<&Arc<AtomicBool>>,
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<bool> {
     let done: HashSet<String> = if path.exists() {
         let existing = read_labels(path)?;
         if existing.header != *header {
@@ -246,13 +256,16 @@ pub fn label_dataset(engine: &Engine, problems: &[Problem], header: &LabelHeader
     let mut finished = problems.iter().filter(|p| done.contains(&p.id)).count();
     on_progress(finished, total);
     for p in problems.iter().filter(|p| !done.contains(&p.id)) {
-        let labels = label_question(engine, p, header)?;
+        let labels = match label_question(engine, p, header, cancel) {
+            Err(AllocatorError::Engine(ttc_engine::EngineError::Cancelled)) => return Ok(false),
+            other => other?,
+        };
         let line = serde_json::to_string(&labels).expect("labels serialize");
         file.write_all(format!("{line}\n").as_bytes()).map_err(io_err(path))?;
         finished += 1;
         on_progress(finished, total);
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

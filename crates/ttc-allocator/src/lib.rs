@@ -17,3 +17,4 @@ pub use menu::Config;
 pub mod probe;
 pub mod policy;
 pub mod route;
+pub mod evaluate;

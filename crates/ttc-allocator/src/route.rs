@@ -16,7 +16,9 @@ use crate::policy::{choose, fallback_config, solve, Allocator, Lambdas, Predicti
 use crate::probe::Probe;
 use crate::Result;
 
-/// Probes shipped in the repository's `models/` folder, compiled in: (model alias, file).
+/// Probes shipped in the repository's `models/` folder, compiled in: (the GGUF file name the
+/// probe was trained on, the probe file). Matched by file name, so an alias and a path to the
+/// same file both find it.
 const SHIPPED_PROBES: &[(&str, &[u8])] = &[];
 
 /// Where the allocator's parts came from, for messages and `--explain`.
@@ -102,15 +104,16 @@ fn load_probe(engine: &Engine, explicit: Option<&Path>, notice: &mut impl FnMut(
             Err(e) => notice(&format!("{e}; not using it")),
         }
     }
-    for (alias, bytes) in SHIPPED_PROBES {
-        if *alias == engine.name {
+    let file = engine.resolved.paths.first().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for (gguf, bytes) in SHIPPED_PROBES {
+        if *gguf == file {
             match Probe::from_bytes(bytes) {
                 Ok(p) => {
-                    if let Some((p, from)) = usable(p, format!("shipped probe for {alias}"), notice) {
+                    if let Some((p, from)) = usable(p, format!("shipped probe for {gguf}"), notice) {
                         return (Some(p), Some(from));
                     }
                 }
-                Err(e) => notice(&format!("the shipped probe for {alias} is unreadable: {e}")),
+                Err(e) => notice(&format!("the shipped probe for {gguf} is unreadable: {e}")),
             }
         }
     }

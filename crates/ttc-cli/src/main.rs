@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(a)) => commands::bench::run(a),
         Some(Command::Calibrate(a)) => commands::calibrate::run(a),
         Some(Command::Profile(a)) => commands::profile::run(a),
+        Some(Command::Eval(a)) => commands::eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -248,3 +248,78 @@ fn a_process_reward_model_scores_candidates_from_the_cli() {
     let scores: Vec<f64> = v["candidates"].as_array().unwrap().iter().map(|c| c["score"].as_f64().unwrap()).collect();
     assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "rewards are probabilities: {scores:?}");
 }
+
+#[test]
+fn auto_is_the_default_and_says_what_it_predicted_and_chose() {
+    let m = model();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--model", m.as_str(), "--json", "--max-tokens", "12"];
+        args.extend_from_slice(extra);
+        args.push("What is 2 + 3?");
+        let o = ttc(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(stdout(&o).trim()).unwrap()
+    };
+    let v = run(&["--explain"]);
+    for key in ["accuracy", "tokens", "latency_s"] {
+        assert!(v["predicted"][key].is_number(), "predicted.{key} in {v}");
+    }
+    let chosen = v["chosen"]["config"].as_str().unwrap().to_string();
+    let menu = v["menu"].as_array().unwrap();
+    assert!(menu.len() >= 10, "{menu:?}");
+    assert!(menu.iter().any(|r| r["config"] == chosen.as_str()));
+    assert!(v["chosen"]["decision_ms"].as_f64().unwrap() < 50.0);
+    // The chosen row has the highest utility.
+    let best = menu.iter().map(|r| r["utility"].as_f64().unwrap()).fold(f64::NEG_INFINITY, f64::max);
+    let chosen_u = menu.iter().find(|r| r["config"] == chosen.as_str()).unwrap()["utility"].as_f64().unwrap();
+    assert_eq!(chosen_u, best);
+    // A high latency price, or a tiny latency budget, buys the fastest configuration.
+    let fastest = menu.iter().min_by(|a, b| a["latency_s"].as_f64().unwrap().total_cmp(&b["latency_s"].as_f64().unwrap())).unwrap()["config"].clone();
+    assert_eq!(run(&["--lambda-latency", "100"])["chosen"]["config"], fastest);
+    assert_eq!(run(&["--target-latency", "0.001"])["chosen"]["config"], fastest);
+    // A forced method is predicted too, and nothing was chosen.
+    let v = run(&["--method", "majority", "--n", "2"]);
+    assert!(v["predicted"]["latency_s"].is_number() && v["predicted"]["accuracy"].is_number());
+    assert!(v.get("chosen").is_none());
+    assert_eq!(v["method"], "majority");
+
+    assert_clean_failure(&ttc(&["--lambda-latency", "-1", "hi"]), "at least 0");
+    assert_clean_failure(&ttc(&["--target-latency", "0", "hi"]), "must be positive");
+    assert_clean_failure(&ttc(&["--target-latency", "1", "--target-tokens", "5", "hi"]), "cannot be used with");
+}
+
+#[test]
+fn bad_profile_and_probe_files_are_reported_and_replaced() {
+    let dir = scratch_dir("cli-allocator-files");
+    let cache = dir.join("ttc");
+    // A model file no probe was shipped for.
+    let gguf = dir.join("other.gguf");
+    if !gguf.exists() {
+        std::fs::copy(default_model_path(), &gguf).unwrap();
+    }
+    let size = std::fs::metadata(&gguf).unwrap().len();
+    let profiles = cache.join("profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::fs::write(profiles.join(format!("other.gguf_{size}-cpu-t1.json")), "{ half a file").unwrap();
+    let bad_probe = dir.join("bad.probe.safetensors");
+    std::fs::write(&bad_probe, "not a probe").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ttc-run"))
+        .args(["--model", gguf.to_str().unwrap(), "-t", "1", "--max-tokens", "4", "--probe", bad_probe.to_str().unwrap(), "--json", "What is 1 + 1?"])
+        .env("TTC_CACHE_DIR", &cache)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("not a ttc latency profile") && err.contains("measuring again"), "{err}");
+    assert!(err.contains("not a safetensors file") && err.contains("not using it"), "{err}");
+    assert!(err.contains("no accuracy probe") && err.contains("majority@4"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["chosen"]["config"], "majority@4");
+    assert_eq!(v["chosen"]["fallback"], true);
+    assert!(v["predicted"]["accuracy"].is_null() && v["predicted"]["latency_s"].is_number());
+    // The profile measured in its place is now a good one.
+    let text = std::fs::read_to_string(profiles.join(format!("other.gguf_{size}-cpu-t1.json"))).unwrap();
+    assert!(text.contains("\"decode\""));
+}

@@ -40,6 +40,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Measure this device's prefill and decode-step latency for the allocator.
     Profile(ProfileArgs),
+    /// Static configurations against the allocator on a labelled dataset, with plots.
+    Eval(EvalArgs),
     /// Build the accuracy probe and token model of a model from labelled questions.
     Calibrate(CalibrateArgs),
 }
@@ -280,6 +282,45 @@ pub struct BenchArgs {
     #[arg(long, short = 'r', default_value_t = 1)]
     pub reps: usize,
     /// Print a JSON array, one object per width, instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Labelled questions: builtin:NAME or a GSM8K-style JSONL file.
+    #[arg(long)]
+    pub dataset: String,
+    /// Split of a built-in suite (files are taken whole).
+    #[arg(long, default_value = "test")]
+    pub split: ttc_allocator::dataset::Split,
+    /// Questions at most.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Static configurations to report (default: the probe's menu), e.g. greedy,majority@8.
+    #[arg(long, value_delimiter = ',')]
+    pub configs: Vec<ttc_allocator::Config>,
+    /// Latency prices of the allocator sweep (tokens free), e.g. 0,0.01,0.1.
+    #[arg(long, value_delimiter = ',')]
+    pub lambdas: Vec<f64>,
+    /// Token prices of the allocator sweep (latency free), e.g. 1e-4,1e-3.
+    #[arg(long, value_delimiter = ',')]
+    pub token_lambdas: Vec<f64>,
+    /// Answers sampled per question (K).
+    #[arg(long, default_value_t = 16)]
+    pub samples: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Accuracy probe file (default: the cache's, else the one shipped for the model).
+    #[arg(long)]
+    pub probe: Option<std::path::PathBuf>,
+    /// Where results go: labels.jsonl (the resumable results cache), static.csv, adaptive.csv,
+    /// results.json and the two plots.
+    #[arg(long, default_value = "ttc-eval")]
+    pub out: std::path::PathBuf,
+    /// Print one JSON object with `static` and `adaptive` lists instead of tables.
     #[arg(long)]
     pub json: bool,
 }

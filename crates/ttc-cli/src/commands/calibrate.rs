@@ -48,7 +48,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     let bar = ProgressBar::new(problems.len() as u64);
     bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} questions, {elapsed} elapsed, ETA {eta}").expect("valid template").progress_chars("=> "));
     bar.set_prefix("calibrate");
-    label_dataset(&engine, &problems, &header, &labels_path, |done, _| bar.set_position(done as u64))
+    label_dataset(&engine, &problems, &header, &labels_path, None, |done, _| bar.set_position(done as u64))
         .with_context(|| format!("labelling into {}", labels_path.display()))?;
     bar.finish();
     if args.label_only {

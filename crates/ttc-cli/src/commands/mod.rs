@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod calibrate;
 pub mod chat;
+pub mod eval;
 pub mod fetch;
 pub mod models;
 pub mod profile;

@@ -1,0 +1,203 @@
+//! The paper's experiment on this engine (PAPER.md, "What they report"): every static
+//! configuration of the menu against the allocator at a sweep of prices, on labelled held-out
+//! questions.
+//!
+//! Runs are shared the way calibration labels its data: per question, greedy and each search
+//! configuration run for real (their latency is measured), and K samples are drawn once; a
+//! parallel configuration's accuracy, tokens and steps are estimated by resampling N of the K,
+//! and its latency is the calibrated latency model's prediction for those tokens and steps (one
+//! batched run of N). Each row says which (`latency_source`).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::calibrate::QuestionLabels;
+use crate::latency::Work;
+use crate::menu::Config;
+use crate::policy::{choose, Allocator, Lambdas};
+use crate::Result;
+
+/// One question's outcome under one configuration.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    accuracy: f64,
+    tokens: f64,
+    latency_s: f64,
+}
+
+/// A static configuration's figures over the dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaticRow {
+    pub config: Config,
+    pub accuracy: f64,
+    pub mean_tokens: f64,
+    pub mean_latency_s: f64,
+    pub p50_latency_s: f64,
+    pub p95_latency_s: f64,
+    /// "measured" (the configuration ran on each question) or "predicted" (shared samples; the
+    /// latency model's prediction for the tokens and steps they took).
+    pub latency_source: &'static str,
+    pub questions: usize,
+}
+
+/// The allocator's figures at one price point.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdaptiveRow {
+    pub lambda_tokens: f64,
+    pub lambda_latency: f64,
+    pub accuracy: f64,
+    pub mean_tokens: f64,
+    pub mean_latency_s: f64,
+    pub p50_latency_s: f64,
+    pub p95_latency_s: f64,
+    /// Share of questions on which each configuration was chosen.
+    pub chosen: BTreeMap<String, f64>,
+    pub questions: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    #[serde(rename = "static")]
+    pub static_rows: Vec<StaticRow>,
+    pub adaptive: Vec<AdaptiveRow>,
+    pub target: TargetCheck,
+}
+
+/// The target, checked: against the most accurate static configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    pub best_static: Config,
+    pub best_static_accuracy: f64,
+    /// The allocator's best accuracy at no more than the best static point's mean latency.
+    pub adaptive_accuracy_at_its_latency: Option<f64>,
+    /// The cheapest allocator point within 2 points of the best static accuracy, as a share of
+    /// that configuration's mean latency and mean tokens.
+    pub latency_share_within_2_points: Option<f64>,
+    pub token_share_within_2_points: Option<f64>,
+    pub met: bool,
+}
+
+fn percentile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let pos = q * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 { f64::NAN } else { s / n as f64 }
+}
+
+fn cell(alloc: &Allocator, q: &QuestionLabels, c: &Config) -> Option<Cell> {
+    let o = q.outcome(c)?;
+    let latency_s = if c.method == ttc_methods::Method::Greedy {
+        q.greedy.latency_s
+    } else if c.method.is_search() {
+        q.search.get(&c.label())?.latency_s
+    } else {
+        alloc.profile.latency_s(&Work { prompt_len: q.prompt_tokens, tokens: o.tokens, steps: o.steps, scorer_tokens: 0.0 })
+    };
+    Some(Cell { accuracy: o.accuracy, tokens: o.tokens, latency_s })
+}
+
+/// Lambda pairs of the default sweep: latency prices from 0 up (tokens free), then token prices
+/// (latency free).
+pub fn default_sweep() -> Vec<Lambdas> {
+    let mut v: Vec<Lambdas> = [0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+        .iter()
+        .map(|&l| Lambdas { tokens: 0.0, latency: l })
+        .collect();
+    v.extend([1e-5, 3e-5, 1e-4, 3e-4, 1e-3].iter().map(|&t| Lambdas { tokens: t, latency: 0.0 }));
+    v
+}
+
+/// Evaluates `configs` and the allocator at each of `sweep` on the labelled `questions`.
+pub fn evaluate(alloc: &Allocator, questions: &[QuestionLabels], configs: &[Config], sweep: &[Lambdas]) -> Result<Evaluation> {
+    let mut static_rows = Vec::new();
+    for c in configs {
+        let cells: Vec<Cell> = questions.iter().filter_map(|q| cell(alloc, q, c)).collect();
+        if cells.is_empty() {
+            continue;
+        }
+        let lat: Vec<f64> = cells.iter().map(|x| x.latency_s).collect();
+        static_rows.push(StaticRow {
+            config: *c,
+            accuracy: mean(cells.iter().map(|x| x.accuracy)),
+            mean_tokens: mean(cells.iter().map(|x| x.tokens)),
+            mean_latency_s: mean(lat.iter().copied()),
+            p50_latency_s: percentile(&lat, 0.5),
+            p95_latency_s: percentile(&lat, 0.95),
+            latency_source: if c.method == ttc_methods::Method::Greedy || c.method.is_search() { "measured" } else { "predicted" },
+            questions: cells.len(),
+        });
+    }
+    // Predictions per question once; each price point only re-chooses.
+    let predictions: Vec<Vec<_>> = questions
+        .iter()
+        .map(|q| alloc.predict(&q.hidden, q.prompt_tokens).map(|p| p.into_iter().filter(|p| q.outcome(&p.config).is_some()).collect::<Vec<_>>()))
+        .collect::<Result<_>>()?;
+    let mut adaptive = Vec::new();
+    for &l in sweep {
+        let mut cells = Vec::new();
+        let mut chosen: BTreeMap<String, f64> = BTreeMap::new();
+        for (q, preds) in questions.iter().zip(&predictions) {
+            if preds.is_empty() {
+                continue;
+            }
+            let c = preds[choose(preds, l)].config;
+            if let Some(x) = cell(alloc, q, &c) {
+                cells.push(x);
+                *chosen.entry(c.label()).or_default() += 1.0;
+            }
+        }
+        let n = cells.len().max(1) as f64;
+        chosen.values_mut().for_each(|v| *v /= n);
+        let lat: Vec<f64> = cells.iter().map(|x| x.latency_s).collect();
+        adaptive.push(AdaptiveRow {
+            lambda_tokens: l.tokens,
+            lambda_latency: l.latency,
+            accuracy: mean(cells.iter().map(|x| x.accuracy)),
+            mean_tokens: mean(cells.iter().map(|x| x.tokens)),
+            mean_latency_s: mean(lat.iter().copied()),
+            p50_latency_s: percentile(&lat, 0.5),
+            p95_latency_s: percentile(&lat, 0.95),
+            chosen,
+            questions: cells.len(),
+        });
+    }
+    let target = check_target(&static_rows, &adaptive);
+    Ok(Evaluation { static_rows, adaptive, target })
+}
+
+fn check_target(static_rows: &[StaticRow], adaptive: &[AdaptiveRow]) -> TargetCheck {
+    // The most accurate static configuration (ties: the faster).
+    let best = static_rows
+        .iter()
+        .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy).then(b.mean_latency_s.total_cmp(&a.mean_latency_s)))
+        .expect("at least one static row");
+    let at_latency = adaptive.iter().filter(|a| a.mean_latency_s <= best.mean_latency_s + 1e-9).map(|a| a.accuracy).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    // Allocator points within 2 points of it, by their share of its latency and tokens; the
+    // target needs one point under 60% on both.
+    let shares: Vec<(f64, f64)> = adaptive
+        .iter()
+        .filter(|a| a.accuracy >= best.accuracy - 0.02)
+        .map(|a| (a.mean_latency_s / best.mean_latency_s, a.mean_tokens / best.mean_tokens))
+        .collect();
+    let cheapest = shares.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0));
+    let (lat_share, tok_share) = (cheapest.map(|s| s.0), cheapest.map(|s| s.1));
+    let met = at_latency.is_some_and(|a| a >= best.accuracy - 1e-9) && shares.iter().any(|&(l, t)| l <= 0.6 && t <= 0.6);
+    TargetCheck {
+        best_static: best.config,
+        best_static_accuracy: best.accuracy,
+        adaptive_accuracy_at_its_latency: at_latency,
+        latency_share_within_2_points: lat_share,
+        token_share_within_2_points: tok_share,
+        met,
+    }
+}

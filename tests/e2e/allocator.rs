@@ -1,0 +1,120 @@
+//! The allocator on the real model: a latency profile measured on this machine predicts runs
+//! at widths it did not measure; labels made by repeated sampling train a probe that beats a
+//! constant on held-out questions; labelling resumes instead of redoing work.
+
+use std::sync::Mutex;
+
+use ttc_allocator::calibrate::{label_dataset, read_labels, LabelHeader};
+use ttc_allocator::dataset::{self, Split};
+use ttc_allocator::latency::{Grid, LatencyProfile, ProfileKey};
+use ttc_allocator::menu::{default_menu, Config};
+use ttc_allocator::probe::{Probe, ProbeMetaBase, TrainOptions};
+use ttc_allocator::route::observed_work;
+use ttc_e2e::{engine, scratch_dir};
+use ttc_engine::sampler::SamplingParams;
+use ttc_methods::{Method, MethodConfig, Scorer};
+
+/// Timings are only meaningful when the tests of this file do not run at once.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn method(c: Config, max_tokens: usize) -> MethodConfig {
+    MethodConfig {
+        method: c.method,
+        n: c.n,
+        beam_width: c.beam_width,
+        max_iters: c.max_iters.max(1),
+        scorer: Scorer::Logprob,
+        params: SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05 },
+        seed: 3,
+        max_tokens,
+        stop: vec![],
+        cancel: None,
+    }
+}
+
+#[test]
+fn a_measured_profile_predicts_runs_at_widths_it_did_not_measure() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let engine = engine();
+    let grid = Grid { contexts: vec![32, 160], widths: vec![1, 4, 16], steps: 2 };
+    let mut calls = 0;
+    let profile = LatencyProfile::measure(engine, ProfileKey::for_engine(engine, 2), &grid, |done, total, _| {
+        calls += 1;
+        assert!(done <= total);
+    })
+    .unwrap();
+    assert_eq!(calls, grid.measurements());
+    assert!(profile.prefill_s(160) > profile.prefill_s(32));
+    for c in [32.0, 160.0] {
+        // A 16-wide step does far more work than a single one.
+        assert!(profile.step_s(16.0, c) > 3.0 * profile.step_s(1.0, c), "context {c}");
+    }
+    // Width 8 and beam search's sequential steps were never measured: the model predicts
+    // them from what the run really did (its tokens and steps).
+    let ids = engine.encode_chat(&[ttc_engine::chat_template::Message::new("user", "What is 4 + 5? End with \"The answer is N.\"")]).unwrap();
+    for c in [Config::parallel(Method::Majority, 8), Config::search(Method::Beam, 4, 2, 3)] {
+        let r = ttc_methods::run(engine, &ids, &method(c, 24)).unwrap();
+        let predicted = profile.latency_s(&observed_work(&r));
+        let error = (predicted - r.timing.total_s).abs() / r.timing.total_s;
+        assert!(error < 0.5, "{c}: predicted {predicted:.3} s, measured {:.3} s", r.timing.total_s);
+    }
+}
+
+#[test]
+fn labels_resume_and_a_probe_trained_on_them_beats_a_constant() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let engine = engine();
+    // The easiest and a hard suite: whether the model is right is visible in its hidden state.
+    let lookup = dataset::load("builtin:lookup", Split::Train).unwrap();
+    let hard = dataset::load("builtin:multidigit", Split::Train).unwrap();
+    let problems: Vec<_> = lookup.into_iter().take(12).zip(hard.into_iter().take(12)).flat_map(|(a, b)| [a, b]).collect();
+    let header = LabelHeader {
+        ttc_labels: 1,
+        model: engine.name.clone(),
+        samples: 4,
+        max_tokens: 16,
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        instruction: ttc_methods::answer::DEFAULT_INSTRUCTION.into(),
+        search: vec![Config::search(Method::Beam, 4, 2, 2)],
+        seed: 1,
+    };
+    let dir = scratch_dir("allocator-labels");
+    let path = dir.join("labels.jsonl");
+    std::fs::remove_file(&path).ok();
+    // Half now, then all: the first half is not labelled again.
+    label_dataset(engine, &problems[..12], &header, &path, None, |_, _| {}).unwrap();
+    let first = std::fs::read_to_string(&path).unwrap();
+    let mut progress = Vec::new();
+    label_dataset(engine, &problems, &header, &path, None, |done, total| progress.push((done, total))).unwrap();
+    assert_eq!(progress.first(), Some(&(12, 24)), "resumed after the 12 done");
+    assert!(std::fs::read_to_string(&path).unwrap().starts_with(&first));
+    let labels = read_labels(&path).unwrap();
+    assert_eq!(labels.questions.len(), 24);
+    let other = LabelHeader { samples: 8, ..header.clone() };
+    assert!(label_dataset(engine, &problems, &other, &path, None, |_, _| {}).unwrap_err().to_string().contains("other settings"));
+
+    let menu: Vec<Config> = default_menu().into_iter().filter(|c| labels.questions[0].outcome(c).is_some()).collect();
+    assert!(menu.len() >= 4, "{menu:?}");
+    let base = ProbeMetaBase { model: engine.name.clone(), instruction: header.instruction.clone(), samples: 4, max_tokens: 16, datasets: vec![] };
+    let probe = Probe::train(&labels.questions, &menu, base, &TrainOptions::default()).unwrap();
+    let r = &probe.meta.report;
+    assert!(r.heldout_questions >= 2, "{r:?}");
+    assert!(r.heldout_log_loss < r.constant_log_loss, "{r:?}");
+
+    // Saved and loaded, it predicts the same.
+    let file = dir.join("probe.safetensors");
+    probe.save(&file).unwrap();
+    let loaded = Probe::load(&file).unwrap();
+    let q = &labels.questions[0];
+    let a = probe.accuracy(&q.hidden, q.prompt_tokens, &menu).unwrap();
+    let b = loaded.accuracy(&q.hidden, q.prompt_tokens, &menu).unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-9), "{a:?} vs {b:?}");
+    assert!(a.iter().all(|p| (0.0..=1.0).contains(p)));
+    let len = loaded.sample_tokens(&q.hidden, q.prompt_tokens).unwrap();
+    assert!((1.0..=16.0).contains(&len), "{len}");
+    // A probe of another model is refused with a clear error.
+    assert!(loaded.accuracy(&[0.0; 7], 10, &menu).unwrap_err().to_string().contains("hidden state"));
+}
