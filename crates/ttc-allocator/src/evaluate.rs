@@ -201,3 +201,40 @@ fn check_target(static_rows: &[StaticRow], adaptive: &[AdaptiveRow]) -> TargetCh
         met,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ttc_methods::Method;
+
+    fn stat(c: Config, accuracy: f64, tokens: f64, latency: f64) -> StaticRow {
+        StaticRow { config: c, accuracy, mean_tokens: tokens, mean_latency_s: latency, p50_latency_s: latency, p95_latency_s: latency, latency_source: "measured", questions: 10 }
+    }
+
+    fn point(accuracy: f64, tokens: f64, latency: f64) -> AdaptiveRow {
+        AdaptiveRow { lambda_tokens: 0.0, lambda_latency: 0.0, accuracy, mean_tokens: tokens, mean_latency_s: latency, p50_latency_s: latency, p95_latency_s: latency, chosen: BTreeMap::new(), questions: 10 }
+    }
+
+    #[test]
+    fn the_target_needs_one_point_cheap_in_both_latency_and_tokens() {
+        let statics = [stat(Config::GREEDY, 0.3, 10.0, 1.0), stat(Config::parallel(Method::Majority, 16), 0.5, 400.0, 8.0)];
+        // As accurate at its latency, and within 2 points at 50% of its latency and tokens.
+        let t = check_target(&statics, &[point(0.5, 300.0, 8.0), point(0.49, 200.0, 4.0)]);
+        assert_eq!(t.best_static, Config::parallel(Method::Majority, 16));
+        assert!(t.met, "{t:?}");
+        assert_eq!(t.latency_share_within_2_points, Some(0.5));
+        // Cheap in latency but not in tokens: not met.
+        let t = check_target(&statics, &[point(0.5, 300.0, 8.0), point(0.49, 390.0, 4.0)]);
+        assert!(!t.met, "{t:?}");
+        // Less accurate at the same latency: not met.
+        let t = check_target(&statics, &[point(0.45, 100.0, 2.0)]);
+        assert!(!t.met && t.adaptive_accuracy_at_its_latency == Some(0.45), "{t:?}");
+    }
+
+    #[test]
+    fn percentiles_interpolate() {
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 0.5), 2.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.5);
+        assert!((percentile(&(1..=100).map(f64::from).collect::<Vec<_>>(), 0.95) - 95.05).abs() < 1e-9);
+    }
+}

@@ -265,7 +265,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { mlp_width: 32, max_epochs: 400, learning_rate: 3e-3, weight_decay: 0.05, seed: 0 }
+        Self { mlp_width: 32, max_epochs: 1500, learning_rate: 1e-3, weight_decay: 0.01, seed: 0 }
     }
 }
 

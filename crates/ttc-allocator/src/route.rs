@@ -19,7 +19,8 @@ use crate::Result;
 /// Probes shipped in the repository's `models/` folder, compiled in: (the GGUF file name the
 /// probe was trained on, the probe file). Matched by file name, so an alias and a path to the
 /// same file both find it.
-const SHIPPED_PROBES: &[(&str, &[u8])] = &[];
+const SHIPPED_PROBES: &[(&str, &[u8])] =
+    &[("SmolLM2-135M-Instruct.Q4_1.gguf", include_bytes!("../../../models/smollm2-135m.probe.safetensors"))];
 
 /// Where the allocator's parts came from, for messages and `--explain`.
 #[derive(Debug, Clone, Serialize)]

@@ -323,3 +323,40 @@ fn bad_profile_and_probe_files_are_reported_and_replaced() {
     let text = std::fs::read_to_string(profiles.join(format!("other.gguf_{size}-cpu-t1.json"))).unwrap();
     assert!(text.contains("\"decode\""));
 }
+
+#[test]
+fn eval_writes_tables_and_plots_and_names_a_bad_dataset_line() {
+    let dir = scratch_dir("cli-eval");
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"question\": \"What is 1 + 1?\", \"answer\": \"#### 2\"}\n{\"question\": \"oops\"\n").unwrap();
+    assert_clean_failure(&ttc(&["eval", "--model", &model(), "--dataset", bad.to_str().unwrap()]), "bad.jsonl:2:");
+    assert_clean_failure(&ttc(&["eval", "--model", &model(), "--dataset", "builtin:nope"]), "unknown built-in suite 'nope'");
+
+    let out = dir.join("run");
+    std::fs::remove_dir_all(&out).ok();
+    let args = ["eval", "--model", &model(), "--dataset", "builtin:lookup", "--limit", "1", "--samples", "2", "--configs", "greedy,majority@2,beam(4,2,10)", "--lambdas", "0,0.1", "--out", out.to_str().unwrap(), "--json"];
+    let o = ttc(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let statics = v["static"].as_array().unwrap();
+    assert_eq!(statics.len(), 3);
+    for row in statics {
+        for key in ["config", "accuracy", "mean_tokens", "mean_latency_s", "p50_latency_s", "p95_latency_s", "latency_source"] {
+            assert!(row.get(key).is_some(), "static row without {key}: {row}");
+        }
+    }
+    assert_eq!(statics[0]["latency_source"], "measured");
+    assert_eq!(statics[1]["latency_source"], "predicted");
+    let adaptive = v["adaptive"].as_array().unwrap();
+    assert_eq!(adaptive.len(), 2);
+    assert!(adaptive.iter().all(|a| a["chosen"].as_object().is_some_and(|c| !c.is_empty())));
+    for f in ["labels.jsonl", "static.csv", "adaptive.csv", "results.json", "accuracy_vs_tokens.svg", "accuracy_vs_latency.svg"] {
+        assert!(out.join(f).exists(), "{f} not written");
+    }
+    // Again: everything comes from the results cache, and the outcomes are the same (predicted
+    // latencies may move: other tests' runs refine the shared latency profile meanwhile).
+    let again: serde_json::Value = serde_json::from_str(stdout(&ttc(&args)).trim()).unwrap();
+    for (a, b) in again["static"].as_array().unwrap().iter().zip(statics) {
+        assert_eq!((&a["accuracy"], &a["mean_tokens"]), (&b["accuracy"], &b["mean_tokens"]));
+    }
+}

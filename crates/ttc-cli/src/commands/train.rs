@@ -34,7 +34,7 @@ pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result
         instruction: header.instruction.clone(),
         samples: header.samples,
         max_tokens: header.max_tokens,
-        datasets: labels.iter().map(|p| p.display().to_string()).collect(),
+        datasets: sources(&questions),
     };
     eprintln!("training the probe on {} questions x {} configurations", questions.len(), menu.len());
     let probe = Probe::train(&questions, &menu, base, &TrainOptions::default())?;
@@ -48,4 +48,14 @@ pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result
     probe.save(out)?;
     println!("saved {}", out.display());
     Ok(())
+}
+
+/// "suite: N questions" per source, read off the question ids (`lookup-3`, `train.jsonl:17`).
+fn sources(questions: &[ttc_allocator::calibrate::QuestionLabels]) -> Vec<String> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for q in questions {
+        let source = q.id.rsplit_once(':').map(|(f, _)| f).or_else(|| q.id.rsplit_once('-').map(|(s, _)| s)).unwrap_or(&q.id);
+        *counts.entry(source).or_default() += 1;
+    }
+    counts.into_iter().map(|(s, n)| format!("{s}: {n} questions")).collect()
 }
