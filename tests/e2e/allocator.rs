@@ -36,7 +36,7 @@ fn method(c: Config, max_tokens: usize) -> MethodConfig {
 fn a_measured_profile_predicts_runs_at_widths_it_did_not_measure() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let engine = engine();
-    let grid = Grid { contexts: vec![32, 160], widths: vec![1, 4, 16], steps: 2 };
+    let grid = Grid { contexts: vec![32, 160], widths: vec![1, 4, 16], steps: 3 };
     let mut calls = 0;
     let profile = LatencyProfile::measure(engine, ProfileKey::for_engine(engine, 2), &grid, |done, total, _| {
         calls += 1;
@@ -47,7 +47,7 @@ fn a_measured_profile_predicts_runs_at_widths_it_did_not_measure() {
     assert!(profile.prefill_s(160) > profile.prefill_s(32));
     for c in [32.0, 160.0] {
         // A 16-wide step does far more work than a single one.
-        assert!(profile.step_s(16.0, c) > 3.0 * profile.step_s(1.0, c), "context {c}");
+        assert!(profile.step_s(16.0, c) > 2.0 * profile.step_s(1.0, c), "context {c}");
     }
     // Width 8 and beam search's sequential steps were never measured: the model predicts
     // them from what the run really did (its tokens and steps).

@@ -115,6 +115,31 @@ impl From<Config> for String {
     }
 }
 
+/// A comma-separated list of configurations, e.g. `greedy,majority@8,beam(4,2,10)` (commas
+/// inside parentheses belong to the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigList(pub Vec<Config>);
+
+impl FromStr for ConfigList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut items, mut depth, mut start) = (Vec::new(), 0i32, 0);
+        for (i, ch) in s.char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(s[start..i].parse()?);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        items.push(s[start..].parse()?);
+        Ok(Self(items))
+    }
+}
+
 /// Widths of the parallel methods on the menu. The paper also has N=32; on a 2-core CPU a
 /// 32-wide run of even a 135M model takes tens of seconds, and calibration samples K=16 answers
 /// per question, so N stops at 16 here.
@@ -149,6 +174,13 @@ mod tests {
         for bad in ["", "majority", "majority@0", "beam@4", "beam(4,3,10)", "beam(4,2)", "greedy@2", "dvts(8,2,0)"] {
             assert!(bad.parse::<Config>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn lists_split_at_top_level_commas() {
+        let l: ConfigList = "greedy,beam(4,2,10), majority@8".parse().unwrap();
+        assert_eq!(l.0, vec![Config::GREEDY, Config::search(Method::Beam, 4, 2, 10), Config::parallel(Method::Majority, 8)]);
+        assert!("greedy,,majority@2".parse::<ConfigList>().is_err());
     }
 
     #[test]

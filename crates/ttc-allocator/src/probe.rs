@@ -1,8 +1,8 @@
 //! The accuracy probe and the token model (PAPER.md, "The accuracy probe").
 //!
 //! Features: the generator's final-layer hidden state at the prompt's last token (standardized
-//! with the training set's mean and spread), the configuration's features ([`Config::features`])
-//! and the log of the prompt length. One small MLP (GELU) for all configurations, trained with
+//! with the training set's mean and spread and projected on its first principal components),
+//! the configuration's features ([`Config::features`]) and the log of the prompt length. One small MLP (GELU) for all configurations, trained with
 //! binary cross-entropy on soft labels from [`crate::calibrate`], early-stopped and then
 //! Platt-scaled on held-out questions. A linear head on the same standardized hidden state
 //! predicts the log of one sampled answer's length; the token model turns that into each
@@ -141,6 +141,8 @@ pub struct ProbeMeta {
     /// The model the hidden states came from (`Engine::name`).
     pub model: String,
     pub hidden_dim: usize,
+    /// Principal components of the standardized hidden state the probe reads.
+    pub components: usize,
     pub mlp_width: usize,
     pub instruction: String,
     pub samples: usize,
@@ -161,13 +163,14 @@ struct Net {
 }
 
 impl Net {
-    fn new(vb: &VarBuilder, hidden_dim: usize, width: usize) -> candle_core::Result<Self> {
-        let input = hidden_dim + CONFIG_FEATURES + 1;
+    /// `features`: the hidden-state features (principal components), before the prompt length.
+    fn new(vb: &VarBuilder, features: usize, width: usize) -> candle_core::Result<Self> {
+        let input = features + CONFIG_FEATURES + 1;
         Ok(Self {
             l1: candle_nn::linear(input, width, vb.pp("mlp.0"))?,
             l2: candle_nn::linear(width, width, vb.pp("mlp.1"))?,
             l3: candle_nn::linear(width, 1, vb.pp("mlp.2"))?,
-            length: candle_nn::linear(hidden_dim + 1, 1, vb.pp("length"))?,
+            length: candle_nn::linear(features + 1, 1, vb.pp("length"))?,
         })
     }
 
@@ -188,11 +191,75 @@ fn prompt_feature(prompt_len: usize) -> f32 {
     (prompt_len.max(1) as f32).ln() / 6.0
 }
 
-/// Standardized hidden state, then the prompt-length feature.
-fn hidden_row(hidden: &[f32], mean: &[f32], std: &[f32], prompt_len: usize) -> Vec<f32> {
-    let mut row: Vec<f32> = hidden.iter().zip(mean).zip(std).map(|((h, m), s)| (h - m) / s).collect();
-    row.push(prompt_feature(prompt_len));
-    row
+/// What the probe reads of a hidden state: standardized with the training questions' mean and
+/// spread, then projected on their first principal components (whitened). With a few hundred
+/// labelled questions and a hidden state of hundreds of dimensions, an MLP on the raw state
+/// learns each question by heart; on the components it has to learn what they share.
+struct Features {
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    /// components x hidden, row-major, each row scaled by 1/sqrt(its variance).
+    projection: Vec<f32>,
+    components: usize,
+}
+
+impl Features {
+    fn fit(hidden: &[&[f32]], components: usize) -> Self {
+        let (n, d) = (hidden.len() as f32, hidden[0].len());
+        let mean: Vec<f32> = (0..d).map(|j| hidden.iter().map(|h| h[j]).sum::<f32>() / n).collect();
+        let std: Vec<f32> = (0..d).map(|j| (hidden.iter().map(|h| (h[j] - mean[j]).powi(2)).sum::<f32>() / n).sqrt().max(1e-3)).collect();
+        let z: Vec<Vec<f64>> = hidden.iter().map(|h| (0..d).map(|j| f64::from((h[j] - mean[j]) / std[j])).collect()).collect();
+        let components = components.min(hidden.len().saturating_sub(1)).min(d).max(1);
+        let projection = principal_components(&z, components);
+        Self { mean, std, projection, components }
+    }
+
+    /// The components, then the prompt-length feature.
+    fn row(&self, hidden: &[f32], prompt_len: usize) -> Vec<f32> {
+        let d = self.mean.len();
+        let z: Vec<f32> = hidden.iter().zip(&self.mean).zip(&self.std).map(|((h, m), s)| (h - m) / s).collect();
+        let mut row: Vec<f32> = (0..self.components).map(|c| self.projection[c * d..(c + 1) * d].iter().zip(&z).map(|(p, x)| p * x).sum()).collect();
+        row.push(prompt_feature(prompt_len));
+        row
+    }
+}
+
+/// The top `k` principal directions of the rows of `z` (centred), by orthogonal iteration on
+/// their covariance, each scaled by 1/sqrt(its variance) so the projections are whitened.
+fn principal_components(z: &[Vec<f64>], k: usize) -> Vec<f32> {
+    let (n, d) = (z.len(), z[0].len());
+    let mut cov = vec![0f64; d * d];
+    for row in z {
+        for i in 0..d {
+            let ri = row[i];
+            if ri == 0.0 {
+                continue;
+            }
+            for j in 0..d {
+                cov[i * d + j] += ri * row[j];
+            }
+        }
+    }
+    cov.iter_mut().for_each(|c| *c /= n as f64);
+    // A deterministic start: basis-like vectors with a little of everything.
+    let mut v: Vec<Vec<f64>> = (0..k).map(|c| (0..d).map(|j| if j % k == c { 1.0 } else { 0.01 * ((j * 7 + c * 13) % 11) as f64 }).collect()).collect();
+    let mut eig = vec![0f64; k];
+    for _ in 0..200 {
+        let mut w: Vec<Vec<f64>> = v.iter().map(|vc| (0..d).map(|i| cov[i * d..(i + 1) * d].iter().zip(vc).map(|(a, b)| a * b).sum()).collect()).collect();
+        // Modified Gram-Schmidt.
+        for c in 0..k {
+            for p in 0..c {
+                let dot: f64 = w[c].iter().zip(&w[p]).map(|(a, b)| a * b).sum();
+                let (head, tail) = w.split_at_mut(c);
+                tail[0].iter_mut().zip(&head[p]).for_each(|(a, b)| *a -= dot * b);
+            }
+            let norm = w[c].iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12);
+            eig[c] = norm;
+            w[c].iter_mut().for_each(|a| *a /= norm);
+        }
+        v = w;
+    }
+    v.iter().zip(&eig).flat_map(|(vc, &e)| vc.iter().map(move |x| (x / e.max(1e-9).sqrt()) as f32)).collect()
 }
 
 fn probe_row(hidden_row: &[f32], config: &Config) -> Vec<f32> {
@@ -256,6 +323,8 @@ fn fit_platt(z: &[f64], y: &[f64]) -> [f64; 2] {
 /// Training settings.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
+    /// Principal components of the hidden state the probe reads.
+    pub components: usize,
     pub mlp_width: usize,
     pub max_epochs: usize,
     pub learning_rate: f64,
@@ -265,7 +334,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { mlp_width: 32, max_epochs: 1500, learning_rate: 1e-3, weight_decay: 0.01, seed: 0 }
+        Self { components: 8, mlp_width: 32, max_epochs: 1500, learning_rate: 1e-3, weight_decay: 0.01, seed: 0 }
     }
 }
 
@@ -277,8 +346,7 @@ pub fn is_heldout(id: &str) -> bool {
 pub struct Probe {
     pub meta: ProbeMeta,
     net: Net,
-    hidden_mean: Vec<f32>,
-    hidden_std: Vec<f32>,
+    features: Features,
     tensors: HashMap<String, Tensor>,
 }
 
@@ -294,16 +362,13 @@ impl Probe {
         if train.len() < 4 || heldout.is_empty() {
             return Err(AllocatorError::Invalid(format!("too few labelled questions to train and hold out ({} questions)", questions.len())));
         }
-        // Standardization from the training questions.
-        let n = train.len() as f32;
-        let mean: Vec<f32> = (0..dim).map(|j| train.iter().map(|q| q.hidden[j]).sum::<f32>() / n).collect();
-        let std: Vec<f32> = (0..dim)
-            .map(|j| (train.iter().map(|q| (q.hidden[j] - mean[j]).powi(2)).sum::<f32>() / n).sqrt().max(1e-3))
-            .collect();
+        // Standardization and components from the training questions.
+        let features = Features::fit(&train.iter().map(|q| q.hidden.as_slice()).collect::<Vec<_>>(), opts.components);
+        let fdim = features.components;
         let rows = |qs: &[&QuestionLabels]| -> (Vec<f32>, Vec<f32>, Vec<Config>, Vec<f32>, Vec<f32>) {
             let (mut x, mut y, mut cfgs, mut hx, mut ly) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for q in qs {
-                let h = hidden_row(&q.hidden, &mean, &std, q.prompt_tokens);
+                let h = features.row(&q.hidden, q.prompt_tokens);
                 for c in menu {
                     if let Some(o) = q.outcome(c) {
                         x.extend(probe_row(&h, c));
@@ -318,16 +383,16 @@ impl Probe {
         };
         let (xt, yt, ct, hxt, lyt) = rows(&train);
         let (xh, yh, ch, hxh, lyh) = rows(&heldout);
-        let input = dim + CONFIG_FEATURES + 1;
+        let input = fdim + CONFIG_FEATURES + 1;
         let to_t = |v: &[f32], cols: usize| Tensor::from_slice(v, (v.len() / cols, cols), &dev);
         let (x_train, y_train) = (to_t(&xt, input)?, Tensor::new(yt.as_slice(), &dev)?);
         let (x_held, y_held) = (to_t(&xh, input)?, Tensor::new(yh.as_slice(), &dev)?);
-        let (h_train, l_train) = (to_t(&hxt, dim + 1)?, Tensor::new(lyt.as_slice(), &dev)?);
-        let (h_held, l_held) = (to_t(&hxh, dim + 1)?, Tensor::new(lyh.as_slice(), &dev)?);
+        let (h_train, l_train) = (to_t(&hxt, fdim + 1)?, Tensor::new(lyt.as_slice(), &dev)?);
+        let (h_held, l_held) = (to_t(&hxh, fdim + 1)?, Tensor::new(lyh.as_slice(), &dev)?);
 
         let mut varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-        let net = Net::new(&vb, dim, opts.mlp_width)?;
+        let net = Net::new(&vb, fdim, opts.mlp_width)?;
         // A seeded initialization (candle's CPU init is not seedable), so training is
         // reproducible: uniform in +-1/sqrt(fan_in), biases zero.
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
@@ -371,7 +436,7 @@ impl Probe {
         }
         // The best epoch's weights, then Platt scaling on the held-out logits.
         let vb = VarBuilder::from_tensors(best.clone(), DType::F32, &dev);
-        let net = Net::new(&vb, dim, opts.mlp_width)?;
+        let net = Net::new(&vb, fdim, opts.mlp_width)?;
         let z: Vec<f64> = net.logits(&x_held)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
         let yh64: Vec<f64> = yh.iter().map(|&v| f64::from(v)).collect();
         let platt = fit_platt(&z, &yh64);
@@ -396,12 +461,14 @@ impl Probe {
         };
         let tokens = TokenModel::fit(&train, menu, meta_base.max_tokens);
         let mut tensors = best;
-        tensors.insert("hidden_mean".into(), Tensor::new(mean.as_slice(), &dev)?);
-        tensors.insert("hidden_std".into(), Tensor::new(std.as_slice(), &dev)?);
+        tensors.insert("hidden_mean".into(), Tensor::new(features.mean.as_slice(), &dev)?);
+        tensors.insert("hidden_std".into(), Tensor::new(features.std.as_slice(), &dev)?);
+        tensors.insert("projection".into(), Tensor::from_slice(&features.projection, (fdim, dim), &dev)?);
         let meta = ProbeMeta {
             ttc_probe: 1,
             model: meta_base.model,
             hidden_dim: dim,
+            components: fdim,
             mlp_width: opts.mlp_width,
             instruction: meta_base.instruction,
             samples: meta_base.samples,
@@ -411,13 +478,13 @@ impl Probe {
             datasets: meta_base.datasets,
             report,
         };
-        Ok(Self { meta, net, hidden_mean: mean, hidden_std: std, tensors })
+        Ok(Self { meta, net, features, tensors })
     }
 
     /// Calibrated P(correct) of each of `configs` for a prompt with this hidden state.
     pub fn accuracy(&self, hidden: &[f32], prompt_len: usize, configs: &[Config]) -> Result<Vec<f64>> {
         self.check_dim(hidden)?;
-        let h = hidden_row(hidden, &self.hidden_mean, &self.hidden_std, prompt_len);
+        let h = self.features.row(hidden, prompt_len);
         let x: Vec<f32> = configs.iter().flat_map(|c| probe_row(&h, c)).collect();
         let x = Tensor::from_vec(x, (configs.len(), h.len() + CONFIG_FEATURES), &Device::Cpu)?;
         let z = self.net.logits(&x)?.to_vec1::<f32>()?;
@@ -428,7 +495,7 @@ impl Probe {
     /// Predicted tokens of one sampled answer to this prompt.
     pub fn sample_tokens(&self, hidden: &[f32], prompt_len: usize) -> Result<f64> {
         self.check_dim(hidden)?;
-        let h = hidden_row(hidden, &self.hidden_mean, &self.hidden_std, prompt_len);
+        let h = self.features.row(hidden, prompt_len);
         let n = h.len();
         let x = Tensor::from_vec(h, (1, n), &Device::Cpu)?;
         let log_len = self.net.log_length(&x)?.to_vec1::<f32>()?[0];
@@ -481,10 +548,20 @@ impl Probe {
             }
             Ok(v)
         };
-        let (hidden_mean, hidden_std) = (vec("hidden_mean")?, vec("hidden_std")?);
+        let (mean, std) = (vec("hidden_mean")?, vec("hidden_std")?);
+        let projection = tensors
+            .get("projection")
+            .ok_or("missing tensor projection")?
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32)?.to_vec1::<f32>())
+            .map_err(|e| format!("tensor projection: {}", first_line(&e.to_string())))?;
+        if projection.len() != meta.components * meta.hidden_dim {
+            return Err(format!("tensor projection has {} values, expected {}", projection.len(), meta.components * meta.hidden_dim));
+        }
+        let features = Features { mean, std, projection, components: meta.components };
         let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
-        let net = Net::new(&vb, meta.hidden_dim, meta.mlp_width).map_err(|e| format!("bad probe weights ({})", first_line(&e.to_string())))?;
-        Ok(Self { meta, net, hidden_mean, hidden_std, tensors })
+        let net = Net::new(&vb, meta.components, meta.mlp_width).map_err(|e| format!("bad probe weights ({})", first_line(&e.to_string())))?;
+        Ok(Self { meta, net, features, tensors })
     }
 }
 
@@ -513,6 +590,26 @@ mod tests {
         let y: Vec<f64> = z.iter().map(|&zi| sigmoid(2.0 * zi - 1.0)).collect();
         let [a, b] = fit_platt(&z, &y);
         assert!((a - 2.0).abs() < 0.15 && (b + 1.0).abs() < 0.15, "{a} {b}");
+    }
+
+    #[test]
+    fn principal_components_find_the_dominant_directions_whitened() {
+        // Rows spread 10x along (1,1,0,0)/sqrt2, 3x along (0,0,1,0), a little elsewhere.
+        let z: Vec<Vec<f64>> = (0..400)
+            .map(|i| {
+                let (a, b, c) = (((i * 37) % 101) as f64 / 50.0 - 1.0, ((i * 53) % 97) as f64 / 48.0 - 1.0, ((i * 11) % 89) as f64 / 44.0 - 1.0);
+                vec![10.0 * a / 2f64.sqrt(), 10.0 * a / 2f64.sqrt() + 0.1 * c, 3.0 * b, 0.1 * c]
+            })
+            .collect();
+        let p = principal_components(&z, 2);
+        let first: Vec<f64> = p[..4].iter().map(|&x| f64::from(x)).collect();
+        let cos = (first[0] + first[1]) / 2f64.sqrt() / first.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(cos.abs() > 0.999, "{first:?}");
+        // Whitened: projections have unit variance.
+        for c in 0..2 {
+            let var = z.iter().map(|r| r.iter().zip(&p[c * 4..c * 4 + 4]).map(|(x, w)| x * f64::from(*w)).sum::<f64>().powi(2)).sum::<f64>() / z.len() as f64;
+            assert!((var - 1.0).abs() < 0.05, "component {c}: variance {var}");
+        }
     }
 
     #[test]

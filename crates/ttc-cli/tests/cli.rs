@@ -283,7 +283,7 @@ fn auto_is_the_default_and_says_what_it_predicted_and_chose() {
     assert!(v.get("chosen").is_none());
     assert_eq!(v["method"], "majority");
 
-    assert_clean_failure(&ttc(&["--lambda-latency", "-1", "hi"]), "at least 0");
+    assert_clean_failure(&ttc(&["--lambda-latency=-1", "hi"]), "at least 0");
     assert_clean_failure(&ttc(&["--target-latency", "0", "hi"]), "must be positive");
     assert_clean_failure(&ttc(&["--target-latency", "1", "--target-tokens", "5", "hi"]), "cannot be used with");
 }

@@ -299,9 +299,10 @@ pub struct EvalArgs {
     /// Questions at most.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Static configurations to report (default: the probe's menu), e.g. greedy,majority@8.
-    #[arg(long, value_delimiter = ',')]
-    pub configs: Vec<ttc_allocator::Config>,
+    /// Static configurations to report (default: the probe's menu), e.g.
+    /// greedy,majority@8,beam(4,2,10).
+    #[arg(long)]
+    pub configs: Option<ttc_allocator::menu::ConfigList>,
     /// Latency prices of the allocator sweep (tokens free), e.g. 0,0.01,0.1.
     #[arg(long, value_delimiter = ',')]
     pub lambdas: Vec<f64>,

@@ -59,7 +59,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let wanted: std::collections::HashSet<&str> = problems.iter().map(|p| p.id.as_str()).collect();
     let questions: Vec<_> = read_labels(&labels_path)?.questions.into_iter().filter(|q| wanted.contains(q.id.as_str())).collect();
     anyhow::ensure!(!questions.is_empty(), "no question was labelled");
-    let configs = if args.configs.is_empty() { alloc.menu.clone() } else { args.configs.clone() };
+    let configs = args.configs.as_ref().map(|l| l.0.clone()).unwrap_or_else(|| alloc.menu.clone());
     let sweep: Vec<Lambdas> = if args.lambdas.is_empty() && args.token_lambdas.is_empty() {
         default_sweep()
     } else {
