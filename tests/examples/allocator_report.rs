@@ -2,7 +2,9 @@
 //! model, its shipped (or cached) probe and this machine's latency profile:
 //! - latency prediction: for COUNT held-out prompts x 6 configurations, |predicted - measured| /
 //!   measured, where the prediction is what the allocator knew before the run (predicted tokens
-//!   and steps); also the device model alone (given the run's real tokens and steps);
+//!   and steps), as `ttc-run` does it: starting from the measured profile with no corrections,
+//!   each finished run refining its kind's correction; also without any refinement, and the
+//!   device model alone (given the run's real tokens and steps);
 //! - decision overhead: seconds from the end of the prefill to the start of the chosen run;
 //! - monotonicity: on every prompt, raising lambda_L never raises the chosen configuration's
 //!   predicted latency, and raising lambda_T never raises its predicted tokens.
@@ -26,8 +28,11 @@ fn main() {
     let count: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(30);
     let engine = ttc_e2e::engine();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (alloc, sources) = Allocator::for_engine(engine, threads, None, |m| eprintln!("note: {m}"), |_, _, _| {}).expect("allocator");
-    eprintln!("profile {} (correction {:.3}), probe {:?}", sources.profile, alloc.profile.correction, sources.probe);
+    let (mut alloc, sources) = Allocator::for_engine(engine, threads, None, |m| eprintln!("note: {m}"), |_, _, _| {}).expect("allocator");
+    // Start from the measurements alone, whatever earlier runs refined.
+    alloc.profile.corrections.clear();
+    let fixed = alloc.profile.clone();
+    eprintln!("profile {}, probe {:?}", sources.profile, sources.probe);
     let max_tokens = alloc.max_tokens().unwrap_or(96);
     let problems: Vec<_> = dataset::load("builtin:mixed", Split::Test).expect("suite").into_iter().take(count).collect();
     let configs: Vec<Config> = ["greedy", "majority@4", "best-of-n@8", "weighted@16", "beam(4,2,10)", "dvts(8,2,10)"]
@@ -46,7 +51,7 @@ fn main() {
         stop: vec![],
         cancel: None,
     };
-    let (mut full_err, mut device_err, mut decision_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut full_err, mut fixed_err, mut device_err, mut decision_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut rows: Vec<(Config, Vec<f64>, Vec<f64>)> = configs.iter().map(|c| (*c, Vec::new(), Vec::new())).collect();
     let mut monotone_violations = 0;
     for (i, p) in problems.iter().enumerate() {
@@ -56,8 +61,11 @@ fn main() {
             let (r, d) = route::answer(engine, &alloc, &ids, &req).expect("run");
             let measured = r.timing.total_s;
             let e = (d.predicted.latency_s - measured).abs() / measured;
-            let e_dev = (alloc.profile.latency_s(&route::observed_work(&r)) - measured).abs() / measured;
+            let e_fixed = (fixed.latency_s(&d.predicted.work) - measured).abs() / measured;
+            let e_dev = (fixed.latency_s(&route::observed_work(&r)) - measured).abs() / measured;
+            alloc.profile.observe(&route::observed_work(&r), measured);
             full_err.push(e);
+            fixed_err.push(e_fixed);
             device_err.push(e_dev);
             rows[j].1.push(e);
             rows[j].2.push(measured);
@@ -82,8 +90,12 @@ fn main() {
     }
     println!();
     println!("latency prediction over {} runs ({} prompts x {} configurations):", full_err.len(), problems.len(), configs.len());
-    println!("  median |predicted - measured| / measured: {:.1}% (before the run: predicted tokens and steps)", 100.0 * median(full_err.clone()));
-    println!("  median for the device model alone (the run's real tokens and steps): {:.1}%", 100.0 * median(device_err));
+    println!("  median |predicted - measured| / measured: {:.1}% (before the run: predicted tokens and steps; corrections refined by the runs before)", 100.0 * median(full_err.clone()));
+    println!("  the same without refinement (the measured profile alone): {:.1}%", 100.0 * median(fixed_err));
+    println!("  the device model alone, unrefined, given the run's real tokens and steps: {:.1}%", 100.0 * median(device_err));
+    for (kind, c) in &alloc.profile.corrections {
+        println!("  learned correction for {kind:?} runs: {:.3} ({} runs)", c.factor, c.observations);
+    }
     println!("  share of runs within 15%: {:.0}%", 100.0 * full_err.iter().filter(|&&e| e <= 0.15).count() as f64 / full_err.len() as f64);
     println!("decision overhead after the prefill: median {:.3} ms, max {:.3} ms", median(decision_ms.clone()), decision_ms.iter().cloned().fold(0.0, f64::max));
     println!("monotonicity violations over 400-step lambda sweeps on {} prompts: {monotone_violations}", problems.len());

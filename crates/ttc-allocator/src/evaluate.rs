@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::calibrate::QuestionLabels;
-use crate::latency::Work;
+use crate::latency::{Work, WorkKind};
 use crate::menu::Config;
 use crate::policy::{choose, Allocator, Lambdas};
 use crate::Result;
@@ -101,7 +101,7 @@ fn cell(alloc: &Allocator, q: &QuestionLabels, c: &Config) -> Option<Cell> {
     } else if c.method.is_search() {
         q.search.get(&c.label())?.latency_s
     } else {
-        alloc.profile.latency_s(&Work { prompt_len: q.prompt_tokens, tokens: o.tokens, steps: o.steps, scorer_tokens: 0.0 })
+        alloc.profile.latency_s(&Work { prompt_len: q.prompt_tokens, tokens: o.tokens, steps: o.steps, scorer_tokens: 0.0, kind: WorkKind::Parallel })
     };
     Some(Cell { accuracy: o.accuracy, tokens: o.tokens, latency_s })
 }

@@ -11,7 +11,10 @@
 //!
 //! Profiles are stored per (model file, device, threads). Finished requests refine a profile:
 //! the ratio of measured to predicted latency, given the tokens and steps the request really
-//! took, updates a correction factor.
+//! took, updates a correction factor per kind of run (greedy, parallel, search). What the step
+//! grid does not see (per-request set-up, forks and copies, scoring, beam bookkeeping) differs
+//! by kind: measured here, real greedy runs took about 1.1x and beam searches about 1.3x the
+//! grid's prediction for their own tokens and steps.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -62,6 +65,9 @@ pub struct DecodePoint {
     pub seconds: f64,
 }
 
+/// Version 2: corrections per kind of run.
+const PROFILE_VERSION: u32 = 2;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatencyProfile {
     pub ttc_profile: u32,
@@ -70,8 +76,34 @@ pub struct LatencyProfile {
     pub decode: Vec<DecodePoint>,
     /// Seconds per token a scorer model reads (0: the generator's own scores, which are free).
     pub scorer_s_per_token: f64,
-    /// Measured / predicted latency of finished requests, smoothed (1 until there are any).
-    pub correction: f64,
+    /// Per kind of run: measured / predicted latency of finished requests, smoothed.
+    #[serde(default)]
+    pub corrections: std::collections::BTreeMap<WorkKind, Correction>,
+}
+
+/// What kind of run a [`Work`] is: its overheads beyond the decode steps differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkKind {
+    Greedy,
+    #[default]
+    Parallel,
+    Search,
+}
+
+impl WorkKind {
+    pub fn of(method: ttc_methods::Method) -> Self {
+        match method {
+            ttc_methods::Method::Greedy => Self::Greedy,
+            m if m.is_search() => Self::Search,
+            _ => Self::Parallel,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Correction {
+    pub factor: f64,
     pub observations: usize,
 }
 
@@ -85,6 +117,7 @@ pub struct Work {
     pub steps: f64,
     /// Tokens read by a scorer model.
     pub scorer_tokens: f64,
+    pub kind: WorkKind,
 }
 
 /// The measurement grid of `profile`.
@@ -153,7 +186,7 @@ impl LatencyProfile {
                 on_progress(done, total, &format!("decode width {width} context {context}"));
             }
         }
-        Ok(Self { ttc_profile: 1, key, prefill, decode, scorer_s_per_token: 0.0, correction: 1.0, observations: 0 })
+        Ok(Self { ttc_profile: PROFILE_VERSION, key, prefill, decode, scorer_s_per_token: 0.0, corrections: Default::default() })
     }
 
     /// Seconds to prefill `prompt_len` tokens: piecewise linear through the origin and the
@@ -191,23 +224,29 @@ impl LatencyProfile {
         s
     }
 
-    /// Predicted seconds for `work` on this device.
-    pub fn latency_s(&self, work: &Work) -> f64 {
-        self.correction * self.raw_latency_s(work)
+    /// The correction factor for `kind` (1 until a request of that kind finished).
+    pub fn correction(&self, kind: WorkKind) -> f64 {
+        self.corrections.get(&kind).map_or(1.0, |c| c.factor)
     }
 
-    /// Refines the correction factor with a finished request: `work` as it really happened
-    /// (its real tokens and steps) and the seconds it took. Returns the new factor.
+    /// Predicted seconds for `work` on this device.
+    pub fn latency_s(&self, work: &Work) -> f64 {
+        self.correction(work.kind) * self.raw_latency_s(work)
+    }
+
+    /// Refines the correction factor of `work.kind` with a finished request: `work` as it really
+    /// happened (its real tokens and steps) and the seconds it took. Returns the new factor.
     pub fn observe(&mut self, work: &Work, measured_s: f64) -> f64 {
         let predicted = self.raw_latency_s(work);
+        let c = self.corrections.entry(work.kind).or_insert(Correction { factor: 1.0, observations: 0 });
         if predicted > 0.0 && measured_s.is_finite() && measured_s > 0.0 {
             let ratio = (measured_s / predicted).clamp(0.25, 4.0);
-            // Exponential smoothing; the first observations count more.
-            let alpha = (1.0 / (self.observations as f64 + 2.0)).max(0.1);
-            self.correction = ((1.0 - alpha) * self.correction + alpha * ratio).clamp(0.5, 2.0);
-            self.observations += 1;
+            // A running mean for the first observations, then exponential smoothing.
+            let alpha = (1.0 / (c.observations as f64 + 1.0)).max(0.1);
+            c.factor = ((1.0 - alpha) * c.factor + alpha * ratio).clamp(0.5, 2.0);
+            c.observations += 1;
         }
-        self.correction
+        c.factor
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -219,7 +258,8 @@ impl LatencyProfile {
             || p.decode.is_empty()
             || !p.prefill.iter().all(|q| finite(q.seconds))
             || !p.decode.iter().all(|q| finite(q.seconds) && q.width > 0)
-            || !(p.correction > 0.0)
+            || p.ttc_profile != PROFILE_VERSION
+            || !p.corrections.values().all(|c| c.factor > 0.0)
         {
             return Err(bad("has no usable measurements".into()));
         }
@@ -267,13 +307,12 @@ mod tests {
             }
         }
         LatencyProfile {
-            ttc_profile: 1,
+            ttc_profile: PROFILE_VERSION,
             key: ProfileKey { model: "m".into(), device: "cpu".into(), threads: 2 },
             prefill: vec![PrefillPoint { prompt_len: 64, seconds: 0.64 }, PrefillPoint { prompt_len: 512, seconds: 5.12 }],
             decode,
             scorer_s_per_token: 0.0,
-            correction: 1.0,
-            observations: 0,
+            corrections: Default::default(),
         }
     }
 
@@ -285,7 +324,7 @@ mod tests {
         assert!((p.step_s(8.0, 64.0) - (0.02 + 0.08 + 64e-5)).abs() < 1e-9);
         assert!((p.step_s(32.0, 1024.0) - (0.02 + 0.32 + 1024e-5)).abs() < 1e-9);
         // 4 samples of 10 tokens, 11 steps: prefill + 11 steps at width 40/11.
-        let w = Work { prompt_len: 64, tokens: 40.0, steps: 11.0, scorer_tokens: 0.0 };
+        let w = Work { prompt_len: 64, tokens: 40.0, steps: 11.0, scorer_tokens: 0.0, kind: WorkKind::Parallel };
         let expect = 0.64 + 11.0 * (0.02 + 0.01 * 40.0 / 11.0 + 1e-5 * (64.0 + 5.5));
         assert!((p.latency_s(&w) - expect).abs() < 1e-9);
     }
@@ -293,13 +332,18 @@ mod tests {
     #[test]
     fn observations_move_the_correction_toward_the_measured_ratio() {
         let mut p = synthetic();
-        let w = Work { prompt_len: 64, tokens: 10.0, steps: 10.0, scorer_tokens: 0.0 };
+        let w = Work { prompt_len: 64, tokens: 10.0, steps: 10.0, scorer_tokens: 0.0, kind: WorkKind::Search };
         let raw = p.raw_latency_s(&w);
+        p.observe(&w, raw * 1.3);
+        // The first observation sets the factor; other kinds are untouched.
+        assert!((p.correction(WorkKind::Search) - 1.3).abs() < 1e-9);
         for _ in 0..50 {
-            p.observe(&w, raw * 1.3);
+            p.observe(&w, raw * 1.1);
         }
-        assert!((p.correction - 1.3).abs() < 0.02, "{}", p.correction);
-        assert_eq!(p.observations, 50);
+        assert!((p.correction(WorkKind::Search) - 1.1).abs() < 0.02, "{}", p.correction(WorkKind::Search));
+        assert_eq!(p.corrections[&WorkKind::Search].observations, 51);
+        assert_eq!(p.correction(WorkKind::Greedy), 1.0);
+        assert!((p.latency_s(&w) - 1.1 * raw).abs() < 0.02 * raw);
     }
 
     #[test]

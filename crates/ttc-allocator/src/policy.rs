@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use crate::latency::{LatencyProfile, Work};
+use crate::latency::{LatencyProfile, Work, WorkKind};
 use crate::menu::{Config, PARALLEL_WIDTHS};
 use crate::probe::Probe;
 use crate::Result;
@@ -182,7 +182,7 @@ impl Allocator {
     pub fn predict_without_probe(&self, config: &Config, prompt_len: usize, max_tokens: usize) -> Prediction {
         let sample = (max_tokens as f64 * FALLBACK_SAMPLE_SHARE).max(1.0);
         let n = config.n.max(1) as f64;
-        let work = Work { prompt_len, tokens: n * sample, steps: sample + 1.0, scorer_tokens: 0.0 };
+        let work = Work { prompt_len, tokens: n * sample, steps: sample + 1.0, scorer_tokens: 0.0, kind: WorkKind::of(config.method) };
         Prediction { config: *config, accuracy: None, tokens: work.tokens, latency_s: self.profile.latency_s(&work), work }
     }
 }

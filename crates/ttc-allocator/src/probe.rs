@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::calibrate::QuestionLabels;
 use crate::error::{AllocatorError, Result};
-use crate::latency::Work;
+use crate::latency::{Work, WorkKind};
 use crate::menu::{Config, CONFIG_FEATURES};
 
 /// Where `calibrate` writes a model's probe, and where `auto` looks first.
@@ -85,7 +85,7 @@ impl TokenModel {
             steps = steps.min(cap + 1.0);
             tokens = tokens.min(config.n as f64 * cap);
         }
-        Some(Work { prompt_len, tokens: tokens.max(1.0), steps: steps.max(1.0), scorer_tokens: 0.0 })
+        Some(Work { prompt_len, tokens: tokens.max(1.0), steps: steps.max(1.0), scorer_tokens: 0.0, kind: WorkKind::of(config.method) })
     }
 }
 
@@ -113,7 +113,7 @@ impl TokenModel {
             None => {
                 // No statistics for the method at all: n answers of the mean length.
                 let n = config.n.max(1) as f64;
-                Work { prompt_len, tokens: n * sample_tokens, steps: sample_tokens + 1.0, scorer_tokens: 0.0 }
+                Work { prompt_len, tokens: n * sample_tokens, steps: sample_tokens + 1.0, scorer_tokens: 0.0, kind: WorkKind::of(config.method) }
             }
         }
     }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use ttc_engine::Engine;
 use ttc_methods::{MethodConfig, MethodResult};
 
-use crate::latency::{Grid, LatencyProfile, ProfileKey, Work};
+use crate::latency::{Grid, LatencyProfile, ProfileKey, Work, WorkKind};
 use crate::menu::Config;
 use crate::policy::{choose, fallback_config, solve, Allocator, Lambdas, Prediction, Target};
 use crate::probe::Probe;
@@ -200,5 +200,11 @@ fn predict_one(alloc: &Allocator, hidden: Option<&[f32]>, prompt_len: usize, c: 
 
 /// The work a finished run really did, for refining the latency model.
 pub fn observed_work(r: &MethodResult) -> Work {
-    Work { prompt_len: r.prompt_tokens, tokens: r.generated_tokens as f64, steps: r.steps as f64, scorer_tokens: r.scorer_tokens as f64 }
+    Work {
+        prompt_len: r.prompt_tokens,
+        tokens: r.generated_tokens as f64,
+        steps: r.steps as f64,
+        scorer_tokens: r.scorer_tokens as f64,
+        kind: WorkKind::of(r.method),
+    }
 }
