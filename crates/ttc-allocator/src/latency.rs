@@ -253,12 +253,14 @@ impl LatencyProfile {
         let bad = |reason: String| AllocatorError::Profile { path: path.display().to_string(), reason };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let p: Self = serde_json::from_str(&text).map_err(|e| bad(format!("not a ttc latency profile ({e})")))?;
+        if p.ttc_profile != PROFILE_VERSION {
+            return Err(bad(format!("is a version {} profile; this ttc reads version {PROFILE_VERSION}", p.ttc_profile)));
+        }
         let finite = |x: f64| x.is_finite() && x >= 0.0;
         if p.prefill.is_empty()
             || p.decode.is_empty()
             || !p.prefill.iter().all(|q| finite(q.seconds))
             || !p.decode.iter().all(|q| finite(q.seconds) && q.width > 0)
-            || p.ttc_profile != PROFILE_VERSION
             || !p.corrections.values().all(|c| c.factor > 0.0)
         {
             return Err(bad("has no usable measurements".into()));
