@@ -18,18 +18,19 @@ use ttc_methods::{Method, MethodConfig, Scorer};
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn method(c: Config, max_tokens: usize) -> MethodConfig {
-    MethodConfig {
-        method: c.method,
-        n: c.n,
-        beam_width: c.beam_width,
-        max_iters: c.max_iters.max(1),
+    let base = MethodConfig {
+        method: Method::Greedy,
+        n: 1,
+        beam_width: 1,
+        max_iters: 1,
         scorer: Scorer::Logprob,
-        params: SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05 },
+        params: SamplingParams::default(),
         seed: 3,
         max_tokens,
         stop: vec![],
         cancel: None,
-    }
+    };
+    c.method_config(&base)
 }
 
 #[test]

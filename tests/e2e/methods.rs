@@ -18,7 +18,7 @@ fn config(method: Method, n: usize, max_tokens: usize) -> MethodConfig {
         beam_width: 2,
         max_iters: 8,
         scorer: Scorer::Logprob,
-        params: SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05 },
+        params: SamplingParams::default(),
         seed: 11,
         max_tokens,
         stop: vec![],

@@ -45,7 +45,7 @@ fn main() {
         beam_width: 1,
         max_iters: 10,
         scorer: Scorer::Logprob,
-        params: SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05 },
+        params: SamplingParams::default(),
         seed: 11,
         max_tokens,
         stop: vec![],

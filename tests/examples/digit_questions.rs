@@ -41,7 +41,7 @@ fn main() {
                 beam_width: 1,
                 max_iters: 1,
                 scorer: Scorer::Logprob,
-                params: SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05 },
+                params: SamplingParams::default(),
                 seed: 1000 + i as u64,
                 max_tokens: 48,
                 stop: vec![],

@@ -102,18 +102,19 @@ pub fn label_question(engine: &Engine, problem: &Problem, header: &LabelHeader, 
     let ids = prompt::encode(engine, &problem.question, Some(&header.instruction), None)?;
     let seed = header.seed ^ crate::dataset::fnv1a(problem.id.as_bytes());
     let params = SamplingParams { temperature: header.temperature, top_k: header.top_k, top_p: header.top_p, min_p: header.min_p };
-    let cfg = |c: Config| MethodConfig {
-        method: c.method,
-        n: c.n,
-        beam_width: c.beam_width,
-        max_iters: c.max_iters.max(1),
+    let base = MethodConfig {
+        method: Method::Greedy,
+        n: 1,
+        beam_width: 1,
+        max_iters: 1,
         scorer: Scorer::Logprob,
-        params: params.clone(),
+        params,
         seed,
         max_tokens: header.max_tokens,
         stop: Vec::new(),
         cancel: cancel.cloned(),
     };
+    let cfg = |c: Config| c.method_config(&base);
     let greedy = ttc_methods::run(engine, &ids, &cfg(Config::GREEDY))?;
     let hidden = greedy.prompt_hidden.clone().ok_or_else(|| AllocatorError::Invalid("the model gave no hidden state".into()))?;
     let sampled = ttc_methods::run(engine, &ids, &cfg(Config::parallel(Method::Majority, header.samples)))?;

@@ -8,7 +8,7 @@
 //! and its latency is the calibrated latency model's prediction for those tokens and steps (one
 //! batched run of N). Each row says which (`latency_source`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -117,56 +117,82 @@ pub fn default_sweep() -> Vec<Lambdas> {
     v
 }
 
+/// Mean accuracy, tokens and latency of `cells`, and latency percentiles.
+struct Summary {
+    accuracy: f64,
+    mean_tokens: f64,
+    mean_latency_s: f64,
+    p50_latency_s: f64,
+    p95_latency_s: f64,
+}
+
+fn summarize(cells: &[Cell]) -> Summary {
+    let lat: Vec<f64> = cells.iter().map(|x| x.latency_s).collect();
+    Summary {
+        accuracy: mean(cells.iter().map(|x| x.accuracy)),
+        mean_tokens: mean(cells.iter().map(|x| x.tokens)),
+        mean_latency_s: mean(lat.iter().copied()),
+        p50_latency_s: percentile(&lat, 0.5),
+        p95_latency_s: percentile(&lat, 0.95),
+    }
+}
+
 /// Evaluates `configs` and the allocator at each of `sweep` on the labelled `questions`.
 pub fn evaluate(alloc: &Allocator, questions: &[QuestionLabels], configs: &[Config], sweep: &[Lambdas]) -> Result<Evaluation> {
+    // Each question's outcome under each configuration, estimated once (resampling is the
+    // costly part), for the static rows and every price point alike.
+    let table: Vec<HashMap<Config, Cell>> = questions
+        .iter()
+        .map(|q| configs.iter().chain(&alloc.menu).filter_map(|c| Some((*c, cell(alloc, q, c)?))).collect())
+        .collect();
     let mut static_rows = Vec::new();
     for c in configs {
-        let cells: Vec<Cell> = questions.iter().filter_map(|q| cell(alloc, q, c)).collect();
+        let cells: Vec<Cell> = table.iter().filter_map(|t| t.get(c).copied()).collect();
         if cells.is_empty() {
             continue;
         }
-        let lat: Vec<f64> = cells.iter().map(|x| x.latency_s).collect();
+        let sum = summarize(&cells);
         static_rows.push(StaticRow {
             config: *c,
-            accuracy: mean(cells.iter().map(|x| x.accuracy)),
-            mean_tokens: mean(cells.iter().map(|x| x.tokens)),
-            mean_latency_s: mean(lat.iter().copied()),
-            p50_latency_s: percentile(&lat, 0.5),
-            p95_latency_s: percentile(&lat, 0.95),
+            accuracy: sum.accuracy,
+            mean_tokens: sum.mean_tokens,
+            mean_latency_s: sum.mean_latency_s,
+            p50_latency_s: sum.p50_latency_s,
+            p95_latency_s: sum.p95_latency_s,
             latency_source: if c.method == ttc_methods::Method::Greedy || c.method.is_search() { "measured" } else { "predicted" },
             questions: cells.len(),
         });
     }
-    // Predictions per question once; each price point only re-chooses.
+    // Predictions per question once (those the labels can score); each price point only
+    // re-chooses.
     let predictions: Vec<Vec<_>> = questions
         .iter()
-        .map(|q| alloc.predict(&q.hidden, q.prompt_tokens).map(|p| p.into_iter().filter(|p| q.outcome(&p.config).is_some()).collect::<Vec<_>>()))
+        .zip(&table)
+        .map(|(q, t)| alloc.predict(&q.hidden, q.prompt_tokens).map(|p| p.into_iter().filter(|p| t.contains_key(&p.config)).collect::<Vec<_>>()))
         .collect::<Result<_>>()?;
     let mut adaptive = Vec::new();
     for &l in sweep {
         let mut cells = Vec::new();
         let mut chosen: BTreeMap<String, f64> = BTreeMap::new();
-        for (q, preds) in questions.iter().zip(&predictions) {
+        for (t, preds) in table.iter().zip(&predictions) {
             if preds.is_empty() {
                 continue;
             }
             let c = preds[choose(preds, l)].config;
-            if let Some(x) = cell(alloc, q, &c) {
-                cells.push(x);
-                *chosen.entry(c.label()).or_default() += 1.0;
-            }
+            cells.push(t[&c]);
+            *chosen.entry(c.label()).or_default() += 1.0;
         }
         let n = cells.len().max(1) as f64;
         chosen.values_mut().for_each(|v| *v /= n);
-        let lat: Vec<f64> = cells.iter().map(|x| x.latency_s).collect();
+        let sum = summarize(&cells);
         adaptive.push(AdaptiveRow {
             lambda_tokens: l.tokens,
             lambda_latency: l.latency,
-            accuracy: mean(cells.iter().map(|x| x.accuracy)),
-            mean_tokens: mean(cells.iter().map(|x| x.tokens)),
-            mean_latency_s: mean(lat.iter().copied()),
-            p50_latency_s: percentile(&lat, 0.5),
-            p95_latency_s: percentile(&lat, 0.95),
+            accuracy: sum.accuracy,
+            mean_tokens: sum.mean_tokens,
+            mean_latency_s: sum.mean_latency_s,
+            p50_latency_s: sum.p50_latency_s,
+            p95_latency_s: sum.p95_latency_s,
             chosen,
             questions: cells.len(),
         });

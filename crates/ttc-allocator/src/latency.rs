@@ -163,8 +163,8 @@ impl LatencyProfile {
         for &context in &grid.contexts {
             let context = context.min(engine.context_limit().saturating_sub(grid.steps + 2)).max(1);
             let prompt: Vec<u32> = std::iter::repeat_with(|| rng.random_range(0..vocab)).filter(|&t| !engine.tokenizer.is_special(t)).take(context).collect();
-            let params = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05 };
-            let opts = SessionOptions { params, seed: 1, max_tokens: grid.steps + 1, stop: vec![], ignore_eos: true, kv_blocks: 0 };
+            // The sampling every method but greedy uses by default.
+            let opts = SessionOptions { params: SamplingParams::default(), seed: 1, max_tokens: grid.steps + 1, stop: vec![], ignore_eos: true, kv_blocks: 0 };
             let mut session = engine.session(prompt.len(), widest, opts)?;
             let t = Instant::now();
             let root = session.prefill(&prompt)?;

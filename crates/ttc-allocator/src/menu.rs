@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use ttc_methods::Method;
+use ttc_methods::{Method, MethodConfig};
 
 /// One way to answer: a method and its widths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,6 +39,11 @@ impl Config {
 
     pub fn label(&self) -> String {
         self.to_string()
+    }
+
+    /// `base` (scorer, sampling, seed, cap, stops) running this configuration.
+    pub fn method_config(&self, base: &MethodConfig) -> MethodConfig {
+        MethodConfig { method: self.method, n: self.n, beam_width: self.beam_width, max_iters: self.max_iters.max(1), ..base.clone() }
     }
 
     /// One-hot method, then log2 widths and iterations scaled to about [0, 1].

@@ -153,7 +153,7 @@ pub fn answer(engine: &Engine, alloc: &Allocator, ids: &[u32], req: &Request) ->
     let max_tokens = req.base.max_tokens;
     // Only configurations whose KV cache fits are on the menu.
     let fits = engine.max_width_for(ids.len(), max_tokens);
-    let width_of = |c: &Config| MethodConfig { method: c.method, n: c.n, beam_width: c.beam_width, max_iters: c.max_iters, ..req.base.clone() }.width();
+    let width_of = |c: &Config| c.method_config(&req.base).width();
     let widest = match req.forced {
         Some(c) => width_of(&c),
         None => alloc.menu.iter().map(width_of).filter(|&w| w <= fits).max().unwrap_or(1),
@@ -178,8 +178,7 @@ pub fn answer(engine: &Engine, alloc: &Allocator, ids: &[u32], req: &Request) ->
             (menu[choose(&menu, lambdas)], false)
         }
     };
-    let c = predicted.config;
-    let cfg = MethodConfig { method: c.method, n: c.n, beam_width: c.beam_width, max_iters: c.max_iters.max(1), ..req.base.clone() };
+    let cfg = predicted.config.method_config(&req.base);
     let decision_s = t_decide.elapsed().as_secs_f64();
     let result = ttc_methods::run_prefilled(session, root, ids.len(), &cfg, t0)?;
     Ok((result, Decision { menu, predicted, lambdas, fallback, forced: req.forced.is_some(), decision_s }))

@@ -187,8 +187,7 @@ fn run_allocated(args: &RunArgs, engine: &Engine, prompt: &str, choice: MethodCh
         cancel: None,
     };
     if let Some(c) = forced {
-        let cfg = MethodConfig { method: c.method, n: c.n, beam_width: c.beam_width, max_iters: c.max_iters.max(1), ..base.clone() };
-        cfg.validate().map_err(anyhow::Error::msg)?;
+        c.method_config(&base).validate().map_err(anyhow::Error::msg)?;
     }
     let (mut alloc, sources) = load_allocator(engine, a.probe.as_deref())?;
     base.max_tokens = args.gen.max_tokens.or(alloc.max_tokens()).unwrap_or(512);
