@@ -10,6 +10,7 @@ pub mod download;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod kernel_ops;
 pub mod kv_cache;
 pub mod models;
 pub mod registry;
@@ -19,6 +20,8 @@ pub mod tokenizer;
 pub mod weights;
 pub mod reward_model;
 
+/// ttc's CPU kernels, for their thread pool and instruction-set report.
+pub use ttc_kernels as kernels;
 pub use engine::{Engine, GenerateRequest, Generation, LoadOptions, StopReason};
 pub use kv_cache::SeqId;
 pub use session::{Counters, Session, SessionOptions, StepEvent};

@@ -138,14 +138,15 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|&l| ((l - max) / temperature).exp()).collect();
+    let exps: Vec<f32> = logits.iter().map(|&l| ttc_kernels::math::exp((l - max) / temperature)).collect();
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
 }
 
+/// Vectorized (ttc's kernels): every sampled token's log-probability needs one over the whole
+/// vocabulary, which with libm's `expf` cost a few percent of batched decoding.
 pub fn log_sum_exp(logits: &[f32]) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max
+    ttc_kernels::math::log_sum_exp(logits)
 }
 
 pub fn log_softmax_at(logits: &[f32], index: usize) -> f32 {

@@ -54,7 +54,7 @@ pub struct ModelArgs {
     /// Compute device: cpu, cuda or metal (the last two need a build with that feature).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
-    /// CPU threads (default: all available cores).
+    /// CPU threads (default: the physical cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
     /// KV-cache budget per request, e.g. 512MiB or 2GiB (default: half the available RAM).

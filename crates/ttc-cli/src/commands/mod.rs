@@ -16,14 +16,14 @@ use ttc_engine::{Engine, LoadOptions};
 
 use crate::args::ModelArgs;
 
-/// Sets the CPU thread count for candle (it sizes its work by RAYON_NUM_THREADS) and loads
-/// the model, with download progress on stderr.
+/// Sizes the one CPU thread pool (default: the physical cores) and loads the model, with
+/// download progress on stderr.
 pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
     if let Some(k) = args.threads {
         anyhow::ensure!(k > 0, "--threads must be at least 1");
-        // Single-threaded here: nothing else reads the environment yet.
-        std::env::set_var("RAYON_NUM_THREADS", k.to_string());
     }
+    // Single-threaded here: nothing else has started the pool or reads the environment yet.
+    ttc_engine::kernels::threads::init_threads(args.threads);
     let opts = LoadOptions { device: args.device, show_progress: true };
     let mut engine = Engine::load(&args.model, &opts)?;
     if let Some(bytes) = args.kv_memory {
@@ -32,10 +32,7 @@ pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
     Ok(engine)
 }
 
-/// The CPU threads candle uses (it reads RAYON_NUM_THREADS, else all cores).
+/// The CPU threads in the pool that ttc's kernels and candle share.
 pub fn threads_in_use() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    ttc_engine::kernels::threads::current()
 }

@@ -11,21 +11,55 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
+use ttc_kernels::attention::AttentionDims;
+use ttc_kernels::QMatrix;
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::{ModelConfig, RopeLayout};
 use crate::error::{EngineError, Result};
+use crate::kernel_ops;
 use crate::kv_cache::KvCache;
 use crate::weights::WeightSource;
 
+/// A weight matrix: ttc's CPU kernels where they cover the format, candle's otherwise.
+#[derive(Clone)]
+enum Weight {
+    Kernel(Arc<QMatrix>),
+    Candle(QMatMul),
+}
+
+impl Weight {
+    fn new(t: QTensor) -> Result<Self> {
+        match kernel_ops::qmatrix(&t)? {
+            Some(m) => Ok(Self::Kernel(Arc::new(m))),
+            None => Ok(Self::Candle(QMatMul::from_qtensor(t)?)),
+        }
+    }
+
+    fn from_arc(t: Arc<QTensor>) -> Result<Self> {
+        match kernel_ops::qmatrix(&t)? {
+            Some(m) => Ok(Self::Kernel(Arc::new(m))),
+            None => Ok(Self::Candle(QMatMul::from_arc(t)?)),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Kernel(m) => x.contiguous()?.apply_op1_no_bwd(&kernel_ops::QMatMulOp(m.clone())),
+            Self::Candle(m) => m.forward(x),
+        }
+    }
+}
+
+#[derive(Clone)]
 pub(crate) struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub(crate) fn load(w: &dyn WeightSource, name: &str, with_bias: bool, device: &Device) -> Result<Self> {
-        let weight = QMatMul::from_qtensor(w.tensor(&format!("{name}.weight"), device)?)?;
+        let weight = Weight::new(w.tensor(&format!("{name}.weight"), device)?)?;
         let bias_name = format!("{name}.bias");
         let bias = if with_bias && w.has_tensor(&bias_name) {
             Some(w.tensor(&bias_name, device)?.dequantize(device)?)
@@ -33,6 +67,37 @@ impl Linear {
             None
         };
         Ok(Self { weight, bias })
+    }
+
+    fn out_features(&self) -> Option<usize> {
+        match &self.weight {
+            Weight::Kernel(m) => Some(m.rows()),
+            Weight::Candle(_) => None,
+        }
+    }
+
+    /// The parts' output features side by side in one matrix, when all run on ttc's kernels
+    /// with one format (Q, K and V; gate and up): one call, one activation quantization.
+    fn stack(parts: &[&Linear]) -> Result<Option<Self>> {
+        if parts.len() < 2 {
+            return Ok(None);
+        }
+        let mut mats = Vec::with_capacity(parts.len());
+        for p in parts {
+            match &p.weight {
+                Weight::Kernel(m) => mats.push(m.as_ref()),
+                Weight::Candle(_) => return Ok(None),
+            }
+        }
+        let Ok(stacked) = QMatrix::stack(&mats) else { return Ok(None) };
+        let bias = if parts.iter().all(|p| p.bias.is_some()) {
+            Some(Tensor::cat(&parts.iter().map(|p| p.bias.clone().expect("bias")).collect::<Vec<_>>(), 0)?)
+        } else if parts.iter().all(|p| p.bias.is_none()) {
+            None
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(Self { weight: Weight::Kernel(Arc::new(stacked)), bias }))
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -61,14 +126,47 @@ impl RmsNorm {
 
 struct Layer {
     attn_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Q, K and V projections (they read the same input).
+    qkv: Projections,
     o: Linear,
     ffn_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
+    /// Gate and up projections.
+    gate_up: Projections,
     down: Linear,
+}
+
+/// Projections of one input: stacked into one matrix when ttc's kernels run them all (one
+/// call, one activation quantization), else kept apart.
+enum Projections {
+    Stacked(Linear, Vec<usize>),
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    fn new(parts: Vec<Linear>) -> Result<Self> {
+        let widths = parts.iter().map(|p| p.out_features()).collect::<Option<Vec<_>>>();
+        match (Linear::stack(&parts.iter().collect::<Vec<_>>())?, widths) {
+            (Some(stacked), Some(widths)) => Ok(Self::Stacked(stacked, widths)),
+            _ => Ok(Self::Separate(parts)),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+            Self::Stacked(stacked, widths) => {
+                let y = stacked.forward(x)?;
+                let mut at = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        at += w;
+                        y.narrow(1, at - w, w)
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// One sequence's part of a batched forward pass.
@@ -95,13 +193,15 @@ pub struct Model {
     embeddings: Arc<QTensor>,
     layers: Vec<Layer>,
     output_norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: Weight,
     /// `(context_length, rope_dim / 2)` tables, indexed by absolute position.
     rope_cos: Tensor,
     rope_sin: Tensor,
     device: Device,
     /// Decode rows sharing at least this many leading KV slots use cascade attention (0: never).
     cascade_min_prefix: usize,
+    /// Whether ttc's fused CPU attention runs (CPU only).
+    cpu_kernels: bool,
 }
 
 impl Model {
@@ -111,23 +211,28 @@ impl Model {
         let embeddings = Arc::new(gguf.tensor("token_embd.weight", device)?);
         // Small models tie the output projection to the embeddings (no `output.weight`).
         let lm_head = if gguf.has_tensor("output.weight") {
-            QMatMul::from_qtensor(gguf.tensor("output.weight", device)?)?
+            Weight::new(gguf.tensor("output.weight", device)?)?
         } else {
-            QMatMul::from_arc(embeddings.clone())?
+            Weight::from_arc(embeddings.clone())?
         };
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let p = format!("blk.{i}");
             let eps = config.rms_eps;
+            let qkv = ["attn_q", "attn_k", "attn_v"]
+                .iter()
+                .map(|n| Linear::load(gguf, &format!("{p}.{n}"), with_bias, device))
+                .collect::<Result<Vec<_>>>()?;
+            let gate_up = ["ffn_gate", "ffn_up"]
+                .iter()
+                .map(|n| Linear::load(gguf, &format!("{p}.{n}"), false, device))
+                .collect::<Result<Vec<_>>>()?;
             layers.push(Layer {
                 attn_norm: RmsNorm::load(gguf, &format!("{p}.attn_norm.weight"), eps, device)?,
-                q: Linear::load(gguf, &format!("{p}.attn_q"), with_bias, device)?,
-                k: Linear::load(gguf, &format!("{p}.attn_k"), with_bias, device)?,
-                v: Linear::load(gguf, &format!("{p}.attn_v"), with_bias, device)?,
+                qkv: Projections::new(qkv)?,
                 o: Linear::load(gguf, &format!("{p}.attn_output"), false, device)?,
                 ffn_norm: RmsNorm::load(gguf, &format!("{p}.ffn_norm.weight"), eps, device)?,
-                gate: Linear::load(gguf, &format!("{p}.ffn_gate"), false, device)?,
-                up: Linear::load(gguf, &format!("{p}.ffn_up"), false, device)?,
+                gate_up: Projections::new(gate_up)?,
                 down: Linear::load(gguf, &format!("{p}.ffn_down"), false, device)?,
             });
         }
@@ -148,6 +253,7 @@ impl Model {
             lm_head,
             rope_cos,
             rope_sin,
+            cpu_kernels: device.is_cpu(),
             device: device.clone(),
             cascade_min_prefix: DEFAULT_CASCADE_MIN_PREFIX,
         })
@@ -167,9 +273,25 @@ impl Model {
         self.cascade_min_prefix = if on { DEFAULT_CASCADE_MIN_PREFIX } else { 0 };
     }
 
+    /// Turns ttc's fused CPU attention on or off (for comparing it with candle's tensor
+    /// path; matmuls of covered formats use ttc's kernels either way).
+    pub fn set_cpu_kernels(&mut self, on: bool) {
+        self.cpu_kernels = on && self.device.is_cpu();
+    }
+
     /// One forward pass over a ragged batch: every entry's new tokens at their own positions,
     /// K/V written into `cache`'s pool, attention through each entry's slots.
     pub fn forward_batch(&self, batch: &[BatchEntry], cache: &KvCache) -> Result<BatchOutput> {
+        if self.device.is_cpu() {
+            // On a pool thread, the caller takes part in each parallel kernel instead of
+            // sleeping until the pool wakes it: one hand-off per pass instead of one per op.
+            ttc_kernels::threads::on_pool(|| self.forward_batch_here(batch, cache))
+        } else {
+            self.forward_batch_here(batch, cache)
+        }
+    }
+
+    fn forward_batch_here(&self, batch: &[BatchEntry], cache: &KvCache) -> Result<BatchOutput> {
         let dev = &self.device;
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
@@ -201,16 +323,27 @@ impl Model {
         let sin = self.rope_sin.index_select(&pos, 0)?.contiguous()?;
         let kv_dim = cache.kv_dim();
         let write_idx = Tensor::from_vec(new_slots, (t, 1), dev)?.broadcast_as((t, kv_dim))?.contiguous()?;
-        let plan = AttentionPlan::new(batch, self.cascade_min_prefix, dev)?;
+        let attention = if self.cpu_kernels {
+            // Each query row's visible slots: its sequence's slots up to its own position.
+            let mut rows: Vec<&[u32]> = Vec::with_capacity(t);
+            for e in batch {
+                let start = e.slots.len() - e.tokens.len();
+                rows.extend((1..=e.tokens.len()).map(|i| &e.slots[..start + i]));
+            }
+            AttentionPath::Fused(rows)
+        } else {
+            AttentionPath::Candle(AttentionPlan::new(batch, self.cascade_min_prefix, dev)?)
+        };
 
         let mut x = self.embeddings.embedding(&ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let (k_pool, v_pool) = cache.layer(l);
             let h = layer.attn_norm.forward(&x)?;
-            let h = self.attention(layer, &h, &cos, &sin, &plan, k_pool, v_pool, &write_idx)?;
+            let h = self.attention(layer, &h, &cos, &sin, &attention, k_pool, v_pool, &write_idx)?;
             let x1 = (&x + h)?;
             let h = layer.ffn_norm.forward(&x1)?;
-            let h = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            let gu = layer.gate_up.forward(&h)?;
+            let h = (candle_nn::ops::silu(&gu[0])? * &gu[1])?;
             x = (x1 + layer.down.forward(&h)?)?;
         }
         if output_rows.is_empty() {
@@ -230,7 +363,7 @@ impl Model {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        plan: &AttentionPlan,
+        path: &AttentionPath,
         k_pool: &Tensor,
         v_pool: &Tensor,
         write_idx: &Tensor,
@@ -238,13 +371,23 @@ impl Model {
         let c = &self.config;
         let (t, _) = x.dims2()?;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
-        let q = layer.q.forward(x)?.reshape((t, nh, hd))?.transpose(0, 1)?.contiguous()?;
-        let k = layer.k.forward(x)?.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?;
-        let v = layer.v.forward(x)?;
+        let qkv = layer.qkv.forward(x)?;
+        let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
+        let q = q.reshape((t, nh, hd))?.transpose(0, 1)?.contiguous()?;
+        let k = k.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?;
         let q = self.rope(&q, cos, sin)?;
         let k = self.rope(&k, cos, sin)?.transpose(0, 1)?.reshape((t, nkv * hd))?.contiguous()?;
         k_pool.scatter_set(write_idx, &k, 0)?;
         v_pool.scatter_set(write_idx, &v.contiguous()?, 0)?;
+        let plan = match path {
+            AttentionPath::Fused(rows) => {
+                let q = q.transpose(0, 1)?.reshape((t, nh * hd))?.contiguous()?;
+                let dims = AttentionDims { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+                let op = kernel_ops::PagedAttentionOp { dims, scale: 1.0 / (hd as f32).sqrt(), rows };
+                return layer.o.forward(&kernel_ops::paged_attention(&q, k_pool, v_pool, op)?);
+            }
+            AttentionPath::Candle(plan) => plan,
+        };
 
         let mut outs: Vec<Tensor> = Vec::with_capacity(plan.units.len());
         for unit in &plan.units {
@@ -380,6 +523,13 @@ fn attend_group(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, g: &CascadeGroup, 
     out.permute((1, 0, 2, 3))?.reshape((w, nh * hd))
 }
 
+
+/// How one forward pass attends: ttc's fused CPU kernel with each query row's visible slots,
+/// or candle's tensor operations (other devices).
+enum AttentionPath<'a> {
+    Fused(Vec<&'a [u32]>),
+    Candle(AttentionPlan),
+}
 
 /// A shared prefix shorter than this is not worth a group pass.
 const DEFAULT_CASCADE_MIN_PREFIX: usize = 32;

@@ -1,0 +1,166 @@
+//! Activations quantized to 8 bits before they meet quantized weights, as llama.cpp does.
+//!
+//! Reference: llama.cpp `ggml-cpu/arch/x86/quants.c` (`quantize_row_q8_0`, `quantize_row_q8_1`:
+//! scale `max|x| / 127` rounded to f16, multiplier `127 / max|x|`, round half to even) and
+//! `ggml-quants.c` (`quantize_row_q8_K_ref`). Numerics match them so that greedy output
+//! matches llama.cpp's. The layout is ours: each row's bytes are contiguous (one SIMD load
+//! spans blocks) and scales sit in their own arrays as f32.
+
+use crate::formats::ActivationFormat;
+
+/// `rows` activation rows of length `k`, quantized for one weight format. Reused across calls
+/// so that a forward pass allocates nothing.
+#[derive(Debug, Clone)]
+pub struct QuantizedActs {
+    pub(crate) format: ActivationFormat,
+    pub(crate) rows: usize,
+    pub(crate) k: usize,
+    /// `rows * k` quantized values.
+    pub(crate) qs: Vec<i8>,
+    /// Scale of each block, `rows * blocks`.
+    pub(crate) d: Vec<f32>,
+    /// Q8 only: f16-rounded `d * sum(q)` of each block (Q4_1's min term).
+    pub(crate) s: Vec<f32>,
+    /// Q8 only: exact sum of each block's quantized values (offset corrections).
+    pub(crate) isum: Vec<i32>,
+    /// Q8K only: sum of each 16 quantized values, `rows * blocks * 16`.
+    pub(crate) bsums: Vec<i16>,
+}
+
+impl Default for QuantizedActs {
+    fn default() -> Self {
+        Self { format: ActivationFormat::Q8, rows: 0, k: 0, qs: Vec::new(), d: Vec::new(), s: Vec::new(), isum: Vec::new(), bsums: Vec::new() }
+    }
+}
+
+impl QuantizedActs {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn blocks_per_row(&self) -> usize {
+        self.k / self.format.block_len()
+    }
+
+    /// Quantizes `x` (`rows x k`, row-major) for `format`; `k` must be a multiple of its block.
+    pub fn quantize(&mut self, format: ActivationFormat, x: &[f32], rows: usize, k: usize) {
+        assert_eq!(x.len(), rows * k, "activation shape");
+        assert_eq!(k % format.block_len(), 0, "activation row length");
+        let nb = k / format.block_len();
+        self.format = format;
+        self.rows = rows;
+        self.k = k;
+        self.qs.resize(rows * k, 0);
+        self.d.resize(rows * nb, 0.0);
+        match format {
+            ActivationFormat::Q8 => {
+                self.s.resize(rows * nb, 0.0);
+                self.isum.resize(rows * nb, 0);
+                self.bsums.clear();
+                let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]| {
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::Isa::active() >= crate::Isa::Avx2 {
+                        // SAFETY: AVX2 and FMA are present.
+                        return unsafe { quantize_q8_avx2(x, qs, d, s, isum) };
+                    }
+                    quantize_q8(x, qs, d, s, isum)
+                };
+                if rows >= PARALLEL_MIN_ROWS && rayon::current_num_threads() > 1 {
+                    use rayon::prelude::*;
+                    x.par_chunks(k)
+                        .zip(self.qs.par_chunks_mut(k))
+                        .zip(self.d.par_chunks_mut(nb).zip(self.s.par_chunks_mut(nb)).zip(self.isum.par_chunks_mut(nb)))
+                        .for_each(|((x, qs), ((d, s), isum))| quantize_rows(x, qs, d, s, isum));
+                } else {
+                    quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.isum);
+                }
+            }
+            ActivationFormat::Q8K => {
+                self.s.clear();
+                self.isum.clear();
+                self.bsums.resize(rows * nb * 16, 0);
+                for ((xb, qb), (d, sums)) in
+                    x.chunks_exact(256).zip(self.qs.chunks_exact_mut(256)).zip(self.d.iter_mut().zip(self.bsums.chunks_exact_mut(16)))
+                {
+                    *d = quantize_q8k_block(xb, qb, sums);
+                }
+            }
+        }
+    }
+
+    /// The values back as f32 (`d * q`), for tests.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let bl = self.format.block_len();
+        self.qs.iter().enumerate().map(|(i, &q)| self.d[i / bl] * q as f32).collect()
+    }
+}
+
+/// Rows from which quantizing is split across the pool (a prefill chunk, a wide batch).
+const PARALLEL_MIN_ROWS: usize = 16;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_q8_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]) {
+    quantize_q8(x, qs, d, s, isum)
+}
+
+#[inline(always)]
+fn quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]) {
+    let scales = d.iter_mut().zip(s.iter_mut()).zip(isum.iter_mut());
+    for ((xb, qb), ((d, s), isum)) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(scales) {
+        (*d, *s, *isum) = quantize_q8_block(xb.try_into().expect("32"), qb.try_into().expect("32"));
+    }
+}
+
+fn f16_round(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
+/// One Q8 block: returns (f16-rounded scale, f16-rounded `d * sum(q)`, `sum(q)`). Written
+/// in fixed-width lanes so that it vectorizes.
+#[inline(always)]
+fn quantize_q8_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, f32, i32) {
+    let mut lanes = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(c[l].abs());
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut r = [0i32; 32];
+    for (r, &v) in r.iter_mut().zip(x) {
+        // |v * id| <= 127: the conversion never saturates.
+        *r = (v * id).round_ties_even() as i32;
+    }
+    let sum: i32 = r.iter().sum();
+    for (q, &r) in q.iter_mut().zip(&r) {
+        *q = r as i8;
+    }
+    (f16_round(d), f16_round(d * sum as f32), sum)
+}
+
+/// One Q8K block: returns its scale; fills the 256 values and the 16 sums.
+fn quantize_q8k_block(x: &[f32], q: &mut [i8], sums: &mut [i16]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        q.fill(0);
+        sums.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+    }
+    for (s, qs) in sums.iter_mut().zip(q.chunks_exact(16)) {
+        *s = qs.iter().map(|&v| v as i16).sum();
+    }
+    1.0 / iscale
+}

@@ -1,0 +1,421 @@
+//! Fused attention of query rows over a paged KV pool.
+//!
+//! Each query row attends the pool rows listed in its own slot list (its sequence's block
+//! table, up to its own position: causality is the list's length), reading keys and values in
+//! place: no gathered copy, no score matrix, no repeated KV heads. Work is one task per
+//! (row, KV head): the `group` query heads sharing a KV head read each key and value once.
+//! Softmax is online over tiles of keys (flash-attention style), with a vectorizable `exp`.
+//!
+//! Reference: FlashAttention's online softmax (Dao et al., 2022); vLLM's paged attention
+//! (`csrc/attention`), read, not copied. [`attend_reference`] is the plain three-pass version.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::dispatch::Isa;
+use crate::math::{exp, sum8};
+use crate::KernelError;
+
+/// Head layout of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionDims {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionDims {
+    fn group(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+    fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+/// Keys per online-softmax tile.
+const TILE: usize = 32;
+/// Below this many multiply-adds a call stays on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+
+fn check(dims: &AttentionDims, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], out: &[f32]) -> Result<(), KernelError> {
+    let d = dims;
+    if d.n_kv_heads == 0 || d.head_dim == 0 || d.n_heads % d.n_kv_heads != 0 {
+        return Err(KernelError::Shape(format!("{} query heads over {} KV heads", d.n_heads, d.n_kv_heads)));
+    }
+    if q.len() != rows.len() * d.q_dim() || out.len() != q.len() {
+        return Err(KernelError::Shape(format!("{} query rows need {} values", rows.len(), rows.len() * d.q_dim())));
+    }
+    if k_pool.len() != v_pool.len() || k_pool.len() % d.kv_dim() != 0 {
+        return Err(KernelError::Shape("K and V pools differ or are not whole rows".into()));
+    }
+    let pool_rows = (k_pool.len() / d.kv_dim()) as u32;
+    if rows.iter().any(|r| r.is_empty() || r.iter().any(|&s| s >= pool_rows)) {
+        return Err(KernelError::Shape(format!("every row needs slots below {pool_rows}")));
+    }
+    Ok(())
+}
+
+/// `out[r] = softmax(scale * q[r] K_r^T) V_r` per head, where `K_r`, `V_r` are the pool rows
+/// `rows[r]` and query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
+pub fn attend(dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], out: &mut [f32]) -> Result<(), KernelError> {
+    attend_on(Isa::active(), dims, scale, q, k_pool, v_pool, rows, out)
+}
+
+/// Consecutive rows sharing at least this many leading slots attend them together.
+const MIN_SHARED: usize = TILE;
+/// Rows attended together at most (their state stays in L1; two groups of a width-16 batch
+/// keep two threads busy).
+const MAX_GROUP_ROWS: usize = 8;
+
+/// Runs of consecutive rows that share a prefix of slots, as `(first, end, shared)`: a shared
+/// prompt's keys and values are then read once per run rather than once per row. Rows of one
+/// prefill chunk share all of the shorter row's slots; decode rows forked from one prompt
+/// share the prompt's blocks.
+fn row_groups(rows: &[&[u32]]) -> Vec<(usize, usize, usize)> {
+    let mut groups = Vec::new();
+    let mut r0 = 0;
+    while r0 < rows.len() {
+        let mut shared = rows[r0].len();
+        let mut r1 = r0 + 1;
+        while r1 < rows.len() && r1 - r0 < MAX_GROUP_ROWS {
+            let (a, b) = (rows[r0], rows[r1]);
+            let common = if a.as_ptr() == b.as_ptr() { a.len().min(b.len()) } else { a.iter().zip(b).take_while(|(x, y)| x == y).count() };
+            let c = common.min(shared);
+            if c < MIN_SHARED {
+                break;
+            }
+            shared = c;
+            r1 += 1;
+        }
+        // Tiles start at multiples of TILE for every row, grouped or not, so that grouping
+        // never changes a row's arithmetic.
+        let shared = if r1 - r0 > 1 { shared / TILE * TILE } else { shared };
+        groups.push((r0, r1, shared));
+        r0 = r1;
+    }
+    groups
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each task writes its own (row, KV head) runs of the output.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// As [`attend`], compiled for `isa` (AVX2 and above use 256-bit vectors and FMA).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_on(isa: Isa, dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], out: &mut [f32]) -> Result<(), KernelError> {
+    check(&dims, q, k_pool, v_pool, rows, out)?;
+    let groups = row_groups(rows);
+    let tasks: Vec<(usize, usize)> = (0..groups.len()).flat_map(|g| (0..dims.n_kv_heads).map(move |h| (g, h))).collect();
+    let out = OutPtr(out.as_mut_ptr());
+    let run = |&(g, h): &(usize, usize)| {
+        let (r0, r1, shared) = groups[g];
+        let job = Job { d: dims, scale, q, k: k_pool, v: v_pool, rows: &rows[r0..r1], first_row: r0, shared, h, out };
+        // Taken, not borrowed, so that a re-entrant call on this thread cannot find it borrowed.
+        let mut s = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        let rg = (r1 - r0) * dims.group();
+        s.resize(rg * (TILE + 2 + dims.head_dim) + dims.head_dim * TILE, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx2 {
+            // SAFETY: AVX2 and FMA are present (`Isa::Avx2` and above imply them).
+            unsafe { job_avx2(&job, &mut s) };
+        } else {
+            job.run::<false>(&mut s);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = isa;
+            job.run::<false>(&mut s);
+        }
+        SCRATCH.with(|cell| *cell.borrow_mut() = s);
+    };
+    let work: usize = rows.iter().map(|r| r.len()).sum::<usize>() * dims.q_dim() * 2;
+    if work < PARALLEL_MIN_WORK || rayon::current_num_threads() <= 1 {
+        tasks.iter().for_each(run);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+    Ok(())
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn job_avx2(job: &Job, scratch: &mut [f32]) {
+    job.run::<true>(scratch)
+}
+
+/// One task: the query heads of KV head `h` for a run of rows sharing `shared` leading slots.
+struct Job<'a> {
+    d: AttentionDims,
+    scale: f32,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    rows: &'a [&'a [u32]],
+    first_row: usize,
+    shared: usize,
+    h: usize,
+    out: OutPtr,
+}
+
+impl Job<'_> {
+    /// Online softmax per (row, head): the shared keys with every row's heads at once, then
+    /// each row's own keys; the running max, sum and weighted values carry over.
+    #[inline(always)]
+    fn run<const FMA: bool>(&self, scratch: &mut [f32]) {
+        let (g, hd) = (self.d.group(), self.d.head_dim);
+        let rg = self.rows.len() * g;
+        let (scores, rest) = scratch.split_at_mut(rg * TILE);
+        let (max, rest) = rest.split_at_mut(rg);
+        let (sum, rest) = rest.split_at_mut(rg);
+        let (acc, kt) = rest.split_at_mut(rg * hd);
+        max.fill(f32::NEG_INFINITY);
+        sum.fill(0.0);
+        acc.fill(0.0);
+        let mut state = State { scores, kt, max, sum, acc };
+        self.keys::<FMA>(&self.rows[0][..self.shared], 0..self.rows.len(), &mut state);
+        for (r, slots) in self.rows.iter().enumerate() {
+            self.keys::<FMA>(&slots[self.shared..], r..r + 1, &mut state);
+        }
+        let qd = self.d.q_dim();
+        for r in 0..self.rows.len() {
+            for gi in 0..g {
+                let i = r * g + gi;
+                let inv = 1.0 / state.sum[i];
+                // SAFETY: (row, KV head) runs are disjoint between tasks and inside `out`.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(self.out.0.add((self.first_row + r) * qd + (self.h * g + gi) * hd), hd)
+                };
+                for (o, a) in o.iter_mut().zip(&state.acc[i * hd..(i + 1) * hd]) {
+                    *o = a * inv;
+                }
+            }
+        }
+    }
+
+    /// Scores of the active rows' heads for one tile, through the transposed tile.
+    #[inline(always)]
+    fn tile_scores<const FMA: bool>(&self, tile: &[u32], active: std::ops::Range<usize>, st: &mut State) {
+        let (g, hd, kvd, qd) = (self.d.group(), self.d.head_dim, self.d.kv_dim(), self.d.q_dim());
+        let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { c + a * b };
+        let n = tile.len();
+            // kt[d * TILE + j] = key j's dimension d (zero past the tile's end).
+            let kt = &mut st.kt[..hd * TILE];
+            if n < TILE {
+                kt.fill(0.0);
+            }
+            for (j, &slot) in tile.iter().enumerate() {
+                let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
+                for (d, &x) in key.iter().enumerate() {
+                    kt[d * TILE + j] = x;
+                }
+            }
+            for r in active.clone() {
+                let qrow = &self.q[(self.first_row + r) * qd + self.h * g * hd..][..g * hd];
+                for gi in 0..g {
+                    let q = &qrow[gi * hd..(gi + 1) * hd];
+                    let i = r * g + gi;
+                    #[cfg(target_arch = "x86_64")]
+                    if FMA && hd % 8 == 0 {
+                        // SAFETY: FMA is only set on the AVX2 path; `kt` holds hd x TILE.
+                        unsafe { avx2::scores(q, kt, self.scale, &mut st.scores[i * TILE..(i + 1) * TILE]) };
+                        continue;
+                    }
+                    // Two partial sums over dimensions: two dependency chains per lane.
+                    let (mut s0, mut s1) = ([0f32; TILE], [0f32; TILE]);
+                    let mut d = 0;
+                    while d + 1 < hd {
+                        let (k0, k1) = (&kt[d * TILE..(d + 1) * TILE], &kt[(d + 1) * TILE..(d + 2) * TILE]);
+                        for j in 0..TILE {
+                            s0[j] = fma(q[d], k0[j], s0[j]);
+                            s1[j] = fma(q[d + 1], k1[j], s1[j]);
+                        }
+                        d += 2;
+                    }
+                    if d < hd {
+                        let k0 = &kt[d * TILE..(d + 1) * TILE];
+                        for j in 0..TILE {
+                            s0[j] = fma(q[d], k0[j], s0[j]);
+                        }
+                    }
+                    for (o, (a, b)) in st.scores[i * TILE..(i + 1) * TILE].iter_mut().zip(s0.iter().zip(&s1)) {
+                        *o = (a + b) * self.scale;
+                    }
+                }
+            }
+    }
+
+    /// Attends `slots` with rows `active` (indices into this job's rows), a tile of keys at a
+    /// time: the tile's keys are transposed once so that each head's 32 scores accumulate in
+    /// vector lanes (no horizontal sums), and each head's weighted values accumulate in
+    /// registers (32 dimensions at a time on AVX2) across the tile.
+    #[inline(always)]
+    fn keys<const FMA: bool>(&self, slots: &[u32], active: std::ops::Range<usize>, st: &mut State) {
+        let (g, hd, kvd) = (self.d.group(), self.d.head_dim, self.d.kv_dim());
+        let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { c + a * b };
+        for tile in slots.chunks(TILE) {
+            let n = tile.len();
+            // The same arithmetic for every row, however many share the tile: a sequence's
+            // result never depends on what it is batched with.
+            self.tile_scores::<FMA>(tile, active.clone(), st);
+            for i in active.start * g..active.end * g {
+                let s = &mut st.scores[i * TILE..i * TILE + n];
+                let tile_max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let new_max = st.max[i].max(tile_max);
+                let correction = exp(st.max[i] - new_max);
+                st.max[i] = new_max;
+                for x in s.iter_mut() {
+                    *x = exp(*x - new_max);
+                }
+                st.sum[i] = st.sum[i] * correction + sum8(s);
+                let p = &st.scores[i * TILE..i * TILE + n];
+                #[cfg(target_arch = "x86_64")]
+                if FMA && hd % 8 == 0 {
+                    // SAFETY: FMA is only set on the AVX2 path; every slot is a pool row
+                    // (checked), so each value run lies inside the pool.
+                    unsafe { avx2::weighted_values(&mut st.acc[i * hd..(i + 1) * hd], correction, p, self.v, tile, self.h * hd, kvd) };
+                    continue;
+                }
+                for c in (0..hd).step_by(16) {
+                    let w = (hd - c).min(16);
+                    let acc = &mut st.acc[i * hd + c..i * hd + c + w];
+                    let mut a = [0f32; 16];
+                    for (a, o) in a.iter_mut().zip(acc.iter()) {
+                        *a = o * correction;
+                    }
+                    for (j, &slot) in tile.iter().enumerate() {
+                        let value = &self.v[slot as usize * kvd + self.h * hd + c..][..w];
+                        if w == 16 {
+                            for l in 0..16 {
+                                a[l] = fma(p[j], value[l], a[l]);
+                            }
+                        } else {
+                            for l in 0..w {
+                                a[l] = fma(p[j], value[l], a[l]);
+                            }
+                        }
+                    }
+                    acc.copy_from_slice(&a[..w]);
+                }
+            }
+        }
+    }
+}
+
+/// The two inner loops with AVX2 + FMA intrinsics (head dimensions a multiple of 8).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// `out[j] = scale * q . kt[.., j]` for the tile's 32 keys (`kt` is `q.len() x 32`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores(q: &[f32], kt: &[f32], scale: f32, out: &mut [f32]) {
+        debug_assert!(kt.len() >= q.len() * 32 && out.len() >= 32);
+        let hd = q.len();
+        let (mut a, mut b) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+        let mut d = 0;
+        while d + 1 < hd {
+            let (q0, q1) = (_mm256_set1_ps(*q.get_unchecked(d)), _mm256_set1_ps(*q.get_unchecked(d + 1)));
+            let k0 = kt.as_ptr().add(d * 32);
+            let k1 = k0.add(32);
+            for l in 0..4 {
+                a[l] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k0.add(8 * l)), a[l]);
+                b[l] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k1.add(8 * l)), b[l]);
+            }
+            d += 2;
+        }
+        if d < hd {
+            let q0 = _mm256_set1_ps(*q.get_unchecked(d));
+            let k0 = kt.as_ptr().add(d * 32);
+            for l in 0..4 {
+                a[l] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k0.add(8 * l)), a[l]);
+            }
+        }
+        let s = _mm256_set1_ps(scale);
+        for l in 0..4 {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * l), _mm256_mul_ps(_mm256_add_ps(a[l], b[l]), s));
+        }
+    }
+
+    /// `acc = acc * correction + sum_j p[j] * V[slots[j]][offset..offset + acc.len()]`, 32
+    /// dimensions at a time in four registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_values(acc: &mut [f32], correction: f32, p: &[f32], v: &[f32], slots: &[u32], offset: usize, stride: usize) {
+        let hd = acc.len();
+        let c = _mm256_set1_ps(correction);
+        let mut d0 = 0;
+        while d0 < hd {
+            let regs = ((hd - d0) / 8).min(4);
+            let mut a = [_mm256_setzero_ps(); 4];
+            for l in 0..regs {
+                a[l] = _mm256_mul_ps(_mm256_loadu_ps(acc.as_ptr().add(d0 + 8 * l)), c);
+            }
+            for (j, &slot) in slots.iter().enumerate() {
+                let pj = _mm256_set1_ps(*p.get_unchecked(j));
+                let vp = v.as_ptr().add(slot as usize * stride + offset + d0);
+                if regs == 4 {
+                    a[0] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vp), a[0]);
+                    a[1] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vp.add(8)), a[1]);
+                    a[2] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vp.add(16)), a[2]);
+                    a[3] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vp.add(24)), a[3]);
+                } else {
+                    for l in 0..regs {
+                        a[l] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vp.add(8 * l)), a[l]);
+                    }
+                }
+            }
+            for l in 0..regs {
+                _mm256_storeu_ps(acc.as_mut_ptr().add(d0 + 8 * l), a[l]);
+            }
+            d0 += 8 * regs;
+        }
+    }
+}
+
+struct State<'a> {
+    scores: &'a mut [f32],
+    /// One tile of keys, transposed (`head_dim x TILE`).
+    kt: &'a mut [f32],
+    max: &'a mut [f32],
+    sum: &'a mut [f32],
+    acc: &'a mut [f32],
+}
+
+/// Plain reference: scores, softmax with `f32::exp`, weighted sum, one head at a time.
+pub fn attend_reference(dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], out: &mut [f32]) -> Result<(), KernelError> {
+    check(&dims, q, k_pool, v_pool, rows, out)?;
+    let (hd, kvd, g) = (dims.head_dim, dims.kv_dim(), dims.group());
+    for (r, slots) in rows.iter().enumerate() {
+        for head in 0..dims.n_heads {
+            let kvh = head / g;
+            let qv = &q[r * dims.q_dim() + head * hd..][..hd];
+            let scores: Vec<f32> = slots
+                .iter()
+                .map(|&s| qv.iter().zip(&k_pool[s as usize * kvd + kvh * hd..][..hd]).map(|(a, b)| a * b).sum::<f32>() * scale)
+                .collect();
+            let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            let o = &mut out[r * dims.q_dim() + head * hd..][..hd];
+            o.fill(0.0);
+            for (&p, &s) in e.iter().zip(slots.iter()) {
+                for (o, &x) in o.iter_mut().zip(&v_pool[s as usize * kvd + kvh * hd..][..hd]) {
+                    *o += p / z * x;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Vectorizable elementwise math: `exp` without a libm call, and log-sum-exp over a vocabulary
+//! (the sampler reports every token's log-probability, which needs one over 49,152 logits).
+
+use crate::dispatch::Isa;
+
+/// `e^x` to about one ulp on the range softmax uses, branch-free so that loops over it
+/// vectorize (Cephes `expf`: range reduction by powers of two and a degree-5 polynomial).
+/// Inputs below -87 give about 1e-38, not 0.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let e = (p * r).mul_add(r, r) + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Sum in eight independent lanes (so the compiler may vectorize it).
+#[inline(always)]
+pub(crate) fn sum8(a: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let c = a.chunks_exact(8);
+    let tail: f32 = c.remainder().iter().sum();
+    for x in c {
+        for l in 0..8 {
+            lanes[l] += x[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `log(sum(exp(x)))`, stable for any finite `x`; vectorized where the CPU allows.
+pub fn log_sum_exp(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::active() >= Isa::Avx2 {
+        // SAFETY: AVX2 and FMA are present.
+        return unsafe { log_sum_exp_avx2(x) };
+    }
+    log_sum_exp_body(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn log_sum_exp_avx2(x: &[f32]) -> f32 {
+    log_sum_exp_body(x)
+}
+
+#[inline(always)]
+fn log_sum_exp_body(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(c[l]);
+        }
+    }
+    max = lanes.iter().fold(max, |m, &v| m.max(v));
+    if !max.is_finite() {
+        return max;
+    }
+    let mut sums = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - max)).sum();
+    for c in chunks {
+        for l in 0..8 {
+            sums[l] += exp(c[l] - max);
+        }
+    }
+    (sums.iter().sum::<f32>() + tail).ln() + max
+}

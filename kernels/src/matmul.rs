@@ -1,0 +1,228 @@
+//! Quantized matrix multiplication `y = x W^T`: `x` is `m` f32 rows, `W` a GGML-quantized
+//! weight matrix stored row by row (one row per output feature), as GGUF lays it out.
+//!
+//! The activations are quantized once per call. Output features are split across the thread
+//! pool in contiguous runs of weight rows; inside a run, each weight row is multiplied with up
+//! to four activation rows at once (a `4 x 1` register tile), so a weight block is loaded and
+//! unpacked once for every four rows of a prefill chunk or a batched decode step. Activation
+//! rows are visited in panels that stay in L1/L2 while the run of weight rows streams past.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::activations::QuantizedActs;
+use crate::dispatch::{packed_kernels, row_kernels, Isa, RowsKernel};
+use crate::packed::{self, PackedActs, PackedMatrix};
+use crate::formats::WeightType;
+use crate::{reference, KernelError};
+
+/// A quantized weight matrix: `rows` output features of `cols` inputs each, laid out for the
+/// instruction set that will multiply it.
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    isa: Isa,
+    storage: Storage,
+}
+
+#[derive(Debug, Clone)]
+enum Storage {
+    /// GGUF's own blocks, `row_bytes` per row.
+    Ggml { row_bytes: usize, data: Vec<u8> },
+    /// Packed rows for the 512-bit kernels.
+    Packed(PackedMatrix),
+}
+
+/// Activation rows per panel: their quantized bytes stay in cache while weight rows stream.
+const PANEL_ROWS: usize = 64;
+/// Below this many multiply-adds a call runs on the calling thread alone.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+thread_local! {
+    static SCRATCH: RefCell<(QuantizedActs, PackedActs)> = RefCell::new(Default::default());
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: workers write disjoint columns of the output (their own weight rows).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl QMatrix {
+    /// Takes GGUF bytes (`rows` rows of `cols` weights of type `ty`), laid out for this CPU's
+    /// best kernels.
+    pub fn new(ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
+        Self::new_for(Isa::active(), ty, rows, cols, data)
+    }
+
+    /// As [`new`](Self::new), for the kernels of `isa` (one of [`Isa::available`]).
+    pub fn new_for(isa: Isa, ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
+        ty.check_row_len(cols)?;
+        if !Isa::available().contains(&isa) {
+            return Err(KernelError::Unsupported(format!("this CPU has no {}", isa.name())));
+        }
+        let row_bytes = ty.row_bytes(cols);
+        if data.len() != rows * row_bytes {
+            return Err(KernelError::Shape(format!(
+                "{} matrix {rows}x{cols} needs {} bytes, got {}",
+                ty.name(),
+                rows * row_bytes,
+                data.len()
+            )));
+        }
+        let storage = if isa == Isa::Avx512Vnni && packed::packable(ty) {
+            Storage::Packed(PackedMatrix::pack(ty, rows, cols, &data))
+        } else {
+            Storage::Ggml { row_bytes, data }
+        };
+        Ok(Self { ty, rows, cols, isa, storage })
+    }
+
+    /// The rows of several matrices of one type, width and layout, stacked (e.g. the Q, K
+    /// and V projections, which read the same input).
+    pub fn stack(parts: &[&QMatrix]) -> Result<Self, KernelError> {
+        let first = parts.first().ok_or_else(|| KernelError::Shape("nothing to stack".into()))?;
+        if parts.iter().any(|p| p.ty != first.ty || p.cols != first.cols || p.isa != first.isa) {
+            return Err(KernelError::Shape("stacked matrices need one type, width and layout".into()));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let bytes = |p: &QMatrix| match &p.storage {
+            Storage::Ggml { data, .. } => data.clone(),
+            Storage::Packed(m) => m.data.clone(),
+        };
+        let data: Vec<u8> = parts.iter().flat_map(|p| bytes(p)).collect();
+        let storage = match &first.storage {
+            Storage::Ggml { row_bytes, .. } => Storage::Ggml { row_bytes: *row_bytes, data },
+            Storage::Packed(m) => Storage::Packed(PackedMatrix { data, ..m.clone() }),
+        };
+        Ok(Self { ty: first.ty, rows, cols: first.cols, isa: first.isa, storage })
+    }
+
+    pub fn weight_type(&self) -> WeightType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The instruction set whose kernels multiply this matrix.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Row `j` in GGUF layout.
+    pub fn ggml_row(&self, j: usize) -> Cow<'_, [u8]> {
+        match &self.storage {
+            Storage::Ggml { row_bytes, data } => Cow::Borrowed(&data[j * row_bytes..(j + 1) * row_bytes]),
+            Storage::Packed(m) => Cow::Owned(m.ggml_row(j, self.cols)),
+        }
+    }
+
+    /// Dequantized row `j`.
+    pub fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+        reference::dequantize_row(self.ty, &self.ggml_row(j), out)
+    }
+
+    /// `y (m x rows) = x (m x cols) W^T`.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+        self.check(x, m, y)?;
+        // Taken out of the thread-local rather than borrowed: while this thread waits in the
+        // parallel section it may run another matmul (work stealing), which then finds an
+        // empty scratch instead of a borrowed one.
+        let (mut acts, mut packed_acts) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        acts.quantize(self.ty.activation_format(), x, m, self.cols);
+        match &self.storage {
+            Storage::Ggml { row_bytes, data } => {
+                let row = |j: usize| &data[j * row_bytes..(j + 1) * row_bytes];
+                self.tiled(row_kernels(self.ty, self.isa), &acts, m, row, y)
+            }
+            Storage::Packed(p) => {
+                packed_acts.pack(self.ty, &acts);
+                self.tiled(packed_kernels(self.ty), &packed_acts, m, |j| p.row(j), y)
+            }
+        }
+        SCRATCH.with(|s| *s.borrow_mut() = (acts, packed_acts));
+        Ok(())
+    }
+
+    /// The reference result: each output by [`reference::dot_row`], single-threaded.
+    pub fn matmul_reference(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+        self.check(x, m, y)?;
+        let mut acts = QuantizedActs::default();
+        acts.quantize(self.ty.activation_format(), x, m, self.cols);
+        for j in 0..self.rows {
+            let w = self.ggml_row(j);
+            for i in 0..m {
+                y[i * self.rows + j] = reference::dot_row(self.ty, &w, &acts, i);
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, x: &[f32], m: usize, y: &[f32]) -> Result<(), KernelError> {
+        if x.len() != m * self.cols || y.len() != m * self.rows {
+            return Err(KernelError::Shape(format!(
+                "matmul of {m}x{} by {}x{} into {} values (x has {})",
+                self.cols,
+                self.rows,
+                self.cols,
+                y.len(),
+                x.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `kernels` over every (weight row, tile of up to 4 activation rows).
+    fn tiled<'a, A: Sync>(&self, kernels: [RowsKernel<A>; 4], acts: &A, m: usize, row: impl Fn(usize) -> &'a [u8] + Sync, y: &mut [f32]) {
+        let n = self.rows;
+        let out = OutPtr(y.as_mut_ptr());
+        let run = |j0: usize, j1: usize| {
+            let out = out;
+            let mut tile = [0f32; 4];
+            for p0 in (0..m).step_by(PANEL_ROWS) {
+                let p1 = (p0 + PANEL_ROWS).min(m);
+                for j in j0..j1 {
+                    let w = row(j);
+                    let mut i = p0;
+                    while i < p1 {
+                        let mr = (p1 - i).min(4);
+                        // SAFETY: the matrix's `isa` is available (checked at construction);
+                        // rows i..i+mr exist; each worker writes only its own columns j0..j1.
+                        unsafe {
+                            kernels[mr - 1](w, acts, i, &mut tile);
+                            for r in 0..mr {
+                                *out.0.add((i + r) * n + j) = tile[r];
+                            }
+                        }
+                        i += mr;
+                    }
+                }
+            }
+        };
+        let threads = rayon::current_num_threads();
+        if threads <= 1 || m * n * self.cols < PARALLEL_MIN_WORK {
+            run(0, n);
+            return;
+        }
+        // A few runs per thread balance uneven progress; runs of at least 8 rows.
+        let runs = (threads * 4).min(n.div_ceil(8)).max(1);
+        let per = n.div_ceil(runs);
+        (0..runs).into_par_iter().for_each(|r| {
+            let j0 = r * per;
+            let j1 = ((r + 1) * per).min(n);
+            if j0 < j1 {
+                run(j0, j1);
+            }
+        });
+    }
+}

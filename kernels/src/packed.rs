@@ -1,0 +1,158 @@
+//! Weights and activations re-laid for 512-bit kernels (llama.cpp repacks weights at load
+//! for the same reason: `ggml-cpu/repack.cpp`).
+//!
+//! GGUF interleaves each block's f16 scales with its quants, so a kernel must convert scales
+//! one block at a time and shuffle quants into place: more instructions than multiply-adds
+//! for a single activation row. Packed, a row is `[quants][scales][mins]`, in groups of blocks
+//! that one 512-bit register holds (4 blocks of 4-bit quants, 2 of 8-bit), zero-padded to
+//! whole groups. Then one group costs one load, one nibble split, two `vpdpbusd`, and one
+//! scale multiply for four blocks at once. Activations are reordered to match: for 4-bit
+//! formats, the 16 values that meet each block's low nibbles, block after block, then those
+//! that meet the high nibbles. Packing is lossless: [`PackedMatrix::ggml_row`] gives back the
+//! GGUF bytes.
+
+use crate::activations::QuantizedActs;
+use crate::formats::{ActivationFormat, WeightType};
+
+/// Blocks per group: what one 512-bit load of quants holds.
+pub(crate) fn group_blocks(ty: WeightType) -> usize {
+    match ty {
+        WeightType::Q4_0 | WeightType::Q4_1 => 4,
+        WeightType::Q8_0 => 2,
+        _ => unreachable!("only 32-blocks are packed"),
+    }
+}
+
+pub(crate) fn packable(ty: WeightType) -> bool {
+    matches!(ty, WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0)
+}
+
+/// A weight matrix in packed rows.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedMatrix {
+    pub ty: WeightType,
+    /// Groups per row.
+    pub groups: usize,
+    pub row_stride: usize,
+    pub data: Vec<u8>,
+}
+
+impl PackedMatrix {
+    /// Where the f16 scales start: after 64 bytes of quants per group. For Q4_1 the f16
+    /// mins follow.
+    pub fn scales_at(&self) -> usize {
+        self.groups * 64
+    }
+
+    pub fn mins_at(&self) -> usize {
+        self.scales_at() + self.groups * group_blocks(self.ty) * 2
+    }
+
+    pub fn pack(ty: WeightType, rows: usize, cols: usize, ggml: &[u8]) -> Self {
+        let (gb, bb) = (group_blocks(ty), ty.block_bytes());
+        let nb = cols / 32;
+        let groups = nb.div_ceil(gb);
+        let blocks = groups * gb;
+        let row_stride = groups * 64 + blocks * 2 * if ty == WeightType::Q4_1 { 2 } else { 1 };
+        let mut data = vec![0u8; rows * row_stride];
+        let (qoff, qlen) = match ty {
+            WeightType::Q4_0 => (2, 16),
+            WeightType::Q4_1 => (4, 16),
+            _ => (2, 32),
+        };
+        let mut out = Self { ty, groups, row_stride, data: Vec::new() };
+        let (sa, ma) = (out.scales_at(), out.mins_at());
+        for (src, dst) in ggml.chunks_exact(nb * bb).zip(data.chunks_exact_mut(row_stride)) {
+            for b in 0..nb {
+                let blk = &src[b * bb..(b + 1) * bb];
+                dst[b * qlen..(b + 1) * qlen].copy_from_slice(&blk[qoff..qoff + qlen]);
+                dst[sa + 2 * b..sa + 2 * b + 2].copy_from_slice(&blk[0..2]);
+                if ty == WeightType::Q4_1 {
+                    dst[ma + 2 * b..ma + 2 * b + 2].copy_from_slice(&blk[2..4]);
+                }
+            }
+        }
+        out.data = data;
+        out
+    }
+
+    pub fn row(&self, j: usize) -> &[u8] {
+        &self.data[j * self.row_stride..(j + 1) * self.row_stride]
+    }
+
+    /// Row `j` back in GGUF layout (`cols` weights).
+    pub fn ggml_row(&self, j: usize, cols: usize) -> Vec<u8> {
+        let (ty, row) = (self.ty, self.row(j));
+        let nb = cols / 32;
+        let (sa, ma) = (self.scales_at(), self.mins_at());
+        let mut out = Vec::with_capacity(nb * ty.block_bytes());
+        for b in 0..nb {
+            out.extend_from_slice(&row[sa + 2 * b..sa + 2 * b + 2]);
+            match ty {
+                WeightType::Q4_1 => {
+                    out.extend_from_slice(&row[ma + 2 * b..ma + 2 * b + 2]);
+                    out.extend_from_slice(&row[16 * b..16 * (b + 1)]);
+                }
+                WeightType::Q4_0 => out.extend_from_slice(&row[16 * b..16 * (b + 1)]),
+                _ => out.extend_from_slice(&row[32 * b..32 * (b + 1)]),
+            }
+        }
+        out
+    }
+}
+
+/// Activations quantized as [`QuantizedActs`] (same numbers), padded to whole groups and, for
+/// 4-bit weights, reordered to meet packed nibbles.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PackedActs {
+    pub rows: usize,
+    /// Padded row length in values.
+    pub kp: usize,
+    /// Padded blocks per row.
+    pub nbp: usize,
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+    pub isum: Vec<i32>,
+}
+
+impl PackedActs {
+    pub fn pack(&mut self, ty: WeightType, a: &QuantizedActs) {
+        debug_assert_eq!(a.format, ActivationFormat::Q8);
+        let gb = group_blocks(ty);
+        let nb = a.k / 32;
+        let nbp = nb.div_ceil(gb) * gb;
+        self.rows = a.rows;
+        self.nbp = nbp;
+        self.kp = nbp * 32;
+        self.qs.clear();
+        self.qs.resize(a.rows * self.kp, 0);
+        for v in [&mut self.d, &mut self.s] {
+            v.clear();
+            v.resize(a.rows * nbp, 0.0);
+        }
+        self.isum.clear();
+        self.isum.resize(a.rows * nbp, 0);
+        let interleave = gb == 4;
+        for r in 0..a.rows {
+            let src = &a.qs[r * a.k..(r + 1) * a.k];
+            let dst = &mut self.qs[r * self.kp..(r + 1) * self.kp];
+            for b in 0..nb {
+                let x = &src[32 * b..32 * (b + 1)];
+                if interleave {
+                    // Group g = b / 4 holds 128 values: 64 meeting low nibbles (16 per block),
+                    // then 64 meeting high nibbles.
+                    let (g, i) = (b / 4, b % 4);
+                    dst[128 * g + 16 * i..128 * g + 16 * i + 16].copy_from_slice(&x[..16]);
+                    dst[128 * g + 64 + 16 * i..128 * g + 64 + 16 * i + 16].copy_from_slice(&x[16..]);
+                } else {
+                    dst[32 * b..32 * (b + 1)].copy_from_slice(x);
+                }
+            }
+            for (dst, src) in [(&mut self.d, &a.d), (&mut self.s, &a.s)] {
+                dst[r * nbp..r * nbp + nb].copy_from_slice(&src[r * nb..(r + 1) * nb]);
+            }
+            self.isum[r * nbp..r * nbp + nb].copy_from_slice(&a.isum[r * nb..(r + 1) * nb]);
+        }
+    }
+}

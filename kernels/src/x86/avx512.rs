@@ -1,0 +1,100 @@
+//! 512-bit kernels for the 32-block formats (Q4_0, Q4_1, Q8_0) over packed rows
+//! ([`crate::packed`]), on CPUs with AVX-512 VNNI.
+//!
+//! One group is four 4-bit blocks (or two 8-bit blocks) in one register: its low and high
+//! nibbles meet the reordered activations in two `vpdpbusd`, giving four lanes per block; the
+//! four blocks' scales are multiplied at once and spread over their lanes by one permute.
+//! AVX-512 has no `vpsignb`, so signed weights are offset to unsigned (`q` for Q4_0,
+//! `w + 128` for Q8_0) and the offset times the activation block's exact integer sum is
+//! subtracted in integers.
+
+use std::arch::x86_64::*;
+
+use crate::formats::WeightType;
+use crate::packed::PackedActs;
+
+pub(crate) const Q4_0: u8 = 0;
+pub(crate) const Q4_1: u8 = 1;
+pub(crate) const Q8_0: u8 = 2;
+
+pub(crate) fn type_code(ty: WeightType) -> u8 {
+    match ty {
+        WeightType::Q4_0 => Q4_0,
+        WeightType::Q4_1 => Q4_1,
+        _ => Q8_0,
+    }
+}
+
+/// `T` is one of [`Q4_0`], [`Q4_1`], [`Q8_0`]; `MR` activation rows (1..=4); `w` one packed row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn packed<const T: u8, const MR: usize>(w: &[u8], a: &PackedActs, i0: usize, out: &mut [f32; 4]) {
+    let gb = if T == Q8_0 { 2 } else { 4 };
+    let groups = a.nbp / gb;
+    let wq = w.as_ptr();
+    let wd = wq.add(groups * 64);
+    let wm = wd.add(a.nbp * 2);
+    let low = _mm512_set1_epi8(0x0F);
+    // Lane l of a group's 16 i32 sums belongs to block l / (16 / gb).
+    let spread = if T == Q8_0 {
+        _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+    } else {
+        _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0)
+    };
+    // The first lane of each block, where its offset correction goes.
+    let first_lanes: __mmask16 = if T == Q8_0 { 0x0101 } else { 0x1111 };
+    let offset_shift = if T == Q8_0 { 7 } else { 3 };
+    let mut acc = [_mm512_setzero_ps(); MR];
+    let mut mins = [_mm_setzero_ps(); MR];
+    for g in 0..groups {
+        let raw = _mm512_loadu_si512(wq.add(64 * g) as *const _);
+        let (q0, q1) = if T == Q8_0 {
+            (_mm512_xor_si512(raw, _mm512_set1_epi8(-128)), _mm512_setzero_si512())
+        } else {
+            (_mm512_and_si512(raw, low), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low))
+        };
+        let d = if T == Q8_0 {
+            _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(wd.add(4 * g) as *const i32)))
+        } else {
+            _mm_cvtph_ps(_mm_loadl_epi64(wd.add(8 * g) as *const __m128i))
+        };
+        let m = if T == Q4_1 { _mm_cvtph_ps(_mm_loadl_epi64(wm.add(8 * g) as *const __m128i)) } else { _mm_setzero_ps() };
+        for r in 0..MR {
+            let row = i0 + r;
+            let x = a.qs.as_ptr().add(row * a.kp + 32 * gb * g);
+            let mut p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q0, _mm512_loadu_si512(x as *const _));
+            if T != Q8_0 {
+                p = _mm512_dpbusd_epi32(p, q1, _mm512_loadu_si512(x.add(64) as *const _));
+            }
+            let blk = row * a.nbp + gb * g;
+            let xd = if T == Q8_0 {
+                _mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(blk) as *const f64))
+            } else {
+                _mm_loadu_ps(a.d.as_ptr().add(blk))
+            };
+            if T != Q4_1 {
+                let isum = if T == Q8_0 {
+                    _mm_loadl_epi64(a.isum.as_ptr().add(blk) as *const __m128i)
+                } else {
+                    _mm_loadu_si128(a.isum.as_ptr().add(blk) as *const __m128i)
+                };
+                let c = _mm512_maskz_permutexvar_epi32(first_lanes, spread, _mm512_castsi128_si512(isum));
+                let c = if offset_shift == 7 { _mm512_slli_epi32(c, 7) } else { _mm512_slli_epi32(c, 3) };
+                p = _mm512_sub_epi32(p, c);
+            }
+            let s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(d, xd)));
+            acc[r] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[r]);
+            if T == Q4_1 {
+                mins[r] = _mm_fmadd_ps(m, _mm_loadu_ps(a.s.as_ptr().add(blk)), mins[r]);
+            }
+        }
+    }
+    for r in 0..MR {
+        let mut s = _mm512_reduce_add_ps(acc[r]);
+        if T == Q4_1 {
+            let v = mins[r];
+            let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+            s += _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+        }
+        out[r] = s;
+    }
+}
