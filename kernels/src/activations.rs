@@ -65,12 +65,29 @@ impl QuantizedActs {
                     }
                     quantize_q8(x, qs, d, s, isum)
                 };
-                if rows >= PARALLEL_MIN_ROWS && rayon::current_num_threads() > 1 {
-                    use rayon::prelude::*;
-                    x.par_chunks(k)
-                        .zip(self.qs.par_chunks_mut(k))
-                        .zip(self.d.par_chunks_mut(nb).zip(self.s.par_chunks_mut(nb)).zip(self.isum.par_chunks_mut(nb)))
-                        .for_each(|((x, qs), ((d, s), isum))| quantize_rows(x, qs, d, s, isum));
+                let threads = rayon::current_num_threads();
+                if rows >= PARALLEL_MIN_ROWS && threads > 1 {
+                    let per = rows.div_ceil(2 * threads);
+                    let bufs = RowBuffers {
+                        qs: self.qs.as_mut_ptr(),
+                        d: self.d.as_mut_ptr(),
+                        s: self.s.as_mut_ptr(),
+                        isum: self.isum.as_mut_ptr(),
+                    };
+                    crate::threads::parallel_for(rows.div_ceil(per), &|c| {
+                        let (r0, r1) = (c * per, ((c + 1) * per).min(rows));
+                        let bufs = &bufs;
+                        // SAFETY: tasks cover disjoint row ranges of buffers sized above.
+                        let (qs, d, s, isum) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(bufs.qs.add(r0 * k), (r1 - r0) * k),
+                                std::slice::from_raw_parts_mut(bufs.d.add(r0 * nb), (r1 - r0) * nb),
+                                std::slice::from_raw_parts_mut(bufs.s.add(r0 * nb), (r1 - r0) * nb),
+                                std::slice::from_raw_parts_mut(bufs.isum.add(r0 * nb), (r1 - r0) * nb),
+                            )
+                        };
+                        quantize_rows(&x[r0 * k..r1 * k], qs, d, s, isum);
+                    });
                 } else {
                     quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.isum);
                 }
@@ -94,6 +111,15 @@ impl QuantizedActs {
         self.qs.iter().enumerate().map(|(i, &q)| self.d[i / bl] * q as f32).collect()
     }
 }
+
+struct RowBuffers {
+    qs: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    isum: *mut i32,
+}
+// SAFETY: shared only by tasks writing disjoint rows.
+unsafe impl Sync for RowBuffers {}
 
 /// Rows from which quantizing is split across the pool (a prefill chunk, a wide batch).
 const PARALLEL_MIN_ROWS: usize = 16;

@@ -11,8 +11,6 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use crate::dispatch::Isa;
 use crate::math::{exp, sum8};
 use crate::KernelError;
@@ -120,7 +118,7 @@ pub fn attend_on(isa: Isa, dims: AttentionDims, scale: f32, q: &[f32], k_pool: &
         // Taken, not borrowed, so that a re-entrant call on this thread cannot find it borrowed.
         let mut s = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let rg = (r1 - r0) * dims.group();
-        s.resize(rg * (TILE + 2 + dims.head_dim) + dims.head_dim * TILE, 0.0);
+        s.resize(rg * (TILE + 2 + dims.head_dim), 0.0);
         #[cfg(target_arch = "x86_64")]
         if isa >= Isa::Avx2 {
             // SAFETY: AVX2 and FMA are present (`Isa::Avx2` and above imply them).
@@ -139,7 +137,7 @@ pub fn attend_on(isa: Isa, dims: AttentionDims, scale: f32, q: &[f32], k_pool: &
     if work < PARALLEL_MIN_WORK || rayon::current_num_threads() <= 1 {
         tasks.iter().for_each(run);
     } else {
-        tasks.par_iter().for_each(run);
+        crate::threads::parallel_for(tasks.len(), &|i| run(&tasks[i]));
     }
     Ok(())
 }
@@ -177,12 +175,12 @@ impl Job<'_> {
         let rg = self.rows.len() * g;
         let (scores, rest) = scratch.split_at_mut(rg * TILE);
         let (max, rest) = rest.split_at_mut(rg);
-        let (sum, rest) = rest.split_at_mut(rg);
-        let (acc, kt) = rest.split_at_mut(rg * hd);
+        let (sum, acc) = rest.split_at_mut(rg);
+        let acc = &mut acc[..rg * hd];
         max.fill(f32::NEG_INFINITY);
         sum.fill(0.0);
         acc.fill(0.0);
-        let mut state = State { scores, kt, max, sum, acc };
+        let mut state = State { scores, max, sum, acc };
         self.keys::<FMA>(&self.rows[0][..self.shared], 0..self.rows.len(), &mut state);
         for (r, slots) in self.rows.iter().enumerate() {
             self.keys::<FMA>(&slots[self.shared..], r..r + 1, &mut state);
@@ -203,71 +201,62 @@ impl Job<'_> {
         }
     }
 
-    /// Scores of the active rows' heads for one tile, through the transposed tile.
-    #[inline(always)]
-    fn tile_scores<const FMA: bool>(&self, tile: &[u32], active: std::ops::Range<usize>, st: &mut State) {
-        let (g, hd, kvd, qd) = (self.d.group(), self.d.head_dim, self.d.kv_dim(), self.d.q_dim());
-        let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { c + a * b };
-        let n = tile.len();
-            // kt[d * TILE + j] = key j's dimension d (zero past the tile's end).
-            let kt = &mut st.kt[..hd * TILE];
-            if n < TILE {
-                kt.fill(0.0);
-            }
-            for (j, &slot) in tile.iter().enumerate() {
-                let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
-                for (d, &x) in key.iter().enumerate() {
-                    kt[d * TILE + j] = x;
-                }
-            }
-            for r in active.clone() {
-                let qrow = &self.q[(self.first_row + r) * qd + self.h * g * hd..][..g * hd];
-                for gi in 0..g {
-                    let q = &qrow[gi * hd..(gi + 1) * hd];
-                    let i = r * g + gi;
-                    #[cfg(target_arch = "x86_64")]
-                    if FMA && hd % 8 == 0 {
-                        // SAFETY: FMA is only set on the AVX2 path; `kt` holds hd x TILE.
-                        unsafe { avx2::scores(q, kt, self.scale, &mut st.scores[i * TILE..(i + 1) * TILE]) };
-                        continue;
-                    }
-                    // Two partial sums over dimensions: two dependency chains per lane.
-                    let (mut s0, mut s1) = ([0f32; TILE], [0f32; TILE]);
-                    let mut d = 0;
-                    while d + 1 < hd {
-                        let (k0, k1) = (&kt[d * TILE..(d + 1) * TILE], &kt[(d + 1) * TILE..(d + 2) * TILE]);
-                        for j in 0..TILE {
-                            s0[j] = fma(q[d], k0[j], s0[j]);
-                            s1[j] = fma(q[d + 1], k1[j], s1[j]);
-                        }
-                        d += 2;
-                    }
-                    if d < hd {
-                        let k0 = &kt[d * TILE..(d + 1) * TILE];
-                        for j in 0..TILE {
-                            s0[j] = fma(q[d], k0[j], s0[j]);
-                        }
-                    }
-                    for (o, (a, b)) in st.scores[i * TILE..(i + 1) * TILE].iter_mut().zip(s0.iter().zip(&s1)) {
-                        *o = (a + b) * self.scale;
-                    }
-                }
-            }
-    }
-
     /// Attends `slots` with rows `active` (indices into this job's rows), a tile of keys at a
-    /// time: the tile's keys are transposed once so that each head's 32 scores accumulate in
-    /// vector lanes (no horizontal sums), and each head's weighted values accumulate in
-    /// registers (32 dimensions at a time on AVX2) across the tile.
+    /// time: each key is read once for every active head, and each head's weighted values
+    /// accumulate in registers (32 dimensions at a time on AVX2) across the tile.
     #[inline(always)]
     fn keys<const FMA: bool>(&self, slots: &[u32], active: std::ops::Range<usize>, st: &mut State) {
-        let (g, hd, kvd) = (self.d.group(), self.d.head_dim, self.d.kv_dim());
+        let (g, hd, kvd, qd) = (self.d.group(), self.d.head_dim, self.d.kv_dim(), self.d.q_dim());
         let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { c + a * b };
         for tile in slots.chunks(TILE) {
             let n = tile.len();
-            // The same arithmetic for every row, however many share the tile: a sequence's
+            // Each score by the same arithmetic however many rows share the tile: a sequence's
             // result never depends on what it is batched with.
-            self.tile_scores::<FMA>(tile, active.clone(), st);
+            let heads = active.start * g..active.end * g;
+            #[cfg(target_arch = "x86_64")]
+            if FMA && hd % 8 == 0 {
+                // Eight heads per pass: one horizontal-sum tree serves all eight scores. A
+                // short last pass repeats a head and drops the extra results.
+                let query = |i: usize| {
+                    let (r, gi) = (i / g, i % g);
+                    &self.q[(self.first_row + r) * qd + (self.h * g + gi) * hd..][..hd]
+                };
+                // dots4 sums each head exactly as dots8 does, so a head's score has the same
+                // bits in either.
+                let mut i0 = heads.start;
+                while i0 < heads.end {
+                    let live = (heads.end - i0).min(8);
+                    let wide = live > 4;
+                    let qs: [&[f32]; 8] = std::array::from_fn(|l| query((i0 + l).min(heads.end - 1)));
+                    for (j, &slot) in tile.iter().enumerate() {
+                        let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
+                        // SAFETY: FMA is only set on the AVX2 path; all slices are hd long.
+                        let dots = unsafe { if wide { avx2::dots8(&qs, key) } else { avx2::dots4(&qs, key) } };
+                        for (l, &d) in dots[..live].iter().enumerate() {
+                            st.scores[(i0 + l) * TILE + j] = d * self.scale;
+                        }
+                    }
+                    i0 += live;
+                }
+            } else {
+                for (j, &slot) in tile.iter().enumerate() {
+                    let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
+                    for i in heads.clone() {
+                        let (r, gi) = (i / g, i % g);
+                        let q = &self.q[(self.first_row + r) * qd + (self.h * g + gi) * hd..][..hd];
+                        st.scores[i * TILE + j] = dot16(q, key) * self.scale;
+                    }
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            for (j, &slot) in tile.iter().enumerate() {
+                let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
+                for i in heads.clone() {
+                    let (r, gi) = (i / g, i % g);
+                    let q = &self.q[(self.first_row + r) * qd + (self.h * g + gi) * hd..][..hd];
+                    st.scores[i * TILE + j] = dot16(q, key) * self.scale;
+                }
+            }
             for i in active.start * g..active.end * g {
                 let s = &mut st.scores[i * TILE..i * TILE + n];
                 let tile_max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -317,35 +306,54 @@ impl Job<'_> {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// `out[j] = scale * q . kt[.., j]` for the tile's 32 keys (`kt` is `q.len() x 32`).
+    /// Eight dot products with one vector `k` (lengths a multiple of 8): one accumulator per
+    /// query, then a single horizontal-sum tree for all eight.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores(q: &[f32], kt: &[f32], scale: f32, out: &mut [f32]) {
-        debug_assert!(kt.len() >= q.len() * 32 && out.len() >= 32);
-        let hd = q.len();
-        let (mut a, mut b) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
-        let mut d = 0;
-        while d + 1 < hd {
-            let (q0, q1) = (_mm256_set1_ps(*q.get_unchecked(d)), _mm256_set1_ps(*q.get_unchecked(d + 1)));
-            let k0 = kt.as_ptr().add(d * 32);
-            let k1 = k0.add(32);
-            for l in 0..4 {
-                a[l] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k0.add(8 * l)), a[l]);
-                b[l] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k1.add(8 * l)), b[l]);
+    pub(super) unsafe fn dots8(qs: &[&[f32]; 8], k: &[f32]) -> [f32; 8] {
+        let n = k.len();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < n {
+            let kv = _mm256_loadu_ps(k.as_ptr().add(i));
+            for h in 0..8 {
+                acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs[h].as_ptr().add(i)), kv, acc[h]);
             }
-            d += 2;
+            i += 8;
         }
-        if d < hd {
-            let q0 = _mm256_set1_ps(*q.get_unchecked(d));
-            let k0 = kt.as_ptr().add(d * 32);
-            for l in 0..4 {
-                a[l] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k0.add(8 * l)), a[l]);
+        let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+        let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+        let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+        let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        let v = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), v);
+        out
+    }
+
+    /// The first four of [`dots8`], summed by the same tree (the rest of the result is 0).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dots4(qs: &[&[f32]; 8], k: &[f32]) -> [f32; 8] {
+        let n = k.len();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < n {
+            let kv = _mm256_loadu_ps(k.as_ptr().add(i));
+            for h in 0..4 {
+                acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs[h].as_ptr().add(i)), kv, acc[h]);
             }
+            i += 8;
         }
-        let s = _mm256_set1_ps(scale);
-        for l in 0..4 {
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * l), _mm256_mul_ps(_mm256_add_ps(a[l], b[l]), s));
-        }
+        let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+        let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let v = _mm_add_ps(_mm256_castps256_ps128(u0), _mm256_extractf128_ps(u0, 1));
+        let mut out = [0f32; 8];
+        _mm_storeu_ps(out.as_mut_ptr(), v);
+        out
     }
 
     /// `acc = acc * correction + sum_j p[j] * V[slots[j]][offset..offset + acc.len()]`, 32
@@ -384,10 +392,22 @@ mod avx2 {
     }
 }
 
+/// Dot product in sixteen independent lanes (the portable path; vectorizable).
+#[inline(always)]
+fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..16 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 struct State<'a> {
     scores: &'a mut [f32],
-    /// One tile of keys, transposed (`head_dim x TILE`).
-    kt: &'a mut [f32],
     max: &'a mut [f32],
     sum: &'a mut [f32],
     acc: &'a mut [f32],

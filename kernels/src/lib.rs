@@ -17,6 +17,7 @@ pub mod math;
 pub mod matmul;
 mod packed;
 pub mod reference;
+pub mod rope;
 pub mod threads;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -10,8 +10,6 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use crate::activations::QuantizedActs;
 use crate::dispatch::{packed_kernels, row_kernels, Isa, RowsKernel};
 use crate::packed::{self, PackedActs, PackedMatrix};
@@ -217,7 +215,7 @@ impl QMatrix {
         // A few runs per thread balance uneven progress; runs of at least 8 rows.
         let runs = (threads * 4).min(n.div_ceil(8)).max(1);
         let per = n.div_ceil(runs);
-        (0..runs).into_par_iter().for_each(|r| {
+        crate::threads::parallel_for(runs, &|r| {
             let j0 = r * per;
             let j1 = ((r + 1) * per).min(n);
             if j0 < j1 {

@@ -27,40 +27,44 @@ pub(crate) fn packable(ty: WeightType) -> bool {
     matches!(ty, WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0)
 }
 
-/// A weight matrix in packed rows.
+/// A weight matrix in packed rows: `[quants of every block][f16 scales][f16 mins (Q4_1)]`,
+/// exactly GGUF's bytes per row (a last, partial group is loaded with a mask, not padded: the
+/// weights stream from memory at m = 1, and padding would add to every byte read).
 #[derive(Debug, Clone)]
 pub(crate) struct PackedMatrix {
     pub ty: WeightType,
-    /// Groups per row.
-    pub groups: usize,
+    /// Blocks per row.
+    pub blocks: usize,
     pub row_stride: usize,
     pub data: Vec<u8>,
 }
 
+/// Bytes of quants per block.
+pub(crate) fn quant_bytes(ty: WeightType) -> usize {
+    if ty == WeightType::Q8_0 {
+        32
+    } else {
+        16
+    }
+}
+
 impl PackedMatrix {
-    /// Where the f16 scales start: after 64 bytes of quants per group. For Q4_1 the f16
-    /// mins follow.
     pub fn scales_at(&self) -> usize {
-        self.groups * 64
+        self.blocks * quant_bytes(self.ty)
     }
 
     pub fn mins_at(&self) -> usize {
-        self.scales_at() + self.groups * group_blocks(self.ty) * 2
+        self.scales_at() + self.blocks * 2
     }
 
     pub fn pack(ty: WeightType, rows: usize, cols: usize, ggml: &[u8]) -> Self {
-        let (gb, bb) = (group_blocks(ty), ty.block_bytes());
+        let bb = ty.block_bytes();
         let nb = cols / 32;
-        let groups = nb.div_ceil(gb);
-        let blocks = groups * gb;
-        let row_stride = groups * 64 + blocks * 2 * if ty == WeightType::Q4_1 { 2 } else { 1 };
+        let row_stride = ty.row_bytes(cols);
         let mut data = vec![0u8; rows * row_stride];
-        let (qoff, qlen) = match ty {
-            WeightType::Q4_0 => (2, 16),
-            WeightType::Q4_1 => (4, 16),
-            _ => (2, 32),
-        };
-        let mut out = Self { ty, groups, row_stride, data: Vec::new() };
+        let qlen = quant_bytes(ty);
+        let qoff = bb - qlen;
+        let mut out = Self { ty, blocks: nb, row_stride, data: Vec::new() };
         let (sa, ma) = (out.scales_at(), out.mins_at());
         for (src, dst) in ggml.chunks_exact(nb * bb).zip(data.chunks_exact_mut(row_stride)) {
             for b in 0..nb {
@@ -106,6 +110,8 @@ impl PackedMatrix {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PackedActs {
     pub rows: usize,
+    /// Blocks per row before padding.
+    pub nb: usize,
     /// Padded row length in values.
     pub kp: usize,
     /// Padded blocks per row.
@@ -123,6 +129,7 @@ impl PackedActs {
         let nb = a.k / 32;
         let nbp = nb.div_ceil(gb) * gb;
         self.rows = a.rows;
+        self.nb = nb;
         self.nbp = nbp;
         self.kp = nbp * 32;
         self.qs.clear();

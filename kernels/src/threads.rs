@@ -1,5 +1,15 @@
 //! The one CPU thread pool: rayon's global pool, which candle's own CPU operations use too, so
 //! no two pools spin against each other. Sized once, before first use.
+//!
+//! A forward pass at batch size 1 is a few hundred parallel sections of 10-60 us each. Handed
+//! to rayon one by one, each section waits for a sleeping worker to wake (tens of us on a VM).
+//! [`with_team`] therefore holds the pool's other threads for the length of one forward pass:
+//! they spin on an atomic work counter, and [`parallel_for`] hands them each section at the
+//! cost of a few atomic operations (llama.cpp's CPU backend keeps its threads the same way).
+//! Outside a team, `parallel_for` is rayon's `for_each`.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Physical cores (hyper-threads share one core's SIMD units, so they add little here).
 pub fn physical_cores() -> usize {
@@ -43,12 +53,132 @@ pub fn current() -> usize {
     rayon::current_num_threads()
 }
 
-/// Runs `f` on a thread of the pool, so that the parallel kernels it calls share the work with
-/// it rather than handing each one off and waiting to be woken.
+/// Runs `f` on a thread of the pool with the other threads held as a team ([`with_team`]):
+/// one hand-off per forward pass instead of one per parallel kernel.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
-        f()
+        with_team(f)
     } else {
-        rayon::scope(|_| f())
+        rayon::scope(|_| with_team(f))
     }
+}
+
+/// Task-count and index fields of the team's state word: `epoch | tasks | next`.
+const FIELD_BITS: u32 = 20;
+const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
+/// Idle polls before a team member starts yielding its core.
+const SPIN_POLLS: u32 = 1 << 14;
+
+type Task<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// The threads of one forward pass and the section they are working on.
+struct Team {
+    /// `epoch << 40 | tasks << 20 | next`: one word, so that a claim (a compare-exchange on it)
+    /// can only succeed for a task of the section it read.
+    state: AtomicU64,
+    /// The current section's body: points at a `Task` on the publishing thread's stack.
+    job: AtomicPtr<()>,
+    done: AtomicUsize,
+    stop: AtomicBool,
+}
+
+thread_local! {
+    /// The team this thread leads, while it leads one and is not inside one of its tasks.
+    static LEADING: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
+}
+
+impl Team {
+    /// Claims and runs tasks of the current section until none is left to claim.
+    fn work(&self) -> bool {
+        let mut ran = false;
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            let (tasks, next) = ((s >> FIELD_BITS) & FIELD_MASK, s & FIELD_MASK);
+            if next >= tasks {
+                return ran;
+            }
+            // While `next` is unclaimed the section cannot end, so `job` is still this
+            // section's: a successful claim below proves `next` was still unclaimed.
+            let job = self.job.load(Ordering::Acquire) as *const Task;
+            if self.state.compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                // SAFETY: the leader keeps the task alive until `done` reaches `tasks`.
+                unsafe { (*job)(next as usize) };
+                self.done.fetch_add(1, Ordering::Release);
+                ran = true;
+            }
+        }
+    }
+
+    fn follow(&self) {
+        let mut idle = 0u32;
+        while !self.stop.load(Ordering::Acquire) {
+            if self.work() {
+                idle = 0;
+            } else if idle < SPIN_POLLS {
+                idle += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Runs `tasks` tasks of `f` with the team; returns when all are done.
+    fn section(&self, tasks: usize, f: Task) {
+        let job: *const Task = &f;
+        self.job.store(job as *mut (), Ordering::Release);
+        self.done.store(0, Ordering::Relaxed);
+        let epoch = (self.state.load(Ordering::Relaxed) >> (2 * FIELD_BITS)) + 1;
+        self.state.store(epoch << (2 * FIELD_BITS) | (tasks as u64) << FIELD_BITS, Ordering::Release);
+        self.work();
+        while self.done.load(Ordering::Acquire) < tasks {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Runs `f` with the pool's other threads held as a team (see the module's notes), so that
+/// the [`parallel_for`] sections it runs start without waking anyone. Call it on a pool thread
+/// ([`on_pool`]); elsewhere, or with one thread, it just runs `f`.
+pub fn with_team<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || rayon::current_thread_index().is_none() || !LEADING.with(|l| l.get().is_null()) {
+        return f();
+    }
+    let team = Team { state: AtomicU64::new(0), job: AtomicPtr::new(std::ptr::null_mut()), done: AtomicUsize::new(0), stop: AtomicBool::new(false) };
+    struct Release<'a>(&'a Team);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            LEADING.with(|l| l.set(std::ptr::null()));
+            self.0.stop.store(true, Ordering::Release);
+        }
+    }
+    rayon::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| team.follow());
+        }
+        LEADING.with(|l| l.set(&team));
+        let _release = Release(&team);
+        f()
+    })
+}
+
+/// Runs `f(0..tasks)`, spread over the leading team's threads, or over rayon's pool.
+pub fn parallel_for(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    if tasks <= 1 {
+        (0..tasks).for_each(f);
+        return;
+    }
+    let team = LEADING.with(|l| l.get());
+    if team.is_null() || tasks as u64 > FIELD_MASK {
+        use rayon::prelude::*;
+        (0..tasks).into_par_iter().for_each(f);
+        return;
+    }
+    // SAFETY: `LEADING` is set only while `with_team` holds the team on this thread's stack.
+    let team = unsafe { &*team };
+    // A task that itself calls `parallel_for` runs that section alone: the team is busy.
+    LEADING.with(|l| l.set(std::ptr::null()));
+    team.section(tasks, f);
+    LEADING.with(|l| l.set(team));
 }

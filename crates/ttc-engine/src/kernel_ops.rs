@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape};
 use ttc_kernels::attention::AttentionDims;
 use ttc_kernels::{QMatrix, WeightType};
 
@@ -68,17 +68,97 @@ impl CustomOp1 for QMatMulOp {
     }
 }
 
-/// Attention of query rows `(t, n_heads * head_dim)` over the layer's K and V pools, each row
-/// through its own slot list.
-pub struct PagedAttentionOp<'a> {
-    pub dims: AttentionDims,
-    pub scale: f32,
-    pub rows: &'a [&'a [u32]],
+/// Where Q, K and V sit in a row of the stacked projection output, and how to rotate them.
+#[derive(Debug, Clone, Copy)]
+pub struct QkvLayout {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub rope: ttc_kernels::rope::RopeLayout,
 }
 
-impl CustomOp3 for PagedAttentionOp<'_> {
+impl QkvLayout {
+    fn width(&self) -> usize {
+        (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+    }
+}
+
+/// Cosine and sine tables, `(context, rope_dim / 2)` row-major, on the host.
+pub struct RopeTables {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub half: usize,
+}
+
+impl RopeTables {
+    fn at(&self, pos: u32) -> (&[f32], &[f32]) {
+        let p = pos as usize * self.half;
+        (&self.cos[p..p + self.half], &self.sin[p..p + self.half])
+    }
+}
+
+/// Which pool [`WriteKvOp`] fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvPart {
+    Keys,
+    Values,
+}
+
+/// Writes each new token's K (rotated at its position) or V from the stacked projection
+/// output into the pool rows `slots`, in place: no gathered copy, no scatter index tensor.
+pub struct WriteKvOp<'a> {
+    pub part: KvPart,
+    pub layout: QkvLayout,
+    pub positions: &'a [u32],
+    pub slots: &'a [u32],
+    pub tables: &'a RopeTables,
+}
+
+impl candle_core::InplaceOp2 for WriteKvOp<'_> {
     fn name(&self) -> &'static str {
-        "ttc-paged-attention"
+        "ttc-write-kv"
+    }
+
+    fn cpu_fwd(&self, pool: &mut CpuStorage, pl: &Layout, qkv: &CpuStorage, ql: &Layout) -> candle_core::Result<()> {
+        let src = f32_slice(qkv, ql, "projections")?;
+        let CpuStorage::F32(dst) = pool else { candle_core::bail!("the KV pool must be f32") };
+        let Some((p0, p1)) = pl.contiguous_offsets() else { candle_core::bail!("the KV pool must be contiguous") };
+        let dst = &mut dst[p0..p1];
+        let l = &self.layout;
+        let (w, kvd) = (l.width(), l.n_kv_heads * l.head_dim);
+        let offset = match self.part {
+            KvPart::Keys => l.n_heads * l.head_dim,
+            KvPart::Values => (l.n_heads + l.n_kv_heads) * l.head_dim,
+        };
+        if src.len() != self.slots.len() * w || self.positions.len() != self.slots.len() {
+            candle_core::bail!("{} new tokens need {} projection values", self.slots.len(), self.slots.len() * w);
+        }
+        for (t, (&slot, &pos)) in self.slots.iter().zip(self.positions).enumerate() {
+            let row = &mut dst.get_mut(slot as usize * kvd..(slot as usize + 1) * kvd).ok_or_else(|| candle_core::Error::Msg(format!("slot {slot} is outside the pool")))?;
+            row.copy_from_slice(&src[t * w + offset..t * w + offset + kvd]);
+            if self.part == KvPart::Keys {
+                let (cos, sin) = self.tables.at(pos);
+                ttc_kernels::rope::rotate_heads(row, l.head_dim, l.rope_dim, l.rope, cos, sin);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The queries of the stacked projection output, rotated, attending the pools through each
+/// row's slot list: `(t, n_heads * head_dim)`.
+pub struct QkvAttentionOp<'a> {
+    pub layout: QkvLayout,
+    pub positions: &'a [u32],
+    pub tables: &'a RopeTables,
+    pub rows: &'a [&'a [u32]],
+    pub scale: f32,
+}
+
+impl CustomOp3 for QkvAttentionOp<'_> {
+    fn name(&self) -> &'static str {
+        "ttc-qkv-attention"
     }
 
     fn cpu_fwd(
@@ -90,16 +170,61 @@ impl CustomOp3 for PagedAttentionOp<'_> {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let q = f32_slice(qs, ql, "queries")?;
+        let qkv = f32_slice(qs, ql, "projections")?;
         let k = f32_slice(ks, kl, "key pool")?;
         let v = f32_slice(vs, vl, "value pool")?;
-        let mut out = vec![0f32; q.len()];
-        ttc_kernels::attention::attend(self.dims, self.scale, q, k, v, self.rows, &mut out).map_err(candle_core::Error::wrap)?;
-        Ok((CpuStorage::F32(out), ql.shape().clone()))
+        let l = &self.layout;
+        let (w, qd) = (l.width(), l.n_heads * l.head_dim);
+        let t = self.rows.len();
+        if qkv.len() != t * w || self.positions.len() != t {
+            candle_core::bail!("{t} query rows need {} projection values", t * w);
+        }
+        let mut q = vec![0f32; t * qd];
+        for (r, (row, &pos)) in q.chunks_exact_mut(qd).zip(self.positions).enumerate() {
+            row.copy_from_slice(&qkv[r * w..r * w + qd]);
+            let (cos, sin) = self.tables.at(pos);
+            ttc_kernels::rope::rotate_heads(row, l.head_dim, l.rope_dim, l.rope, cos, sin);
+        }
+        let dims = AttentionDims { n_heads: l.n_heads, n_kv_heads: l.n_kv_heads, head_dim: l.head_dim };
+        let mut out = vec![0f32; t * qd];
+        ttc_kernels::attention::attend(dims, self.scale, &q, k, v, self.rows, &mut out).map_err(candle_core::Error::wrap)?;
+        Ok((CpuStorage::F32(out), Shape::from((t, qd))))
     }
 }
 
-/// Runs [`PagedAttentionOp`] (CPU tensors only).
-pub fn paged_attention(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, op: PagedAttentionOp) -> candle_core::Result<Tensor> {
-    q.apply_op3_no_bwd(k_pool, v_pool, &op)
+struct SyncPtr(*mut f32);
+// SAFETY: shared only by tasks that write disjoint parts of the buffer.
+unsafe impl Sync for SyncPtr {}
+
+/// `silu(gate) * up` from the stacked gate/up output `(t, 2f)`: `(t, f)`, with candle's
+/// `silu` arithmetic (`x / (1 + e^-x)`).
+pub struct SwiGluOp;
+
+impl CustomOp1 for SwiGluOp {
+    fn name(&self) -> &'static str {
+        "ttc-swiglu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "gate/up")?;
+        let (t, two_f) = l.shape().dims2()?;
+        let f = two_f / 2;
+        let mut out = vec![0f32; t * f];
+        // Spread over the pool in runs of whole rows' halves: `exp` is most of the cost.
+        const RUN: usize = 512;
+        let runs = f.div_ceil(RUN);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        ttc_kernels::threads::parallel_for(t * runs, &|task| {
+            let (row, c0) = (task / runs, task % runs * RUN);
+            let c1 = (c0 + RUN).min(f);
+            let (gate, up) = (&x[row * two_f + c0..row * two_f + c1], &x[row * two_f + f + c0..row * two_f + f + c1]);
+            let out_ptr = &out_ptr;
+            // SAFETY: tasks write disjoint runs of `out`.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * f + c0), c1 - c0) };
+            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((t, f))))
+    }
 }

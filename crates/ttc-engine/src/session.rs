@@ -13,7 +13,7 @@ use crate::engine::{Engine, StopReason};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{KvCache, SeqId};
 use crate::models::BatchEntry;
-use crate::sampler::{Sampler, SamplingParams};
+use crate::sampler::{Sampled, Sampler, SamplingParams};
 use crate::tokenizer::StreamDecoder;
 
 #[derive(Debug, Clone)]
@@ -209,6 +209,20 @@ impl<'e> Session<'e> {
             // Room for the token about to be sampled (unused if the sequence then ends).
             self.cache.reserve(seq, 1)?;
         }
+        // Sampling reads the whole vocabulary per sequence (log-sum-exp, top-k): done in
+        // parallel, one task per sequence. Each has its own RNG, so order changes nothing.
+        let mut sampled: std::collections::HashMap<SeqId, Sampled> = {
+            use rayon::prelude::*;
+            let states: Vec<(SeqId, &mut SeqState)> =
+                self.seqs.iter_mut().filter(|(k, _)| seqs.contains(k)).map(|(k, st)| (*k, st)).collect();
+            states
+                .into_par_iter()
+                .map(|(k, st)| {
+                    let logits = st.logits.take().expect("checked above");
+                    (k, st.sampler.sample(&logits))
+                })
+                .collect()
+        };
         let ctx = self.engine.context_limit();
         let tokenizer = &self.engine.tokenizer;
         let mut events = Vec::with_capacity(seqs.len());
@@ -219,8 +233,7 @@ impl<'e> Session<'e> {
             let kv_len = self.cache.len(seq);
             let stops = &self.stops;
             let st = self.seqs.get_mut(&seq).expect("checked above");
-            let logits = st.logits.take().expect("checked above");
-            let s = st.sampler.sample(&logits);
+            let s = sampled.remove(&seq).expect("sampled above");
             if tokenizer.is_eos(s.token) && !ignore_eos {
                 st.finished = Some(StopReason::Eos);
                 let rest = st.decoder.finish();

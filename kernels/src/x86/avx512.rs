@@ -25,14 +25,28 @@ pub(crate) fn type_code(ty: WeightType) -> u8 {
     }
 }
 
+/// A group's f16 scales (or mins) as f32 lanes; `present` of them exist.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn group_f16<const T: u8>(p: *const u8, present: usize, full: bool) -> __m128 {
+    if full && T == Q8_0 {
+        _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)))
+    } else if full {
+        _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i))
+    } else {
+        _mm_cvtph_ps(_mm_maskz_loadu_epi16((1u8 << present) - 1, p as *const i16))
+    }
+}
+
 /// `T` is one of [`Q4_0`], [`Q4_1`], [`Q8_0`]; `MR` activation rows (1..=4); `w` one packed row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn packed<const T: u8, const MR: usize>(w: &[u8], a: &PackedActs, i0: usize, out: &mut [f32; 4]) {
     let gb = if T == Q8_0 { 2 } else { 4 };
-    let groups = a.nbp / gb;
+    let qlen = if T == Q8_0 { 32 } else { 16 };
+    let (nb, groups) = (a.nb, a.nbp / gb);
     let wq = w.as_ptr();
-    let wd = wq.add(groups * 64);
-    let wm = wd.add(a.nbp * 2);
+    let wd = wq.add(nb * qlen);
+    let wm = wd.add(nb * 2);
     let low = _mm512_set1_epi8(0x0F);
     // Lane l of a group's 16 i32 sums belongs to block l / (16 / gb).
     let spread = if T == Q8_0 {
@@ -46,18 +60,21 @@ pub(crate) unsafe fn packed<const T: u8, const MR: usize>(w: &[u8], a: &PackedAc
     let mut acc = [_mm512_setzero_ps(); MR];
     let mut mins = [_mm_setzero_ps(); MR];
     for g in 0..groups {
-        let raw = _mm512_loadu_si512(wq.add(64 * g) as *const _);
+        // Blocks of this group that exist; a short last group is read under a mask.
+        let present = (nb - gb * g).min(gb);
+        let full = present == gb;
+        let raw = if full {
+            _mm512_loadu_si512(wq.add(64 * g) as *const _)
+        } else {
+            _mm512_maskz_loadu_epi8((1u64 << (present * qlen)) - 1, wq.add(64 * g) as *const i8)
+        };
         let (q0, q1) = if T == Q8_0 {
             (_mm512_xor_si512(raw, _mm512_set1_epi8(-128)), _mm512_setzero_si512())
         } else {
             (_mm512_and_si512(raw, low), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low))
         };
-        let d = if T == Q8_0 {
-            _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(wd.add(4 * g) as *const i32)))
-        } else {
-            _mm_cvtph_ps(_mm_loadl_epi64(wd.add(8 * g) as *const __m128i))
-        };
-        let m = if T == Q4_1 { _mm_cvtph_ps(_mm_loadl_epi64(wm.add(8 * g) as *const __m128i)) } else { _mm_setzero_ps() };
+        let d = group_f16::<T>(wd.add(2 * gb * g), present, full);
+        let m = if T == Q4_1 { group_f16::<T>(wm.add(2 * gb * g), present, full) } else { _mm_setzero_ps() };
         for r in 0..MR {
             let row = i0 + r;
             let x = a.qs.as_ptr().add(row * a.kp + 32 * gb * g);

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use ttc_kernels::attention::AttentionDims;
 use ttc_kernels::QMatrix;
 use candle_core::{DType, Device, Module, Tensor, D};
 
@@ -151,6 +150,14 @@ impl Projections {
         }
     }
 
+    /// All outputs side by side, when stacked.
+    fn stacked(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        match self {
+            Self::Stacked(stacked, _) => Ok(Some(stacked.forward(x)?)),
+            Self::Separate(_) => Ok(None),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         match self {
             Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
@@ -200,8 +207,8 @@ pub struct Model {
     device: Device,
     /// Decode rows sharing at least this many leading KV slots use cascade attention (0: never).
     cascade_min_prefix: usize,
-    /// Whether ttc's fused CPU attention runs (CPU only).
-    cpu_kernels: bool,
+    /// Host copies of the rope tables when ttc's fused CPU attention runs (CPU only).
+    host_rope: Option<kernel_ops::RopeTables>,
 }
 
 impl Model {
@@ -245,6 +252,7 @@ impl Model {
             None
         };
         let (rope_cos, rope_sin) = rope_tables(&config, freq_factors.as_deref(), device)?;
+        let host_rope = if device.is_cpu() { Some(host_rope_tables(&rope_cos, &rope_sin)?) } else { None };
         Ok(Self {
             config,
             embeddings,
@@ -253,7 +261,7 @@ impl Model {
             lm_head,
             rope_cos,
             rope_sin,
-            cpu_kernels: device.is_cpu(),
+            host_rope,
             device: device.clone(),
             cascade_min_prefix: DEFAULT_CASCADE_MIN_PREFIX,
         })
@@ -275,8 +283,9 @@ impl Model {
 
     /// Turns ttc's fused CPU attention on or off (for comparing it with candle's tensor
     /// path; matmuls of covered formats use ttc's kernels either way).
-    pub fn set_cpu_kernels(&mut self, on: bool) {
-        self.cpu_kernels = on && self.device.is_cpu();
+    pub fn set_cpu_kernels(&mut self, on: bool) -> Result<()> {
+        self.host_rope = if on && self.device.is_cpu() { Some(host_rope_tables(&self.rope_cos, &self.rope_sin)?) } else { None };
+        Ok(())
     }
 
     /// One forward pass over a ragged batch: every entry's new tokens at their own positions,
@@ -318,33 +327,50 @@ impl Model {
             return Err(EngineError::InvalidArgument("forward over zero tokens".into()));
         }
         let ids = Tensor::from_vec(tokens, t, dev)?;
-        let pos = Tensor::from_vec(positions, t, dev)?;
-        let cos = self.rope_cos.index_select(&pos, 0)?.contiguous()?;
-        let sin = self.rope_sin.index_select(&pos, 0)?.contiguous()?;
-        let kv_dim = cache.kv_dim();
-        let write_idx = Tensor::from_vec(new_slots, (t, 1), dev)?.broadcast_as((t, kv_dim))?.contiguous()?;
-        let attention = if self.cpu_kernels {
-            // Each query row's visible slots: its sequence's slots up to its own position.
-            let mut rows: Vec<&[u32]> = Vec::with_capacity(t);
-            for e in batch {
-                let start = e.slots.len() - e.tokens.len();
-                rows.extend((1..=e.tokens.len()).map(|i| &e.slots[..start + i]));
-            }
-            AttentionPath::Fused(rows)
-        } else {
-            AttentionPath::Candle(AttentionPlan::new(batch, self.cascade_min_prefix, dev)?)
-        };
-
         let mut x = self.embeddings.embedding(&ids)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let (k_pool, v_pool) = cache.layer(l);
-            let h = layer.attn_norm.forward(&x)?;
-            let h = self.attention(layer, &h, &cos, &sin, &attention, k_pool, v_pool, &write_idx)?;
-            let x1 = (&x + h)?;
-            let h = layer.ffn_norm.forward(&x1)?;
-            let gu = layer.gate_up.forward(&h)?;
-            let h = (candle_nn::ops::silu(&gu[0])? * &gu[1])?;
-            x = (x1 + layer.down.forward(&h)?)?;
+        match &self.host_rope {
+            Some(tables) => {
+                // Each query row's visible slots: its sequence's slots up to its own position.
+                let mut rows: Vec<&[u32]> = Vec::with_capacity(t);
+                for e in batch {
+                    let start = e.slots.len() - e.tokens.len();
+                    rows.extend((1..=e.tokens.len()).map(|i| &e.slots[..start + i]));
+                }
+                let fused = FusedStep { positions: &positions, slots: &new_slots, rows: &rows, tables };
+                for (l, layer) in self.layers.iter().enumerate() {
+                    let (k_pool, v_pool) = cache.layer(l);
+                    let h = layer.attn_norm.forward(&x)?;
+                    let h = self.fused_attention(layer, &h, &fused, k_pool, v_pool)?;
+                    let x1 = (&x + h)?;
+                    let h = layer.ffn_norm.forward(&x1)?;
+                    let h = match layer.gate_up.stacked(&h)? {
+                        Some(gu) => gu.apply_op1_no_bwd(&kernel_ops::SwiGluOp)?,
+                        None => {
+                            let gu = layer.gate_up.forward(&h)?;
+                            (candle_nn::ops::silu(&gu[0])? * &gu[1])?
+                        }
+                    };
+                    x = (x1 + layer.down.forward(&h)?)?;
+                }
+            }
+            None => {
+                let pos = Tensor::from_vec(positions, t, dev)?;
+                let cos = self.rope_cos.index_select(&pos, 0)?.contiguous()?;
+                let sin = self.rope_sin.index_select(&pos, 0)?.contiguous()?;
+                let kv_dim = cache.kv_dim();
+                let write_idx = Tensor::from_vec(new_slots, (t, 1), dev)?.broadcast_as((t, kv_dim))?.contiguous()?;
+                let plan = AttentionPlan::new(batch, self.cascade_min_prefix, dev)?;
+                for (l, layer) in self.layers.iter().enumerate() {
+                    let (k_pool, v_pool) = cache.layer(l);
+                    let h = layer.attn_norm.forward(&x)?;
+                    let h = self.attention(layer, &h, &cos, &sin, &plan, k_pool, v_pool, &write_idx)?;
+                    let x1 = (&x + h)?;
+                    let h = layer.ffn_norm.forward(&x1)?;
+                    let gu = layer.gate_up.forward(&h)?;
+                    let h = (candle_nn::ops::silu(&gu[0])? * &gu[1])?;
+                    x = (x1 + layer.down.forward(&h)?)?;
+                }
+            }
         }
         if output_rows.is_empty() {
             return Ok(BatchOutput { logits: None, hidden: None });
@@ -363,7 +389,7 @@ impl Model {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        path: &AttentionPath,
+        plan: &AttentionPlan,
         k_pool: &Tensor,
         v_pool: &Tensor,
         write_idx: &Tensor,
@@ -379,16 +405,6 @@ impl Model {
         let k = self.rope(&k, cos, sin)?.transpose(0, 1)?.reshape((t, nkv * hd))?.contiguous()?;
         k_pool.scatter_set(write_idx, &k, 0)?;
         v_pool.scatter_set(write_idx, &v.contiguous()?, 0)?;
-        let plan = match path {
-            AttentionPath::Fused(rows) => {
-                let q = q.transpose(0, 1)?.reshape((t, nh * hd))?.contiguous()?;
-                let dims = AttentionDims { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
-                let op = kernel_ops::PagedAttentionOp { dims, scale: 1.0 / (hd as f32).sqrt(), rows };
-                return layer.o.forward(&kernel_ops::paged_attention(&q, k_pool, v_pool, op)?);
-            }
-            AttentionPath::Candle(plan) => plan,
-        };
-
         let mut outs: Vec<Tensor> = Vec::with_capacity(plan.units.len());
         for unit in &plan.units {
             outs.push(match unit {
@@ -405,6 +421,39 @@ impl Model {
             None => out,
         };
         layer.o.forward(&out)
+    }
+
+    /// The attention block on ttc's CPU kernels: one stacked Q/K/V projection; K (rotated)
+    /// and V written into the pools in place; queries rotated and attended in one fused op.
+    fn fused_attention(&self, layer: &Layer, x: &Tensor, step: &FusedStep, k_pool: &Tensor, v_pool: &Tensor) -> candle_core::Result<Tensor> {
+        let qkv = match layer.qkv.stacked(x)? {
+            Some(y) => y,
+            None => Tensor::cat(&layer.qkv.forward(x)?, 1)?,
+        }
+        .contiguous()?;
+        let c = &self.config;
+        let layout = kernel_ops::QkvLayout {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            rope_dim: c.rope_dim,
+            rope: match c.architecture.rope_layout() {
+                RopeLayout::Interleaved => ttc_kernels::rope::RopeLayout::Interleaved,
+                RopeLayout::Halves => ttc_kernels::rope::RopeLayout::Halves,
+            },
+        };
+        for (pool, part) in [(k_pool, kernel_ops::KvPart::Keys), (v_pool, kernel_ops::KvPart::Values)] {
+            let op = kernel_ops::WriteKvOp { part, layout, positions: step.positions, slots: step.slots, tables: step.tables };
+            pool.inplace_op2(&qkv, &op)?;
+        }
+        let op = kernel_ops::QkvAttentionOp {
+            layout,
+            positions: step.positions,
+            tables: step.tables,
+            rows: step.rows,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+        };
+        layer.o.forward(&qkv.apply_op3_no_bwd(k_pool, v_pool, &op)?)
     }
 
     /// Rotates `(heads, n, head_dim)`; only the first `rope_dim` dimensions when smaller.
@@ -424,6 +473,12 @@ impl Model {
         };
         y.squeeze(0)
     }
+}
+
+fn host_rope_tables(cos: &Tensor, sin: &Tensor) -> Result<kernel_ops::RopeTables> {
+    let half = cos.dim(1)?;
+    let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+    Ok(kernel_ops::RopeTables { cos: flat(cos)?, sin: flat(sin)?, half })
 }
 
 fn rope_tables(c: &ModelConfig, freq_factors: Option<&[f32]>, device: &Device) -> Result<(Tensor, Tensor)> {
@@ -524,11 +579,14 @@ fn attend_group(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, g: &CascadeGroup, 
 }
 
 
-/// How one forward pass attends: ttc's fused CPU kernel with each query row's visible slots,
-/// or candle's tensor operations (other devices).
-enum AttentionPath<'a> {
-    Fused(Vec<&'a [u32]>),
-    Candle(AttentionPlan),
+/// What every layer's fused attention block needs from one forward pass.
+struct FusedStep<'a> {
+    positions: &'a [u32],
+    /// Pool row of each new token.
+    slots: &'a [u32],
+    /// Visible slots of each query row.
+    rows: &'a [&'a [u32]],
+    tables: &'a kernel_ops::RopeTables,
 }
 
 /// A shared prefix shorter than this is not worth a group pass.
