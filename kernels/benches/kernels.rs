@@ -63,7 +63,7 @@ fn attention(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("reference", |b| b.iter(|| attend_reference(dims, 0.125, &q, &kv, &kv, &rows, &mut out).unwrap()));
     for isa in [Isa::Portable, *Isa::available().last().unwrap()] {
-        g.bench_function(isa.name(), |b| b.iter(|| attend_on(isa, dims, 0.125, &q, &kv, &kv, &rows, &mut out).unwrap()));
+        g.bench_function(isa.name(), |b| b.iter(|| attend_on(isa, dims, 0.125, &q, &kv, &kv, &rows, true, &mut out).unwrap()));
     }
     g.finish();
 }

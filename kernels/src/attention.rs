@@ -60,8 +60,11 @@ fn check(dims: &AttentionDims, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: 
 
 /// `out[r] = softmax(scale * q[r] K_r^T) V_r` per head, where `K_r`, `V_r` are the pool rows
 /// `rows[r]` and query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
-pub fn attend(dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], out: &mut [f32]) -> Result<(), KernelError> {
-    attend_on(Isa::active(), dims, scale, q, k_pool, v_pool, rows, out)
+/// Consecutive rows sharing a prefix of at least 32 slots attend it together unless
+/// `share_prefixes` is off (for measuring what sharing saves; the results are the same bits).
+#[allow(clippy::too_many_arguments)]
+pub fn attend(dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], share_prefixes: bool, out: &mut [f32]) -> Result<(), KernelError> {
+    attend_on(Isa::active(), dims, scale, q, k_pool, v_pool, rows, share_prefixes, out)
 }
 
 /// Consecutive rows sharing at least this many leading slots attend them together.
@@ -107,9 +110,9 @@ unsafe impl Sync for OutPtr {}
 
 /// As [`attend`], compiled for `isa` (AVX2 and above use 256-bit vectors and FMA).
 #[allow(clippy::too_many_arguments)]
-pub fn attend_on(isa: Isa, dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], out: &mut [f32]) -> Result<(), KernelError> {
+pub fn attend_on(isa: Isa, dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], share_prefixes: bool, out: &mut [f32]) -> Result<(), KernelError> {
     check(&dims, q, k_pool, v_pool, rows, out)?;
-    let groups = row_groups(rows);
+    let groups = if share_prefixes { row_groups(rows) } else { (0..rows.len()).map(|r| (r, r + 1, rows[r].len())).collect() };
     let tasks: Vec<(usize, usize)> = (0..groups.len()).flat_map(|g| (0..dims.n_kv_heads).map(move |h| (g, h))).collect();
     let out = OutPtr(out.as_mut_ptr());
     let run = |&(g, h): &(usize, usize)| {
@@ -221,8 +224,7 @@ impl Job<'_> {
                     let (r, gi) = (i / g, i % g);
                     &self.q[(self.first_row + r) * qd + (self.h * g + gi) * hd..][..hd]
                 };
-                // dots4 sums each head exactly as dots8 does, so a head's score has the same
-                // bits in either.
+                // `dots::<4>` sums each head exactly as `dots::<8>` does.
                 let mut i0 = heads.start;
                 while i0 < heads.end {
                     let live = (heads.end - i0).min(8);
@@ -231,7 +233,7 @@ impl Job<'_> {
                     for (j, &slot) in tile.iter().enumerate() {
                         let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
                         // SAFETY: FMA is only set on the AVX2 path; all slices are hd long.
-                        let dots = unsafe { if wide { avx2::dots8(&qs, key) } else { avx2::dots4(&qs, key) } };
+                        let dots = unsafe { if wide { avx2::dots::<8>(&qs, key) } else { avx2::dots::<4>(&qs, key) } };
                         for (l, &d) in dots[..live].iter().enumerate() {
                             st.scores[(i0 + l) * TILE + j] = d * self.scale;
                         }
@@ -306,43 +308,19 @@ impl Job<'_> {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Eight dot products with one vector `k` (lengths a multiple of 8): one accumulator per
-    /// query, then a single horizontal-sum tree for all eight.
+    /// `N` (4 or 8) dot products of `qs[..N]` with one vector `k` (lengths a multiple of 8):
+    /// one accumulator per query, then one horizontal-sum tree for all of them. Each head's
+    /// sum is ((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7)) over its accumulator's lanes for either
+    /// `N`, so a score has the same bits whichever is used.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dots8(qs: &[&[f32]; 8], k: &[f32]) -> [f32; 8] {
+    pub(super) unsafe fn dots<const N: usize>(qs: &[&[f32]; 8], k: &[f32]) -> [f32; 8] {
         let n = k.len();
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut i = 0;
         while i < n {
             let kv = _mm256_loadu_ps(k.as_ptr().add(i));
-            for h in 0..8 {
-                acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs[h].as_ptr().add(i)), kv, acc[h]);
-            }
-            i += 8;
-        }
-        let t0 = _mm256_hadd_ps(acc[0], acc[1]);
-        let t1 = _mm256_hadd_ps(acc[2], acc[3]);
-        let t2 = _mm256_hadd_ps(acc[4], acc[5]);
-        let t3 = _mm256_hadd_ps(acc[6], acc[7]);
-        let u0 = _mm256_hadd_ps(t0, t1);
-        let u1 = _mm256_hadd_ps(t2, t3);
-        let v = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), v);
-        out
-    }
-
-    /// The first four of [`dots8`], summed by the same tree (the rest of the result is 0).
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dots4(qs: &[&[f32]; 8], k: &[f32]) -> [f32; 8] {
-        let n = k.len();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i < n {
-            let kv = _mm256_loadu_ps(k.as_ptr().add(i));
-            for h in 0..4 {
+            for h in 0..N {
                 acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs[h].as_ptr().add(i)), kv, acc[h]);
             }
             i += 8;
@@ -350,9 +328,14 @@ mod avx2 {
         let t0 = _mm256_hadd_ps(acc[0], acc[1]);
         let t1 = _mm256_hadd_ps(acc[2], acc[3]);
         let u0 = _mm256_hadd_ps(t0, t1);
-        let v = _mm_add_ps(_mm256_castps256_ps128(u0), _mm256_extractf128_ps(u0, 1));
         let mut out = [0f32; 8];
-        _mm_storeu_ps(out.as_mut_ptr(), v);
+        if N > 4 {
+            let u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+            let v = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+            _mm256_storeu_ps(out.as_mut_ptr(), v);
+        } else {
+            _mm_storeu_ps(out.as_mut_ptr(), _mm_add_ps(_mm256_castps256_ps128(u0), _mm256_extractf128_ps(u0, 1)));
+        }
         out
     }
 

@@ -222,7 +222,7 @@ fn paged_attention_matches_the_reference() {
         attend_reference(dims, scale, &q, &k, &v, &rows, &mut want).unwrap();
         for isa in Isa::available() {
             let mut got = vec![f32::NAN; q.len()];
-            attend_on(isa, dims, scale, &q, &k, &v, &rows, &mut got).unwrap();
+            attend_on(isa, dims, scale, &q, &k, &v, &rows, true, &mut got).unwrap();
             // Outputs are averages of values (up to 7 here): errors are relative to those.
             let tol = 3e-6 * v.iter().fold(0f32, |m, x| m.max(x.abs()));
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -234,7 +234,7 @@ fn paged_attention_matches_the_reference() {
         let outside = [pool_rows as u32];
         let bad: Vec<&[u32]> = vec![&outside];
         let mut out = vec![0f32; dims.n_heads * dims.head_dim];
-        assert!(attend_on(Isa::Portable, dims, scale, &q[..out.len()], &k, &v, &bad, &mut out).is_err());
+        assert!(attend_on(Isa::Portable, dims, scale, &q[..out.len()], &k, &v, &bad, true, &mut out).is_err());
     }
 }
 
@@ -253,10 +253,13 @@ fn attention_of_a_row_does_not_depend_on_its_batch() {
     let q = random(&mut rng, rows.len() * 576);
     for isa in Isa::available() {
         let mut batch = vec![0f32; q.len()];
-        attend_on(isa, dims, 0.125, &q, &k, &v, &rows, &mut batch).unwrap();
+        attend_on(isa, dims, 0.125, &q, &k, &v, &rows, true, &mut batch).unwrap();
+        let mut unshared = vec![0f32; q.len()];
+        attend_on(isa, dims, 0.125, &q, &k, &v, &rows, false, &mut unshared).unwrap();
+        assert_eq!(unshared, batch, "{}: sharing prefixes changes nothing", isa.name());
         for r in 0..rows.len() {
             let mut alone = vec![0f32; 576];
-            attend_on(isa, dims, 0.125, &q[r * 576..(r + 1) * 576], &k, &v, &rows[r..r + 1], &mut alone).unwrap();
+            attend_on(isa, dims, 0.125, &q[r * 576..(r + 1) * 576], &k, &v, &rows[r..r + 1], true, &mut alone).unwrap();
             assert_eq!(alone, batch[r * 576..(r + 1) * 576], "{} row {r}", isa.name());
         }
     }

@@ -154,6 +154,8 @@ pub struct QkvAttentionOp<'a> {
     pub tables: &'a RopeTables,
     pub rows: &'a [&'a [u32]],
     pub scale: f32,
+    /// Rows sharing a prompt attend it together (see `ttc_kernels::attention::attend`).
+    pub share_prefixes: bool,
 }
 
 impl CustomOp3 for QkvAttentionOp<'_> {
@@ -187,7 +189,8 @@ impl CustomOp3 for QkvAttentionOp<'_> {
         }
         let dims = AttentionDims { n_heads: l.n_heads, n_kv_heads: l.n_kv_heads, head_dim: l.head_dim };
         let mut out = vec![0f32; t * qd];
-        ttc_kernels::attention::attend(dims, self.scale, &q, k, v, self.rows, &mut out).map_err(candle_core::Error::wrap)?;
+        ttc_kernels::attention::attend(dims, self.scale, &q, k, v, self.rows, self.share_prefixes, &mut out)
+            .map_err(candle_core::Error::wrap)?;
         Ok((CpuStorage::F32(out), Shape::from((t, qd))))
     }
 }

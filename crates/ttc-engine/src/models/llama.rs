@@ -275,8 +275,9 @@ impl Model {
         &self.device
     }
 
-    /// Turns cascade attention for shared prefixes on or off (for measuring it; the results
-    /// agree to rounding).
+    /// Turns shared-prefix attention on or off: cascade attention on CUDA/Metal, grouped rows
+    /// in the fused CPU kernel (for measuring it; the CPU results are the same bits, the
+    /// cascade ones agree to rounding).
     pub fn set_cascade(&mut self, on: bool) {
         self.cascade_min_prefix = if on { DEFAULT_CASCADE_MIN_PREFIX } else { 0 };
     }
@@ -452,6 +453,7 @@ impl Model {
             tables: step.tables,
             rows: step.rows,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
+            share_prefixes: self.cascade_min_prefix > 0,
         };
         layer.o.forward(&qkv.apply_op3_no_bwd(k_pool, v_pool, &op)?)
     }
