@@ -117,15 +117,29 @@ pub(crate) fn row_kernels(t: WeightType, isa: Isa) -> [RowsKernel; 4] {
     }
 }
 
+/// Dot products of weight rows `j0..j1` (each `stride` bytes of `data`) with activation rows
+/// `i0..i0 + MR`, written to `out[(i0 + r) * n + j]`.
+pub(crate) type RangeKernel<A> = unsafe fn(&[u8], usize, usize, usize, &A, usize, *mut f32, usize);
+
 /// The 512-bit kernels over packed rows of a 32-block format.
-pub(crate) fn packed_kernels(t: WeightType) -> [RowsKernel<PackedActs>; 4] {
+pub(crate) fn packed_kernels(t: WeightType) -> [RangeKernel<PackedActs>; 4] {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::x86::avx512;
+        macro_rules! ranges {
+            ($c:expr) => {
+                [
+                    avx512::packed_range::<{ $c }, 1> as RangeKernel<PackedActs>,
+                    avx512::packed_range::<{ $c }, 2>,
+                    avx512::packed_range::<{ $c }, 3>,
+                    avx512::packed_range::<{ $c }, 4>,
+                ]
+            };
+        }
         match avx512::type_code(t) {
-            avx512::Q4_0 => by_rows!(avx512::packed, avx512::Q4_0),
-            avx512::Q4_1 => by_rows!(avx512::packed, avx512::Q4_1),
-            _ => by_rows!(avx512::packed, avx512::Q8_0),
+            avx512::Q4_0 => ranges!(avx512::Q4_0),
+            avx512::Q4_1 => ranges!(avx512::Q4_1),
+            _ => ranges!(avx512::Q8_0),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 
 use crate::activations::QuantizedActs;
-use crate::dispatch::{packed_kernels, row_kernels, Isa, RowsKernel};
+use crate::dispatch::{packed_kernels, row_kernels, Isa};
 use crate::packed::{self, PackedActs, PackedMatrix};
 use crate::formats::WeightType;
 use crate::{reference, KernelError};
@@ -140,12 +140,30 @@ impl QMatrix {
         acts.quantize(self.ty.activation_format(), x, m, self.cols);
         match &self.storage {
             Storage::Ggml { row_bytes, data } => {
-                let row = |j: usize| &data[j * row_bytes..(j + 1) * row_bytes];
-                self.tiled(row_kernels(self.ty, self.isa), &acts, m, row, y)
+                let kernels = row_kernels(self.ty, self.isa);
+                let acts = &acts;
+                self.tiled(m, y, &|j0, j1, i, mr, out| {
+                    let mut tile = [0f32; 4];
+                    for j in j0..j1 {
+                        // SAFETY: the matrix's `isa` is available (checked at construction);
+                        // rows i..i+mr exist; each worker writes only its own columns j0..j1.
+                        unsafe {
+                            kernels[mr - 1](&data[j * row_bytes..(j + 1) * row_bytes], acts, i, &mut tile);
+                            for r in 0..mr {
+                                *out.add((i + r) * self.rows + j) = tile[r];
+                            }
+                        }
+                    }
+                })
             }
             Storage::Packed(p) => {
                 packed_acts.pack(self.ty, &acts);
-                self.tiled(packed_kernels(self.ty), &packed_acts, m, |j| p.row(j), y)
+                let kernels = packed_kernels(self.ty);
+                let pa = &packed_acts;
+                self.tiled(m, y, &|j0, j1, i, mr, out| {
+                    // SAFETY: as above; packed rows are `row_stride` bytes each.
+                    unsafe { kernels[mr - 1](&p.data, p.row_stride, j0, j1, pa, i, out, self.rows) }
+                })
             }
         }
         SCRATCH.with(|s| *s.borrow_mut() = (acts, packed_acts));
@@ -180,30 +198,20 @@ impl QMatrix {
         Ok(())
     }
 
-    /// Runs `kernels` over every (weight row, tile of up to 4 activation rows).
-    fn tiled<'a, A: Sync>(&self, kernels: [RowsKernel<A>; 4], acts: &A, m: usize, row: impl Fn(usize) -> &'a [u8] + Sync, y: &mut [f32]) {
+    /// Runs `tile(j0, j1, i, mr, out)` (weight rows `j0..j1` with activation rows `i..i+mr`,
+    /// `mr` <= 4) over the whole product, runs of weight rows spread over the pool.
+    fn tiled(&self, m: usize, y: &mut [f32], tile: &(dyn Fn(usize, usize, usize, usize, *mut f32) + Sync)) {
         let n = self.rows;
         let out = OutPtr(y.as_mut_ptr());
         let run = |j0: usize, j1: usize| {
             let out = out;
-            let mut tile = [0f32; 4];
             for p0 in (0..m).step_by(PANEL_ROWS) {
                 let p1 = (p0 + PANEL_ROWS).min(m);
-                for j in j0..j1 {
-                    let w = row(j);
-                    let mut i = p0;
-                    while i < p1 {
-                        let mr = (p1 - i).min(4);
-                        // SAFETY: the matrix's `isa` is available (checked at construction);
-                        // rows i..i+mr exist; each worker writes only its own columns j0..j1.
-                        unsafe {
-                            kernels[mr - 1](w, acts, i, &mut tile);
-                            for r in 0..mr {
-                                *out.0.add((i + r) * n + j) = tile[r];
-                            }
-                        }
-                        i += mr;
-                    }
+                let mut i = p0;
+                while i < p1 {
+                    let mr = (p1 - i).min(4);
+                    tile(j0, j1, i, mr, out.0);
+                    i += mr;
                 }
             }
         };
