@@ -9,7 +9,11 @@ use crate::dispatch::Isa;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // floor(t) by truncation and a correction: `f32::floor` is a library call in code built
+    // without SSE4.1.
+    let t = x * std::f32::consts::LOG2_E + 0.5;
+    let i = t as i32;
+    let n = (i - (t < i as f32) as i32) as f32;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     // Plain multiply-adds, not `mul_add`: without FMA in the build that is a library call.
     let mut p = 1.987_569_1e-4f32;
