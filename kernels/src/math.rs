@@ -80,3 +80,57 @@ fn log_sum_exp_body(x: &[f32]) -> f32 {
     }
     (sums.iter().sum::<f32>() + tail).ln() + max
 }
+
+/// `out[i] = exp((x[i] - max) * scale)`; returns their sum. For drawing from a whole
+/// vocabulary's softmax without a library `exp` per logit.
+pub fn exp_into(x: &[f32], max: f32, scale: f32, out: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::active() >= Isa::Avx2 {
+        // SAFETY: AVX2 and FMA are present.
+        return unsafe { exp_into_avx2(x, max, scale, out) };
+    }
+    exp_into_body(x, max, scale, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_into_avx2(x: &[f32], max: f32, scale: f32, out: &mut [f32]) -> f32 {
+    exp_into_body(x, max, scale, out)
+}
+
+#[inline(always)]
+fn exp_into_body(x: &[f32], max: f32, scale: f32, out: &mut [f32]) -> f32 {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = exp((v - max) * scale);
+    }
+    sum8(&out[..x.len().min(out.len())])
+}
+
+/// `max(x)` and `sum(x)` in eight lanes (vectorized where the CPU allows).
+pub fn max_and_sum(x: &[f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::active() >= Isa::Avx2 {
+        // SAFETY: AVX2 is present.
+        return unsafe { max_and_sum_avx2(x) };
+    }
+    max_and_sum_body(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn max_and_sum_avx2(x: &[f32]) -> (f32, f32) {
+    max_and_sum_body(x)
+}
+
+#[inline(always)]
+fn max_and_sum_body(x: &[f32]) -> (f32, f32) {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail_max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    for c in chunks {
+        for l in 0..8 {
+            m[l] = m[l].max(c[l]);
+        }
+    }
+    (m.iter().fold(tail_max, |a, &v| a.max(v)), sum8(x))
+}

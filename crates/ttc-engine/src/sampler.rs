@@ -59,11 +59,13 @@ pub struct Sampled {
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
+    /// Scratch for [`Sampler::draw_all`]: one weight per vocabulary entry, kept between draws.
+    weights: Vec<f32>,
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams, seed: u64) -> Self {
-        Self { params, rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self { params, rng: ChaCha8Rng::seed_from_u64(seed), weights: Vec::new() }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -80,7 +82,7 @@ impl Sampler {
         let p = &self.params;
         if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
             // No filter needs the candidates in order: sample the whole distribution.
-            return self.draw(&logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect::<Vec<_>>());
+            return self.draw_all(logits);
         }
         let mut cands: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         // Sorted by logit, descending; ties by id so that the order never depends on the sort.
@@ -109,6 +111,25 @@ impl Sampler {
         }
         cands.truncate(keep);
         self.draw(&cands)
+    }
+
+    /// Draws a token from the whole vocabulary with probability softmax(logit / temperature):
+    /// the unnormalized weights go into a reused buffer (vectorized `exp`), and the draw walks
+    /// their running sum up to `r * total`.
+    fn draw_all(&mut self, logits: &[f32]) -> u32 {
+        let (max, _) = ttc_kernels::math::max_and_sum(logits);
+        self.weights.resize(logits.len(), 0.0);
+        let total = ttc_kernels::math::exp_into(logits, max, 1.0 / self.params.temperature, &mut self.weights);
+        let target = self.rng.random::<f32>() * total;
+        let mut cum = 0.0;
+        for (i, &w) in self.weights.iter().enumerate() {
+            cum += w;
+            if target < cum {
+                return i as u32;
+            }
+        }
+        // Rounding left `cum` a hair short of `total`: the last token with any weight.
+        self.weights.iter().rposition(|&w| w > 0.0).unwrap_or(0) as u32
     }
 
     /// Draws one of `cands` (id, logit) with probability softmax(logit / temperature).
@@ -157,7 +178,7 @@ pub fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
 /// 0 for a uniform distribution, larger the more peaked it is.
 pub fn self_certainty(logits: &[f32], lse: f32) -> f32 {
     let v = logits.len() as f32;
-    let mean_logit = logits.iter().map(|&l| l as f64).sum::<f64>() as f32 / v;
+    let mean_logit = ttc_kernels::math::max_and_sum(logits).1 / v;
     lse - mean_logit - v.ln()
 }
 
