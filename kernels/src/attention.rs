@@ -113,14 +113,27 @@ unsafe impl Sync for OutPtr {}
 pub fn attend_on(isa: Isa, dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], share_prefixes: bool, out: &mut [f32]) -> Result<(), KernelError> {
     check(&dims, q, k_pool, v_pool, rows, out)?;
     let groups = if share_prefixes { row_groups(rows) } else { (0..rows.len()).map(|r| (r, r + 1, rows[r].len())).collect() };
-    let tasks: Vec<(usize, usize)> = (0..groups.len()).flat_map(|g| (0..dims.n_kv_heads).map(move |h| (g, h))).collect();
+    // One task per (run of rows, KV head); when that leaves threads idle (a single decode row
+    // has as many tasks as KV heads), the query heads of a KV head are split between tasks.
+    // Heads are independent, so a head's bits do not depend on the split.
+    let threads = rayon::current_num_threads();
+    let g = dims.group();
+    let parts = (2 * threads).div_ceil(groups.len() * dims.n_kv_heads).clamp(1, g);
+    let per_part = g.div_ceil(parts);
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::with_capacity(groups.len() * dims.n_kv_heads * parts);
+    for gr in 0..groups.len() {
+        for h in 0..dims.n_kv_heads {
+            tasks.extend((0..g).step_by(per_part).map(|h0| (gr, h, h0)));
+        }
+    }
     let out = OutPtr(out.as_mut_ptr());
-    let run = |&(g, h): &(usize, usize)| {
-        let (r0, r1, shared) = groups[g];
-        let job = Job { d: dims, scale, q, k: k_pool, v: v_pool, rows: &rows[r0..r1], first_row: r0, shared, h, out };
+    let run = |&(gr, h, head0): &(usize, usize, usize)| {
+        let (r0, r1, shared) = groups[gr];
+        let heads = per_part.min(g - head0);
+        let job = Job { d: dims, scale, q, k: k_pool, v: v_pool, rows: &rows[r0..r1], first_row: r0, shared, h, head0, heads, out };
         // Taken, not borrowed, so that a re-entrant call on this thread cannot find it borrowed.
         let mut s = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        let rg = (r1 - r0) * dims.group();
+        let rg = (r1 - r0) * heads;
         s.resize(rg * (TILE + 2 + dims.head_dim), 0.0);
         #[cfg(target_arch = "x86_64")]
         if isa >= Isa::Avx2 {
@@ -155,7 +168,8 @@ unsafe fn job_avx2(job: &Job, scratch: &mut [f32]) {
     job.run::<true>(scratch)
 }
 
-/// One task: the query heads of KV head `h` for a run of rows sharing `shared` leading slots.
+/// One task: query heads `head0..head0 + heads` of KV head `h`'s group, for a run of rows
+/// sharing `shared` leading slots.
 struct Job<'a> {
     d: AttentionDims,
     scale: f32,
@@ -166,6 +180,8 @@ struct Job<'a> {
     first_row: usize,
     shared: usize,
     h: usize,
+    head0: usize,
+    heads: usize,
     out: OutPtr,
 }
 
@@ -174,7 +190,8 @@ impl Job<'_> {
     /// each row's own keys; the running max, sum and weighted values carry over.
     #[inline(always)]
     fn run<const FMA: bool>(&self, scratch: &mut [f32]) {
-        let (g, hd) = (self.d.group(), self.d.head_dim);
+        let (g, hd) = (self.heads, self.d.head_dim);
+        let first_head = self.h * self.d.group() + self.head0;
         let rg = self.rows.len() * g;
         let (scores, rest) = scratch.split_at_mut(rg * TILE);
         let (max, rest) = rest.split_at_mut(rg);
@@ -195,7 +212,7 @@ impl Job<'_> {
                 let inv = 1.0 / state.sum[i];
                 // SAFETY: (row, KV head) runs are disjoint between tasks and inside `out`.
                 let o = unsafe {
-                    std::slice::from_raw_parts_mut(self.out.0.add((self.first_row + r) * qd + (self.h * g + gi) * hd), hd)
+                    std::slice::from_raw_parts_mut(self.out.0.add((self.first_row + r) * qd + (first_head + gi) * hd), hd)
                 };
                 for (o, a) in o.iter_mut().zip(&state.acc[i * hd..(i + 1) * hd]) {
                     *o = a * inv;
@@ -209,7 +226,8 @@ impl Job<'_> {
     /// accumulate in registers (32 dimensions at a time on AVX2) across the tile.
     #[inline(always)]
     fn keys<const FMA: bool>(&self, slots: &[u32], active: std::ops::Range<usize>, st: &mut State) {
-        let (g, hd, kvd, qd) = (self.d.group(), self.d.head_dim, self.d.kv_dim(), self.d.q_dim());
+        let (g, hd, kvd, qd) = (self.heads, self.d.head_dim, self.d.kv_dim(), self.d.q_dim());
+        let first_head = self.h * self.d.group() + self.head0;
         let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { c + a * b };
         for tile in slots.chunks(TILE) {
             let n = tile.len();
@@ -222,7 +240,7 @@ impl Job<'_> {
                 // short last pass repeats a head and drops the extra results.
                 let query = |i: usize| {
                     let (r, gi) = (i / g, i % g);
-                    &self.q[(self.first_row + r) * qd + (self.h * g + gi) * hd..][..hd]
+                    &self.q[(self.first_row + r) * qd + (first_head + gi) * hd..][..hd]
                 };
                 // `dots::<4>` sums each head exactly as `dots::<8>` does.
                 let mut i0 = heads.start;
@@ -245,7 +263,7 @@ impl Job<'_> {
                     let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
                     for i in heads.clone() {
                         let (r, gi) = (i / g, i % g);
-                        let q = &self.q[(self.first_row + r) * qd + (self.h * g + gi) * hd..][..hd];
+                        let q = &self.q[(self.first_row + r) * qd + (first_head + gi) * hd..][..hd];
                         st.scores[i * TILE + j] = dot16(q, key) * self.scale;
                     }
                 }
@@ -255,7 +273,7 @@ impl Job<'_> {
                 let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
                 for i in heads.clone() {
                     let (r, gi) = (i / g, i % g);
-                    let q = &self.q[(self.first_row + r) * qd + (self.h * g + gi) * hd..][..hd];
+                    let q = &self.q[(self.first_row + r) * qd + (first_head + gi) * hd..][..hd];
                     st.scores[i * TILE + j] = dot16(q, key) * self.scale;
                 }
             }
