@@ -42,13 +42,13 @@ const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 fn check(dims: &AttentionDims, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], out: &[f32]) -> Result<(), KernelError> {
     let d = dims;
-    if d.n_kv_heads == 0 || d.head_dim == 0 || d.n_heads % d.n_kv_heads != 0 {
+    if d.n_kv_heads == 0 || d.head_dim == 0 || !d.n_heads.is_multiple_of(d.n_kv_heads) {
         return Err(KernelError::Shape(format!("{} query heads over {} KV heads", d.n_heads, d.n_kv_heads)));
     }
     if q.len() != rows.len() * d.q_dim() || out.len() != q.len() {
         return Err(KernelError::Shape(format!("{} query rows need {} values", rows.len(), rows.len() * d.q_dim())));
     }
-    if k_pool.len() != v_pool.len() || k_pool.len() % d.kv_dim() != 0 {
+    if k_pool.len() != v_pool.len() || !k_pool.len().is_multiple_of(d.kv_dim()) {
         return Err(KernelError::Shape("K and V pools differ or are not whole rows".into()));
     }
     let pool_rows = (k_pool.len() / d.kv_dim()) as u32;

@@ -68,7 +68,7 @@ impl WeightType {
 
     /// Checks that `k` splits into whole blocks.
     pub fn check_row_len(self, k: usize) -> Result<(), KernelError> {
-        if k == 0 || k % self.block_len() != 0 {
+        if k == 0 || !k.is_multiple_of(self.block_len()) {
             return Err(KernelError::Shape(format!("{} rows need a multiple of {} weights, got {k}", self.name(), self.block_len())));
         }
         Ok(())

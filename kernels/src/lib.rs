@@ -9,6 +9,9 @@
 //!   [`attention::attend_reference`]) that the tests compare it with.
 //! - One thread pool ([`threads`]).
 
+// Register tiles and lanes are indexed by row and lane number on purpose.
+#![allow(clippy::needless_range_loop)]
+
 pub mod activations;
 pub mod attention;
 pub mod dispatch;

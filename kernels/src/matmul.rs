@@ -203,6 +203,7 @@ impl QMatrix {
     fn tiled(&self, m: usize, y: &mut [f32], tile: &(dyn Fn(usize, usize, usize, usize, *mut f32) + Sync)) {
         let n = self.rows;
         let out = OutPtr(y.as_mut_ptr());
+        #[allow(clippy::redundant_locals)] // captures the whole `OutPtr` (Sync), not its field
         let run = |j0: usize, j1: usize| {
             let out = out;
             for p0 in (0..m).step_by(PANEL_ROWS) {
