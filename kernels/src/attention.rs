@@ -221,6 +221,42 @@ impl Job<'_> {
         }
     }
 
+    /// The scores of heads `heads` (indices into this job's (row, head) state) for one tile,
+    /// with AVX2 when the path and head size allow; false if it left them to the caller.
+    #[inline(always)]
+    fn scores_avx2<const FMA: bool>(&self, tile: &[u32], heads: std::ops::Range<usize>, st: &mut State) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if FMA && self.d.head_dim.is_multiple_of(8) {
+            let (g, hd, kvd, qd) = (self.heads, self.d.head_dim, self.d.kv_dim(), self.d.q_dim());
+            let first_head = self.h * self.d.group() + self.head0;
+            // Eight heads per pass: one horizontal-sum tree serves all eight scores. A
+            // short last pass repeats a head and drops the extra results.
+            let query = |i: usize| {
+                let (r, gi) = (i / g, i % g);
+                &self.q[(self.first_row + r) * qd + (first_head + gi) * hd..][..hd]
+            };
+            // `dots::<4>` sums each head exactly as `dots::<8>` does.
+            let mut i0 = heads.start;
+            while i0 < heads.end {
+                let live = (heads.end - i0).min(8);
+                let wide = live > 4;
+                let qs: [&[f32]; 8] = std::array::from_fn(|l| query((i0 + l).min(heads.end - 1)));
+                for (j, &slot) in tile.iter().enumerate() {
+                    let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
+                    // SAFETY: FMA is only set on the AVX2 path; all slices are hd long.
+                    let dots = unsafe { if wide { avx2::dots::<8>(&qs, key) } else { avx2::dots::<4>(&qs, key) } };
+                    for (l, &d) in dots[..live].iter().enumerate() {
+                        st.scores[(i0 + l) * TILE + j] = d * self.scale;
+                    }
+                }
+                i0 += live;
+            }
+            return true;
+        }
+        let _ = (tile, heads, st);
+        false
+    }
+
     /// Attends `slots` with rows `active` (indices into this job's rows), a tile of keys at a
     /// time: each key is read once for every active head, and each head's weighted values
     /// accumulate in registers (32 dimensions at a time on AVX2) across the tile.
@@ -234,31 +270,7 @@ impl Job<'_> {
             // Each score by the same arithmetic however many rows share the tile: a sequence's
             // result never depends on what it is batched with.
             let heads = active.start * g..active.end * g;
-            #[cfg(target_arch = "x86_64")]
-            if FMA && hd % 8 == 0 {
-                // Eight heads per pass: one horizontal-sum tree serves all eight scores. A
-                // short last pass repeats a head and drops the extra results.
-                let query = |i: usize| {
-                    let (r, gi) = (i / g, i % g);
-                    &self.q[(self.first_row + r) * qd + (first_head + gi) * hd..][..hd]
-                };
-                // `dots::<4>` sums each head exactly as `dots::<8>` does.
-                let mut i0 = heads.start;
-                while i0 < heads.end {
-                    let live = (heads.end - i0).min(8);
-                    let wide = live > 4;
-                    let qs: [&[f32]; 8] = std::array::from_fn(|l| query((i0 + l).min(heads.end - 1)));
-                    for (j, &slot) in tile.iter().enumerate() {
-                        let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
-                        // SAFETY: FMA is only set on the AVX2 path; all slices are hd long.
-                        let dots = unsafe { if wide { avx2::dots::<8>(&qs, key) } else { avx2::dots::<4>(&qs, key) } };
-                        for (l, &d) in dots[..live].iter().enumerate() {
-                            st.scores[(i0 + l) * TILE + j] = d * self.scale;
-                        }
-                    }
-                    i0 += live;
-                }
-            } else {
+            if !self.scores_avx2::<FMA>(tile, heads.clone(), st) {
                 for (j, &slot) in tile.iter().enumerate() {
                     let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
                     for i in heads.clone() {
@@ -266,15 +278,6 @@ impl Job<'_> {
                         let q = &self.q[(self.first_row + r) * qd + (first_head + gi) * hd..][..hd];
                         st.scores[i * TILE + j] = dot16(q, key) * self.scale;
                     }
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            for (j, &slot) in tile.iter().enumerate() {
-                let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
-                for i in heads.clone() {
-                    let (r, gi) = (i / g, i % g);
-                    let q = &self.q[(self.first_row + r) * qd + (first_head + gi) * hd..][..hd];
-                    st.scores[i * TILE + j] = dot16(q, key) * self.scale;
                 }
             }
             for i in active.start * g..active.end * g {

@@ -67,7 +67,7 @@ impl Isa {
 }
 
 /// Dot products of one weight row with activation rows `i0..i0 + MR`, into `out[..MR]`.
-pub(crate) type RowsKernel<A = QuantizedActs> = unsafe fn(&[u8], &A, usize, &mut [f32; 4]);
+pub(crate) type RowsKernel = unsafe fn(&[u8], &QuantizedActs, usize, &mut [f32; 4]);
 
 /// The reference as a kernel: the portable fallback.
 unsafe fn portable<const T: u8, const MR: usize>(w: &[u8], a: &QuantizedActs, i0: usize, out: &mut [f32; 4]) {
@@ -79,7 +79,7 @@ unsafe fn portable<const T: u8, const MR: usize>(w: &[u8], a: &QuantizedActs, i0
 
 macro_rules! by_rows {
     ($f:ident $(:: $p:ident)*, $c:expr) => {
-        [$f$(::$p)*::<{ $c }, 1> as RowsKernel<_>, $f$(::$p)*::<{ $c }, 2>, $f$(::$p)*::<{ $c }, 3>, $f$(::$p)*::<{ $c }, 4>]
+        [$f$(::$p)*::<{ $c }, 1> as RowsKernel, $f$(::$p)*::<{ $c }, 2>, $f$(::$p)*::<{ $c }, 3>, $f$(::$p)*::<{ $c }, 4>]
     };
 }
 

@@ -109,7 +109,6 @@ impl PackedMatrix {
 /// 4-bit weights, reordered to meet packed nibbles.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PackedActs {
-    pub rows: usize,
     /// Blocks per row before padding.
     pub nb: usize,
     /// Padded row length in values.
@@ -128,7 +127,6 @@ impl PackedActs {
         let gb = group_blocks(ty);
         let nb = a.k / 32;
         let nbp = nb.div_ceil(gb) * gb;
-        self.rows = a.rows;
         self.nb = nb;
         self.nbp = nbp;
         self.kp = nbp * 32;
