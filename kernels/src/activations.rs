@@ -44,6 +44,12 @@ impl QuantizedActs {
 
     /// Quantizes `x` (`rows x k`, row-major) for `format`; `k` must be a multiple of its block.
     pub fn quantize(&mut self, format: ActivationFormat, x: &[f32], rows: usize, k: usize) {
+        self.quantize_on(crate::Isa::active(), format, x, rows, k)
+    }
+
+    /// As [`quantize`](Self::quantize), with the code compiled for `isa` (the values are the
+    /// same on every instruction set; only the speed differs).
+    pub fn quantize_on(&mut self, isa: crate::Isa, format: ActivationFormat, x: &[f32], rows: usize, k: usize) {
         assert_eq!(x.len(), rows * k, "activation shape");
         assert_eq!(k % format.block_len(), 0, "activation row length");
         let nb = k / format.block_len();
@@ -59,8 +65,8 @@ impl QuantizedActs {
                 self.bsums.clear();
                 let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]| {
                     #[cfg(target_arch = "x86_64")]
-                    if crate::Isa::active() >= crate::Isa::Avx2 {
-                        // SAFETY: AVX2 and FMA are present.
+                    if isa.at_most_best() >= crate::Isa::Avx2 {
+                        // SAFETY: an available set from AVX2 up: AVX2 and FMA are present.
                         return unsafe { quantize_q8_avx2(x, qs, d, s, isum) };
                     }
                     quantize_q8(x, qs, d, s, isum)

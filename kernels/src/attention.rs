@@ -136,8 +136,8 @@ pub fn attend_on(isa: Isa, dims: AttentionDims, scale: f32, q: &[f32], k_pool: &
         let rg = (r1 - r0) * heads;
         s.resize(rg * (TILE + 2 + dims.head_dim), 0.0);
         #[cfg(target_arch = "x86_64")]
-        if isa >= Isa::Avx2 {
-            // SAFETY: AVX2 and FMA are present (`Isa::Avx2` and above imply them).
+        if isa.at_most_best() >= Isa::Avx2 {
+            // SAFETY: an available set from AVX2 up: AVX2 and FMA are present.
             unsafe { job_avx2(&job, &mut s) };
         } else {
             job.run::<false>(&mut s);

@@ -61,6 +61,20 @@ impl Isa {
         })
     }
 
+    /// The fastest set this CPU runs, whatever `TTC_KERNELS` says.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| Self::available().into_iter().max().expect("portable is always available"))
+    }
+
+    /// `self`, or [`best`](Self::best) where this CPU lacks `self`'s wider instructions: what a
+    /// public `*_on(isa, ..)` entry point runs, so that no caller reaches an instruction the
+    /// CPU does not have. (Those entry points need only AVX2 and FMA at or above
+    /// [`Isa::Avx2`], which any available set from `Avx2` up implies.)
+    pub fn at_most_best(self) -> Isa {
+        self.min(Self::best())
+    }
+
     pub fn from_name(name: &str) -> Option<Isa> {
         [Isa::Portable, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni].into_iter().find(|i| i.name() == name)
     }

@@ -42,11 +42,17 @@ pub(crate) fn sum8(a: &[f32]) -> f32 {
 
 /// `log(sum(exp(x)))`, stable for any finite `x`; vectorized where the CPU allows.
 pub fn log_sum_exp(x: &[f32]) -> f32 {
+    log_sum_exp_on(Isa::active(), x)
+}
+
+/// As [`log_sum_exp`], compiled for `isa` (the same bits on every instruction set).
+pub fn log_sum_exp_on(isa: Isa, x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if Isa::active() >= Isa::Avx2 {
-        // SAFETY: AVX2 and FMA are present.
+    if isa.at_most_best() >= Isa::Avx2 {
+        // SAFETY: an available set from AVX2 up: AVX2 and FMA are present.
         return unsafe { log_sum_exp_avx2(x) };
     }
+    let _ = isa;
     log_sum_exp_body(x)
 }
 
@@ -84,11 +90,17 @@ fn log_sum_exp_body(x: &[f32]) -> f32 {
 /// `out[i] = exp((x[i] - max) * scale)`; returns their sum. For drawing from a whole
 /// vocabulary's softmax without a library `exp` per logit.
 pub fn exp_into(x: &[f32], max: f32, scale: f32, out: &mut [f32]) -> f32 {
+    exp_into_on(Isa::active(), x, max, scale, out)
+}
+
+/// As [`exp_into`], compiled for `isa` (the same bits on every instruction set).
+pub fn exp_into_on(isa: Isa, x: &[f32], max: f32, scale: f32, out: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if Isa::active() >= Isa::Avx2 {
-        // SAFETY: AVX2 and FMA are present.
+    if isa.at_most_best() >= Isa::Avx2 {
+        // SAFETY: an available set from AVX2 up: AVX2 and FMA are present.
         return unsafe { exp_into_avx2(x, max, scale, out) };
     }
+    let _ = isa;
     exp_into_body(x, max, scale, out)
 }
 
@@ -108,11 +120,17 @@ fn exp_into_body(x: &[f32], max: f32, scale: f32, out: &mut [f32]) -> f32 {
 
 /// `max(x)` and `sum(x)` in eight lanes (vectorized where the CPU allows).
 pub fn max_and_sum(x: &[f32]) -> (f32, f32) {
+    max_and_sum_on(Isa::active(), x)
+}
+
+/// As [`max_and_sum`], compiled for `isa` (the same bits on every instruction set).
+pub fn max_and_sum_on(isa: Isa, x: &[f32]) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
-    if Isa::active() >= Isa::Avx2 {
-        // SAFETY: AVX2 is present.
+    if isa.at_most_best() >= Isa::Avx2 {
+        // SAFETY: an available set from AVX2 up: AVX2 and FMA are present.
         return unsafe { max_and_sum_avx2(x) };
     }
+    let _ = isa;
     max_and_sum_body(x)
 }
 

@@ -137,7 +137,7 @@ impl QMatrix {
         // parallel section it may run another matmul (work stealing), which then finds an
         // empty scratch instead of a borrowed one.
         let (mut acts, mut packed_acts) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        acts.quantize(self.ty.activation_format(), x, m, self.cols);
+        acts.quantize_on(self.isa, self.ty.activation_format(), x, m, self.cols);
         match &self.storage {
             Storage::Ggml { row_bytes, data } => {
                 let kernels = row_kernels(self.ty, self.isa);
@@ -174,7 +174,7 @@ impl QMatrix {
     pub fn matmul_reference(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
         self.check(x, m, y)?;
         let mut acts = QuantizedActs::default();
-        acts.quantize(self.ty.activation_format(), x, m, self.cols);
+        acts.quantize_on(self.isa, self.ty.activation_format(), x, m, self.cols);
         for j in 0..self.rows {
             let w = self.ggml_row(j);
             for i in 0..m {

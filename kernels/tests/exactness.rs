@@ -314,3 +314,29 @@ fn concurrent_matmuls_on_one_pool_are_independent() {
         assert_eq!(b, want[1]);
     }
 }
+
+/// The code that is merely compiled for each instruction set (no intrinsics of its own) gives
+/// the same bits on every one: activation quantization and the softmax helpers.
+#[test]
+fn quantization_and_softmax_helpers_are_the_same_bits_on_every_isa() {
+    use ttc_kernels::math::{exp_into_on, log_sum_exp_on, max_and_sum_on};
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let x = random(&mut rng, 70 * 768);
+    let (mut want_q8, mut want_q8k) = (QuantizedActs::default(), QuantizedActs::default());
+    want_q8.quantize_on(Isa::Portable, ttc_kernels::ActivationFormat::Q8, &x, 70, 768);
+    want_q8k.quantize_on(Isa::Portable, ttc_kernels::ActivationFormat::Q8K, &x, 70, 768);
+    let mut want_exp = vec![0f32; x.len()];
+    let want_sum = exp_into_on(Isa::Portable, &x, 3.0, 1.25, &mut want_exp);
+    for isa in Isa::available() {
+        let mut q = QuantizedActs::default();
+        q.quantize_on(isa, ttc_kernels::ActivationFormat::Q8, &x, 70, 768);
+        assert_eq!(q.dequantize(), want_q8.dequantize(), "{} Q8", isa.name());
+        q.quantize_on(isa, ttc_kernels::ActivationFormat::Q8K, &x, 70, 768);
+        assert_eq!(q.dequantize(), want_q8k.dequantize(), "{} Q8K", isa.name());
+        assert_eq!(log_sum_exp_on(isa, &x).to_bits(), log_sum_exp_on(Isa::Portable, &x).to_bits(), "{}", isa.name());
+        assert_eq!(max_and_sum_on(isa, &x), max_and_sum_on(Isa::Portable, &x), "{}", isa.name());
+        let mut e = vec![0f32; x.len()];
+        assert_eq!(exp_into_on(isa, &x, 3.0, 1.25, &mut e).to_bits(), want_sum.to_bits(), "{}", isa.name());
+        assert_eq!(e, want_exp, "{}", isa.name());
+    }
+}

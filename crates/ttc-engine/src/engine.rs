@@ -100,6 +100,13 @@ impl Engine {
     }
 
     pub fn load_resolved(resolved: ResolvedModel, device: &Device) -> Result<Self> {
+        Self::load_resolved_with_kernels(resolved, device, ttc_kernels::Isa::active())
+    }
+
+    /// As [`load_resolved`](Self::load_resolved), on ttc's CPU kernels for `kernels` (one of
+    /// `Isa::available()`), whatever `TTC_KERNELS` says: for running one model on each
+    /// instruction set in one process.
+    pub fn load_resolved_with_kernels(resolved: ResolvedModel, device: &Device, kernels: ttc_kernels::Isa) -> Result<Self> {
         let gguf = GgufModel::open(&resolved.paths)?;
         let config = ModelConfig::from_gguf(&gguf)?;
         if let Some(entry) = &resolved.entry {
@@ -120,7 +127,7 @@ impl Engine {
             .or_else(|| gguf.get_opt_str("tokenizer.chat_template"))
             .unwrap_or_else(|| CHATML_TEMPLATE.to_string());
         let template = ChatTemplate::new(&template_src, &token_text(tokenizer.bos_id), &token_text(tokenizer.eos_ids.first().copied()))?;
-        let model = Model::load(&gguf, config, device)?;
+        let model = Model::load_with_kernels(&gguf, config, device, kernels)?;
         let name = match &resolved.entry {
             Some(e) => e.alias.clone(),
             None => gguf.path().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape};
 use ttc_kernels::attention::AttentionDims;
-use ttc_kernels::{QMatrix, WeightType};
+use ttc_kernels::{Isa, QMatrix, WeightType};
 
 /// The kernels' format for a GGML type they cover.
 pub fn weight_type(dtype: GgmlDType) -> Option<WeightType> {
@@ -22,8 +22,9 @@ pub fn weight_type(dtype: GgmlDType) -> Option<WeightType> {
     }
 }
 
-/// `t`'s bytes as a kernel matrix, when it is a CPU tensor of a covered format.
-pub fn qmatrix(t: &QTensor) -> candle_core::Result<Option<QMatrix>> {
+/// `t`'s bytes as a kernel matrix for `isa`'s kernels, when it is a CPU tensor of a covered
+/// format.
+pub fn qmatrix(t: &QTensor, isa: Isa) -> candle_core::Result<Option<QMatrix>> {
     let Some(ty) = weight_type(t.dtype()) else { return Ok(None) };
     if !t.device().is_cpu() {
         return Ok(None);
@@ -32,7 +33,7 @@ pub fn qmatrix(t: &QTensor) -> candle_core::Result<Option<QMatrix>> {
     if ty.check_row_len(cols).is_err() {
         return Ok(None);
     }
-    let m = QMatrix::new(ty, rows, cols, t.data()?.into_owned()).map_err(candle_core::Error::wrap)?;
+    let m = QMatrix::new_for(isa, ty, rows, cols, t.data()?.into_owned()).map_err(candle_core::Error::wrap)?;
     Ok(Some(m))
 }
 
@@ -156,6 +157,8 @@ pub struct QkvAttentionOp<'a> {
     pub scale: f32,
     /// Rows sharing a prompt attend it together (see `ttc_kernels::attention::attend`).
     pub share_prefixes: bool,
+    /// The instruction set the attention kernel runs on.
+    pub isa: Isa,
 }
 
 impl CustomOp3 for QkvAttentionOp<'_> {
@@ -189,7 +192,7 @@ impl CustomOp3 for QkvAttentionOp<'_> {
         }
         let dims = AttentionDims { n_heads: l.n_heads, n_kv_heads: l.n_kv_heads, head_dim: l.head_dim };
         let mut out = vec![0f32; t * qd];
-        ttc_kernels::attention::attend(dims, self.scale, &q, k, v, self.rows, self.share_prefixes, &mut out)
+        ttc_kernels::attention::attend_on(self.isa, dims, self.scale, &q, k, v, self.rows, self.share_prefixes, &mut out)
             .map_err(candle_core::Error::wrap)?;
         Ok((CpuStorage::F32(out), Shape::from((t, qd))))
     }

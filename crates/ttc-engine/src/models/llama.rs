@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use ttc_kernels::QMatrix;
+use ttc_kernels::{Isa, QMatrix};
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::{ModelConfig, RopeLayout};
@@ -28,15 +28,15 @@ enum Weight {
 }
 
 impl Weight {
-    fn new(t: QTensor) -> Result<Self> {
-        match kernel_ops::qmatrix(&t)? {
+    fn new(t: QTensor, isa: Isa) -> Result<Self> {
+        match kernel_ops::qmatrix(&t, isa)? {
             Some(m) => Ok(Self::Kernel(Arc::new(m))),
             None => Ok(Self::Candle(QMatMul::from_qtensor(t)?)),
         }
     }
 
-    fn from_arc(t: Arc<QTensor>) -> Result<Self> {
-        match kernel_ops::qmatrix(&t)? {
+    fn from_arc(t: Arc<QTensor>, isa: Isa) -> Result<Self> {
+        match kernel_ops::qmatrix(&t, isa)? {
             Some(m) => Ok(Self::Kernel(Arc::new(m))),
             None => Ok(Self::Candle(QMatMul::from_arc(t)?)),
         }
@@ -57,8 +57,8 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    pub(crate) fn load(w: &dyn WeightSource, name: &str, with_bias: bool, device: &Device) -> Result<Self> {
-        let weight = Weight::new(w.tensor(&format!("{name}.weight"), device)?)?;
+    pub(crate) fn load(w: &dyn WeightSource, name: &str, with_bias: bool, device: &Device, isa: Isa) -> Result<Self> {
+        let weight = Weight::new(w.tensor(&format!("{name}.weight"), device)?, isa)?;
         let bias_name = format!("{name}.bias");
         let bias = if with_bias && w.has_tensor(&bias_name) {
             Some(w.tensor(&bias_name, device)?.dequantize(device)?)
@@ -176,6 +176,10 @@ impl Projections {
     }
 }
 
+/// Sees each layer's intermediate results: `(layer, point, rows)`
+/// ([`Model::forward_batch_observed`]).
+pub type LayerObserver<'a> = dyn FnMut(usize, &str, &Tensor) + Send + 'a;
+
 /// One sequence's part of a batched forward pass.
 pub struct BatchEntry<'a> {
     /// New tokens (a prompt chunk, or one decode token).
@@ -209,18 +213,30 @@ pub struct Model {
     cascade_min_prefix: usize,
     /// Host copies of the rope tables when ttc's fused CPU attention runs (CPU only).
     host_rope: Option<kernel_ops::RopeTables>,
+    /// The instruction set of ttc's CPU kernels for this model's matmuls and attention.
+    kernels: Isa,
 }
 
 impl Model {
-    /// Loads the decoder from `gguf` (or any weight source using GGUF tensor names).
+    /// Loads the decoder from `gguf` (or any weight source using GGUF tensor names), on the
+    /// CPU with the best kernels this machine has ([`Isa::active`]).
     pub fn load(gguf: &dyn WeightSource, config: ModelConfig, device: &Device) -> Result<Self> {
+        Self::load_with_kernels(gguf, config, device, Isa::active())
+    }
+
+    /// As [`load`](Self::load), with ttc's CPU kernels of `kernels` (one of
+    /// [`Isa::available`]): the tests run the same model on every instruction set.
+    pub fn load_with_kernels(gguf: &dyn WeightSource, config: ModelConfig, device: &Device, kernels: Isa) -> Result<Self> {
+        if !Isa::available().contains(&kernels) {
+            return Err(EngineError::InvalidArgument(format!("this CPU cannot run the {} kernels", kernels.name())));
+        }
         let with_bias = config.architecture == super::Architecture::Qwen2;
         let embeddings = Arc::new(gguf.tensor("token_embd.weight", device)?);
         // Small models tie the output projection to the embeddings (no `output.weight`).
         let lm_head = if gguf.has_tensor("output.weight") {
-            Weight::new(gguf.tensor("output.weight", device)?)?
+            Weight::new(gguf.tensor("output.weight", device)?, kernels)?
         } else {
-            Weight::from_arc(embeddings.clone())?
+            Weight::from_arc(embeddings.clone(), kernels)?
         };
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
@@ -228,19 +244,19 @@ impl Model {
             let eps = config.rms_eps;
             let qkv = ["attn_q", "attn_k", "attn_v"]
                 .iter()
-                .map(|n| Linear::load(gguf, &format!("{p}.{n}"), with_bias, device))
+                .map(|n| Linear::load(gguf, &format!("{p}.{n}"), with_bias, device, kernels))
                 .collect::<Result<Vec<_>>>()?;
             let gate_up = ["ffn_gate", "ffn_up"]
                 .iter()
-                .map(|n| Linear::load(gguf, &format!("{p}.{n}"), false, device))
+                .map(|n| Linear::load(gguf, &format!("{p}.{n}"), false, device, kernels))
                 .collect::<Result<Vec<_>>>()?;
             layers.push(Layer {
                 attn_norm: RmsNorm::load(gguf, &format!("{p}.attn_norm.weight"), eps, device)?,
                 qkv: Projections::new(qkv)?,
-                o: Linear::load(gguf, &format!("{p}.attn_output"), false, device)?,
+                o: Linear::load(gguf, &format!("{p}.attn_output"), false, device, kernels)?,
                 ffn_norm: RmsNorm::load(gguf, &format!("{p}.ffn_norm.weight"), eps, device)?,
                 gate_up: Projections::new(gate_up)?,
-                down: Linear::load(gguf, &format!("{p}.ffn_down"), false, device)?,
+                down: Linear::load(gguf, &format!("{p}.ffn_down"), false, device, kernels)?,
             });
         }
         let output_norm = RmsNorm::load(gguf, "output_norm.weight", config.rms_eps, device)?;
@@ -264,6 +280,7 @@ impl Model {
             host_rope,
             device: device.clone(),
             cascade_min_prefix: DEFAULT_CASCADE_MIN_PREFIX,
+            kernels,
         })
     }
 
@@ -273,6 +290,11 @@ impl Model {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The instruction set of ttc's CPU kernels this model runs on.
+    pub fn kernels(&self) -> Isa {
+        self.kernels
     }
 
     /// Turns shared-prefix attention on or off: cascade attention on CUDA/Metal, grouped rows
@@ -295,13 +317,31 @@ impl Model {
         if self.device.is_cpu() {
             // On a pool thread, the caller takes part in each parallel kernel instead of
             // sleeping until the pool wakes it: one hand-off per pass instead of one per op.
-            ttc_kernels::threads::on_pool(|| self.forward_batch_here(batch, cache))
+            ttc_kernels::threads::on_pool(|| self.forward_batch_here(batch, cache, None))
         } else {
-            self.forward_batch_here(batch, cache)
+            self.forward_batch_here(batch, cache, None)
         }
     }
 
-    fn forward_batch_here(&self, batch: &[BatchEntry], cache: &KvCache) -> Result<BatchOutput> {
+    /// As [`forward_batch`](Self::forward_batch), handing every layer's intermediate results
+    /// to `observe(layer, point, rows)` as they are computed (llama.cpp's eval callback): for
+    /// finding where two kernel sets or two devices part. The points, all `(tokens, width)`:
+    /// `attn_norm`, `attn_out` (after the output projection), `ffn_norm`, `ffn_out`, and
+    /// `residual` (the layer's output).
+    pub fn forward_batch_observed(&self, batch: &[BatchEntry], cache: &KvCache, observe: &mut LayerObserver) -> Result<BatchOutput> {
+        if self.device.is_cpu() {
+            ttc_kernels::threads::on_pool(|| self.forward_batch_here(batch, cache, Some(observe)))
+        } else {
+            self.forward_batch_here(batch, cache, Some(observe))
+        }
+    }
+
+    fn forward_batch_here(&self, batch: &[BatchEntry], cache: &KvCache, mut observe: Option<&mut LayerObserver>) -> Result<BatchOutput> {
+        let mut seen = |l: usize, point: &str, t: &Tensor| {
+            if let Some(f) = observe.as_mut() {
+                f(l, point, t)
+            }
+        };
         let dev = &self.device;
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
@@ -341,9 +381,12 @@ impl Model {
                 for (l, layer) in self.layers.iter().enumerate() {
                     let (k_pool, v_pool) = cache.layer(l);
                     let h = layer.attn_norm.forward(&x)?;
+                    seen(l, "attn_norm", &h);
                     let h = self.fused_attention(layer, &h, &fused, k_pool, v_pool)?;
+                    seen(l, "attn_out", &h);
                     let x1 = (&x + h)?;
                     let h = layer.ffn_norm.forward(&x1)?;
+                    seen(l, "ffn_norm", &h);
                     let h = match layer.gate_up.stacked(&h)? {
                         Some(gu) => gu.apply_op1_no_bwd(&kernel_ops::SwiGluOp)?,
                         None => {
@@ -351,7 +394,10 @@ impl Model {
                             (candle_nn::ops::silu(&gu[0])? * &gu[1])?
                         }
                     };
-                    x = (x1 + layer.down.forward(&h)?)?;
+                    let h = layer.down.forward(&h)?;
+                    seen(l, "ffn_out", &h);
+                    x = (x1 + h)?;
+                    seen(l, "residual", &x);
                 }
             }
             None => {
@@ -364,12 +410,18 @@ impl Model {
                 for (l, layer) in self.layers.iter().enumerate() {
                     let (k_pool, v_pool) = cache.layer(l);
                     let h = layer.attn_norm.forward(&x)?;
+                    seen(l, "attn_norm", &h);
                     let h = self.attention(layer, &h, &cos, &sin, &plan, k_pool, v_pool, &write_idx)?;
+                    seen(l, "attn_out", &h);
                     let x1 = (&x + h)?;
                     let h = layer.ffn_norm.forward(&x1)?;
+                    seen(l, "ffn_norm", &h);
                     let gu = layer.gate_up.forward(&h)?;
                     let h = (candle_nn::ops::silu(&gu[0])? * &gu[1])?;
-                    x = (x1 + layer.down.forward(&h)?)?;
+                    let h = layer.down.forward(&h)?;
+                    seen(l, "ffn_out", &h);
+                    x = (x1 + h)?;
+                    seen(l, "residual", &x);
                 }
             }
         }
@@ -454,6 +506,7 @@ impl Model {
             rows: step.rows,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             share_prefixes: self.cascade_min_prefix > 0,
+            isa: self.kernels,
         };
         layer.o.forward(&qkv.apply_op3_no_bwd(k_pool, v_pool, &op)?)
     }
