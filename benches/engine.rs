@@ -12,12 +12,27 @@ use ttc_engine::{Engine, SeqId, Session, SessionOptions};
 const PROMPT_LEN: usize = 128;
 
 fn prompt(engine: &Engine) -> Vec<u32> {
-    (0..PROMPT_LEN as u32).map(|i| 1000 + (i * 37) % 20_000).filter(|&t| !engine.tokenizer.is_special(t)).collect()
+    (0..PROMPT_LEN as u32)
+        .map(|i| 1000 + (i * 37) % 20_000)
+        .filter(|&t| !engine.tokenizer.is_special(t))
+        .collect()
 }
 
 fn session(engine: &Engine, width: usize, max_tokens: usize) -> Session<'_> {
-    let params = SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0, min_p: 0.0 };
-    let opts = SessionOptions { params, seed: 1, max_tokens, stop: vec![], ignore_eos: true, kv_blocks: 0 };
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
+    let opts = SessionOptions {
+        params,
+        seed: 1,
+        max_tokens,
+        stop: vec![],
+        ignore_eos: true,
+        kv_blocks: 0,
+    };
     engine.session(PROMPT_LEN, width, opts).expect("session")
 }
 
@@ -54,7 +69,11 @@ fn decode_step(c: &mut Criterion) {
                 // A fresh shared prompt per batch, so the context stays near 128 tokens.
                 let mut s = session(engine, width, iters as usize + 1);
                 let root = s.prefill(&p).expect("prefill");
-                let seqs: Vec<SeqId> = if width == 1 { vec![root] } else { s.fork(root, width).expect("fork") };
+                let seqs: Vec<SeqId> = if width == 1 {
+                    vec![root]
+                } else {
+                    s.fork(root, width).expect("fork")
+                };
                 let t = Instant::now();
                 for _ in 0..iters {
                     s.step(&seqs).expect("step");

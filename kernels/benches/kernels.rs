@@ -30,18 +30,27 @@ fn matmul(c: &mut Criterion) {
         (WeightType::Q6K, 1536, 1536, &[1, 16][..]),
     ];
     for (ty, n, k, ms) in shapes {
-        let mats: Vec<QMatrix> = Isa::available().into_iter().map(|isa| matrix(isa, ty, n, k)).collect();
+        let mats: Vec<QMatrix> = Isa::available()
+            .into_iter()
+            .map(|isa| matrix(isa, ty, n, k))
+            .collect();
         let mut g = c.benchmark_group(format!("matmul_{}_{n}x{k}", ty.name()));
         g.sample_size(20);
         for &m in ms {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
             let mut y = vec![0f32; m * n];
             g.throughput(Throughput::Elements((m * n * k) as u64));
             if m <= 4 {
-                g.bench_with_input(BenchmarkId::new("reference", m), &m, |b, &m| b.iter(|| mats[0].matmul_reference(&x, m, &mut y).unwrap()));
+                g.bench_with_input(BenchmarkId::new("reference", m), &m, |b, &m| {
+                    b.iter(|| mats[0].matmul_reference(&x, m, &mut y).unwrap())
+                });
             }
             for w in &mats {
-                g.bench_with_input(BenchmarkId::new(w.isa().name(), m), &m, |b, &m| b.iter(|| w.matmul(&x, m, &mut y).unwrap()));
+                g.bench_with_input(BenchmarkId::new(w.isa().name(), m), &m, |b, &m| {
+                    b.iter(|| w.matmul(&x, m, &mut y).unwrap())
+                });
             }
         }
         g.finish();
@@ -49,21 +58,38 @@ fn matmul(c: &mut Criterion) {
 }
 
 fn attention(c: &mut Criterion) {
-    let dims = AttentionDims { n_heads: 9, n_kv_heads: 3, head_dim: 64 };
+    let dims = AttentionDims {
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+    };
     let (ctx, width) = (160usize, 16usize);
     let pool_rows = ctx * width;
-    let kv: Vec<f32> = (0..pool_rows * 192).map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5).collect();
-    let q: Vec<f32> = (0..width * 576).map(|i| ((i * 17) % 89) as f32 / 89.0 - 0.5).collect();
+    let kv: Vec<f32> = (0..pool_rows * 192)
+        .map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    let q: Vec<f32> = (0..width * 576)
+        .map(|i| ((i * 17) % 89) as f32 / 89.0 - 0.5)
+        .collect();
     // Shared 128-token prefix, then each row's own 32 slots.
-    let slots: Vec<Vec<u32>> =
-        (0..width).map(|r| (0..128u32).chain((0..32u32).map(|j| 128 + (r as u32) * 32 + j)).collect()).collect();
+    let slots: Vec<Vec<u32>> = (0..width)
+        .map(|r| {
+            (0..128u32)
+                .chain((0..32u32).map(|j| 128 + (r as u32) * 32 + j))
+                .collect()
+        })
+        .collect();
     let rows: Vec<&[u32]> = slots.iter().map(|s| s.as_slice()).collect();
     let mut out = vec![0f32; width * 576];
     let mut g = c.benchmark_group("attention_16x160");
     g.sample_size(20);
-    g.bench_function("reference", |b| b.iter(|| attend_reference(dims, 0.125, &q, &kv, &kv, &rows, &mut out).unwrap()));
+    g.bench_function("reference", |b| {
+        b.iter(|| attend_reference(dims, 0.125, &q, &kv, &kv, &rows, &mut out).unwrap())
+    });
     for isa in [Isa::Portable, *Isa::available().last().unwrap()] {
-        g.bench_function(isa.name(), |b| b.iter(|| attend_on(isa, dims, 0.125, &q, &kv, &kv, &rows, true, &mut out).unwrap()));
+        g.bench_function(isa.name(), |b| {
+            b.iter(|| attend_on(isa, dims, 0.125, &q, &kv, &kv, &rows, true, &mut out).unwrap())
+        });
     }
     g.finish();
 }

@@ -29,7 +29,16 @@ pub struct QuantizedActs {
 
 impl Default for QuantizedActs {
     fn default() -> Self {
-        Self { format: ActivationFormat::Q8, rows: 0, k: 0, qs: Vec::new(), d: Vec::new(), s: Vec::new(), isum: Vec::new(), bsums: Vec::new() }
+        Self {
+            format: ActivationFormat::Q8,
+            rows: 0,
+            k: 0,
+            qs: Vec::new(),
+            d: Vec::new(),
+            s: Vec::new(),
+            isum: Vec::new(),
+            bsums: Vec::new(),
+        }
     }
 }
 
@@ -49,7 +58,14 @@ impl QuantizedActs {
 
     /// As [`quantize`](Self::quantize), with the code compiled for `isa` (the values are the
     /// same on every instruction set; only the speed differs).
-    pub fn quantize_on(&mut self, isa: crate::Isa, format: ActivationFormat, x: &[f32], rows: usize, k: usize) {
+    pub fn quantize_on(
+        &mut self,
+        isa: crate::Isa,
+        format: ActivationFormat,
+        x: &[f32],
+        rows: usize,
+        k: usize,
+    ) {
         assert_eq!(x.len(), rows * k, "activation shape");
         assert_eq!(k % format.block_len(), 0, "activation row length");
         let nb = k / format.block_len();
@@ -63,14 +79,15 @@ impl QuantizedActs {
                 self.s.resize(rows * nb, 0.0);
                 self.isum.resize(rows * nb, 0);
                 self.bsums.clear();
-                let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]| {
-                    #[cfg(target_arch = "x86_64")]
-                    if isa.at_most_best() >= crate::Isa::Avx2 {
-                        // SAFETY: an available set from AVX2 up: AVX2 and FMA are present.
-                        return unsafe { quantize_q8_avx2(x, qs, d, s, isum) };
-                    }
-                    quantize_q8(x, qs, d, s, isum)
-                };
+                let quantize_rows =
+                    |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]| {
+                        #[cfg(target_arch = "x86_64")]
+                        if isa.at_most_best() >= crate::Isa::Avx2 {
+                            // SAFETY: an available set from AVX2 up: AVX2 and FMA are present.
+                            return unsafe { quantize_q8_avx2(x, qs, d, s, isum) };
+                        }
+                        quantize_q8(x, qs, d, s, isum)
+                    };
                 let threads = rayon::current_num_threads();
                 if rows >= PARALLEL_MIN_ROWS && threads > 1 {
                     let per = rows.div_ceil(2 * threads);
@@ -89,7 +106,10 @@ impl QuantizedActs {
                                 std::slice::from_raw_parts_mut(bufs.qs.add(r0 * k), (r1 - r0) * k),
                                 std::slice::from_raw_parts_mut(bufs.d.add(r0 * nb), (r1 - r0) * nb),
                                 std::slice::from_raw_parts_mut(bufs.s.add(r0 * nb), (r1 - r0) * nb),
-                                std::slice::from_raw_parts_mut(bufs.isum.add(r0 * nb), (r1 - r0) * nb),
+                                std::slice::from_raw_parts_mut(
+                                    bufs.isum.add(r0 * nb),
+                                    (r1 - r0) * nb,
+                                ),
                             )
                         };
                         quantize_rows(&x[r0 * k..r1 * k], qs, d, s, isum);
@@ -102,8 +122,10 @@ impl QuantizedActs {
                 self.s.clear();
                 self.isum.clear();
                 self.bsums.resize(rows * nb * 16, 0);
-                for ((xb, qb), (d, sums)) in
-                    x.chunks_exact(256).zip(self.qs.chunks_exact_mut(256)).zip(self.d.iter_mut().zip(self.bsums.chunks_exact_mut(16)))
+                for ((xb, qb), (d, sums)) in x
+                    .chunks_exact(256)
+                    .zip(self.qs.chunks_exact_mut(256))
+                    .zip(self.d.iter_mut().zip(self.bsums.chunks_exact_mut(16)))
                 {
                     *d = quantize_q8k_block(xb, qb, sums);
                 }
@@ -114,7 +136,11 @@ impl QuantizedActs {
     /// The values back as f32 (`d * q`), for tests.
     pub fn dequantize(&self) -> Vec<f32> {
         let bl = self.format.block_len();
-        self.qs.iter().enumerate().map(|(i, &q)| self.d[i / bl] * q as f32).collect()
+        self.qs
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| self.d[i / bl] * q as f32)
+            .collect()
     }
 }
 
@@ -132,7 +158,13 @@ const PARALLEL_MIN_ROWS: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quantize_q8_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]) {
+unsafe fn quantize_q8_avx2(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+    isum: &mut [i32],
+) {
     quantize_q8(x, qs, d, s, isum)
 }
 

@@ -40,20 +40,41 @@ const TILE: usize = 32;
 /// Below this many multiply-adds a call stays on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
-fn check(dims: &AttentionDims, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], out: &[f32]) -> Result<(), KernelError> {
+fn check(
+    dims: &AttentionDims,
+    q: &[f32],
+    k_pool: &[f32],
+    v_pool: &[f32],
+    rows: &[&[u32]],
+    out: &[f32],
+) -> Result<(), KernelError> {
     let d = dims;
     if d.n_kv_heads == 0 || d.head_dim == 0 || !d.n_heads.is_multiple_of(d.n_kv_heads) {
-        return Err(KernelError::Shape(format!("{} query heads over {} KV heads", d.n_heads, d.n_kv_heads)));
+        return Err(KernelError::Shape(format!(
+            "{} query heads over {} KV heads",
+            d.n_heads, d.n_kv_heads
+        )));
     }
     if q.len() != rows.len() * d.q_dim() || out.len() != q.len() {
-        return Err(KernelError::Shape(format!("{} query rows need {} values", rows.len(), rows.len() * d.q_dim())));
+        return Err(KernelError::Shape(format!(
+            "{} query rows need {} values",
+            rows.len(),
+            rows.len() * d.q_dim()
+        )));
     }
     if k_pool.len() != v_pool.len() || !k_pool.len().is_multiple_of(d.kv_dim()) {
-        return Err(KernelError::Shape("K and V pools differ or are not whole rows".into()));
+        return Err(KernelError::Shape(
+            "K and V pools differ or are not whole rows".into(),
+        ));
     }
     let pool_rows = (k_pool.len() / d.kv_dim()) as u32;
-    if rows.iter().any(|r| r.is_empty() || r.iter().any(|&s| s >= pool_rows)) {
-        return Err(KernelError::Shape(format!("every row needs slots below {pool_rows}")));
+    if rows
+        .iter()
+        .any(|r| r.is_empty() || r.iter().any(|&s| s >= pool_rows))
+    {
+        return Err(KernelError::Shape(format!(
+            "every row needs slots below {pool_rows}"
+        )));
     }
     Ok(())
 }
@@ -63,8 +84,27 @@ fn check(dims: &AttentionDims, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: 
 /// Consecutive rows sharing a prefix of at least 32 slots attend it together unless
 /// `share_prefixes` is off (for measuring what sharing saves; the results are the same bits).
 #[allow(clippy::too_many_arguments)]
-pub fn attend(dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], share_prefixes: bool, out: &mut [f32]) -> Result<(), KernelError> {
-    attend_on(Isa::active(), dims, scale, q, k_pool, v_pool, rows, share_prefixes, out)
+pub fn attend(
+    dims: AttentionDims,
+    scale: f32,
+    q: &[f32],
+    k_pool: &[f32],
+    v_pool: &[f32],
+    rows: &[&[u32]],
+    share_prefixes: bool,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    attend_on(
+        Isa::active(),
+        dims,
+        scale,
+        q,
+        k_pool,
+        v_pool,
+        rows,
+        share_prefixes,
+        out,
+    )
 }
 
 /// Consecutive rows sharing at least this many leading slots attend them together.
@@ -85,7 +125,11 @@ fn row_groups(rows: &[&[u32]]) -> Vec<(usize, usize, usize)> {
         let mut r1 = r0 + 1;
         while r1 < rows.len() && r1 - r0 < MAX_GROUP_ROWS {
             let (a, b) = (rows[r0], rows[r1]);
-            let common = if a.as_ptr() == b.as_ptr() { a.len().min(b.len()) } else { a.iter().zip(b).take_while(|(x, y)| x == y).count() };
+            let common = if a.as_ptr() == b.as_ptr() {
+                a.len().min(b.len())
+            } else {
+                a.iter().zip(b).take_while(|(x, y)| x == y).count()
+            };
             let c = common.min(shared);
             if c < MIN_SHARED {
                 break;
@@ -95,7 +139,11 @@ fn row_groups(rows: &[&[u32]]) -> Vec<(usize, usize, usize)> {
         }
         // Tiles start at multiples of TILE for every row, grouped or not, so that grouping
         // never changes a row's arithmetic.
-        let shared = if r1 - r0 > 1 { shared / TILE * TILE } else { shared };
+        let shared = if r1 - r0 > 1 {
+            shared / TILE * TILE
+        } else {
+            shared
+        };
         groups.push((r0, r1, shared));
         r0 = r1;
     }
@@ -110,17 +158,34 @@ unsafe impl Sync for OutPtr {}
 
 /// As [`attend`], compiled for `isa` (AVX2 and above use 256-bit vectors and FMA).
 #[allow(clippy::too_many_arguments)]
-pub fn attend_on(isa: Isa, dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], share_prefixes: bool, out: &mut [f32]) -> Result<(), KernelError> {
+pub fn attend_on(
+    isa: Isa,
+    dims: AttentionDims,
+    scale: f32,
+    q: &[f32],
+    k_pool: &[f32],
+    v_pool: &[f32],
+    rows: &[&[u32]],
+    share_prefixes: bool,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     check(&dims, q, k_pool, v_pool, rows, out)?;
-    let groups = if share_prefixes { row_groups(rows) } else { (0..rows.len()).map(|r| (r, r + 1, rows[r].len())).collect() };
+    let groups = if share_prefixes {
+        row_groups(rows)
+    } else {
+        (0..rows.len()).map(|r| (r, r + 1, rows[r].len())).collect()
+    };
     // One task per (run of rows, KV head); when that leaves threads idle (a single decode row
     // has as many tasks as KV heads), the query heads of a KV head are split between tasks.
     // Heads are independent, so a head's bits do not depend on the split.
     let threads = rayon::current_num_threads();
     let g = dims.group();
-    let parts = (2 * threads).div_ceil(groups.len() * dims.n_kv_heads).clamp(1, g);
+    let parts = (2 * threads)
+        .div_ceil(groups.len() * dims.n_kv_heads)
+        .clamp(1, g);
     let per_part = g.div_ceil(parts);
-    let mut tasks: Vec<(usize, usize, usize)> = Vec::with_capacity(groups.len() * dims.n_kv_heads * parts);
+    let mut tasks: Vec<(usize, usize, usize)> =
+        Vec::with_capacity(groups.len() * dims.n_kv_heads * parts);
     for gr in 0..groups.len() {
         for h in 0..dims.n_kv_heads {
             tasks.extend((0..g).step_by(per_part).map(|h0| (gr, h, h0)));
@@ -130,7 +195,20 @@ pub fn attend_on(isa: Isa, dims: AttentionDims, scale: f32, q: &[f32], k_pool: &
     let run = |&(gr, h, head0): &(usize, usize, usize)| {
         let (r0, r1, shared) = groups[gr];
         let heads = per_part.min(g - head0);
-        let job = Job { d: dims, scale, q, k: k_pool, v: v_pool, rows: &rows[r0..r1], first_row: r0, shared, h, head0, heads, out };
+        let job = Job {
+            d: dims,
+            scale,
+            q,
+            k: k_pool,
+            v: v_pool,
+            rows: &rows[r0..r1],
+            first_row: r0,
+            shared,
+            h,
+            head0,
+            heads,
+            out,
+        };
         // Taken, not borrowed, so that a re-entrant call on this thread cannot find it borrowed.
         let mut s = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let rg = (r1 - r0) * heads;
@@ -200,7 +278,12 @@ impl Job<'_> {
         max.fill(f32::NEG_INFINITY);
         sum.fill(0.0);
         acc.fill(0.0);
-        let mut state = State { scores, max, sum, acc };
+        let mut state = State {
+            scores,
+            max,
+            sum,
+            acc,
+        };
         self.keys::<FMA>(&self.rows[0][..self.shared], 0..self.rows.len(), &mut state);
         for (r, slots) in self.rows.iter().enumerate() {
             self.keys::<FMA>(&slots[self.shared..], r..r + 1, &mut state);
@@ -212,7 +295,12 @@ impl Job<'_> {
                 let inv = 1.0 / state.sum[i];
                 // SAFETY: (row, KV head) runs are disjoint between tasks and inside `out`.
                 let o = unsafe {
-                    std::slice::from_raw_parts_mut(self.out.0.add((self.first_row + r) * qd + (first_head + gi) * hd), hd)
+                    std::slice::from_raw_parts_mut(
+                        self.out
+                            .0
+                            .add((self.first_row + r) * qd + (first_head + gi) * hd),
+                        hd,
+                    )
                 };
                 for (o, a) in o.iter_mut().zip(&state.acc[i * hd..(i + 1) * hd]) {
                     *o = a * inv;
@@ -224,7 +312,12 @@ impl Job<'_> {
     /// The scores of heads `heads` (indices into this job's (row, head) state) for one tile,
     /// with AVX2 when the path and head size allow; false if it left them to the caller.
     #[inline(always)]
-    fn scores_avx2<const FMA: bool>(&self, tile: &[u32], heads: std::ops::Range<usize>, st: &mut State) -> bool {
+    fn scores_avx2<const FMA: bool>(
+        &self,
+        tile: &[u32],
+        heads: std::ops::Range<usize>,
+        st: &mut State,
+    ) -> bool {
         #[cfg(target_arch = "x86_64")]
         if FMA && self.d.head_dim.is_multiple_of(8) {
             let (g, hd, kvd, qd) = (self.heads, self.d.head_dim, self.d.kv_dim(), self.d.q_dim());
@@ -244,7 +337,13 @@ impl Job<'_> {
                 for (j, &slot) in tile.iter().enumerate() {
                     let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
                     // SAFETY: FMA is only set on the AVX2 path; all slices are hd long.
-                    let dots = unsafe { if wide { avx2::dots::<8>(&qs, key) } else { avx2::dots::<4>(&qs, key) } };
+                    let dots = unsafe {
+                        if wide {
+                            avx2::dots::<8>(&qs, key)
+                        } else {
+                            avx2::dots::<4>(&qs, key)
+                        }
+                    };
                     for (l, &d) in dots[..live].iter().enumerate() {
                         st.scores[(i0 + l) * TILE + j] = d * self.scale;
                     }
@@ -295,7 +394,17 @@ impl Job<'_> {
                 if FMA && hd % 8 == 0 {
                     // SAFETY: FMA is only set on the AVX2 path; every slot is a pool row
                     // (checked), so each value run lies inside the pool.
-                    unsafe { avx2::weighted_values(&mut st.acc[i * hd..(i + 1) * hd], correction, p, self.v, tile, self.h * hd, kvd) };
+                    unsafe {
+                        avx2::weighted_values(
+                            &mut st.acc[i * hd..(i + 1) * hd],
+                            correction,
+                            p,
+                            self.v,
+                            tile,
+                            self.h * hd,
+                            kvd,
+                        )
+                    };
                     continue;
                 }
                 for c in (0..hd).step_by(16) {
@@ -351,11 +460,20 @@ mod avx2 {
         let u0 = _mm256_hadd_ps(t0, t1);
         let mut out = [0f32; 8];
         if N > 4 {
-            let u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
-            let v = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+            let u1 = _mm256_hadd_ps(
+                _mm256_hadd_ps(acc[4], acc[5]),
+                _mm256_hadd_ps(acc[6], acc[7]),
+            );
+            let v = _mm256_add_ps(
+                _mm256_permute2f128_ps(u0, u1, 0x20),
+                _mm256_permute2f128_ps(u0, u1, 0x31),
+            );
             _mm256_storeu_ps(out.as_mut_ptr(), v);
         } else {
-            _mm_storeu_ps(out.as_mut_ptr(), _mm_add_ps(_mm256_castps256_ps128(u0), _mm256_extractf128_ps(u0, 1)));
+            _mm_storeu_ps(
+                out.as_mut_ptr(),
+                _mm_add_ps(_mm256_castps256_ps128(u0), _mm256_extractf128_ps(u0, 1)),
+            );
         }
         out
     }
@@ -364,7 +482,15 @@ mod avx2 {
     /// dimensions at a time in four registers.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_values(acc: &mut [f32], correction: f32, p: &[f32], v: &[f32], slots: &[u32], offset: usize, stride: usize) {
+    pub(super) unsafe fn weighted_values(
+        acc: &mut [f32],
+        correction: f32,
+        p: &[f32],
+        v: &[f32],
+        slots: &[u32],
+        offset: usize,
+        stride: usize,
+    ) {
         let hd = acc.len();
         let c = _mm256_set1_ps(correction);
         let mut d0 = 0;
@@ -401,7 +527,12 @@ mod avx2 {
 fn dot16(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ac.zip(bc) {
         for l in 0..16 {
             lanes[l] += x[l] * y[l];
@@ -418,7 +549,15 @@ struct State<'a> {
 }
 
 /// Plain reference: scores, softmax with `f32::exp`, weighted sum, one head at a time.
-pub fn attend_reference(dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f32], v_pool: &[f32], rows: &[&[u32]], out: &mut [f32]) -> Result<(), KernelError> {
+pub fn attend_reference(
+    dims: AttentionDims,
+    scale: f32,
+    q: &[f32],
+    k_pool: &[f32],
+    v_pool: &[f32],
+    rows: &[&[u32]],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     check(&dims, q, k_pool, v_pool, rows, out)?;
     let (hd, kvd, g) = (dims.head_dim, dims.kv_dim(), dims.group());
     for (r, slots) in rows.iter().enumerate() {
@@ -427,7 +566,13 @@ pub fn attend_reference(dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f3
             let qv = &q[r * dims.q_dim() + head * hd..][..hd];
             let scores: Vec<f32> = slots
                 .iter()
-                .map(|&s| qv.iter().zip(&k_pool[s as usize * kvd + kvh * hd..][..hd]).map(|(a, b)| a * b).sum::<f32>() * scale)
+                .map(|&s| {
+                    qv.iter()
+                        .zip(&k_pool[s as usize * kvd + kvh * hd..][..hd])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>()
+                        * scale
+                })
                 .collect();
             let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
@@ -435,7 +580,10 @@ pub fn attend_reference(dims: AttentionDims, scale: f32, q: &[f32], k_pool: &[f3
             let o = &mut out[r * dims.q_dim() + head * hd..][..hd];
             o.fill(0.0);
             for (&p, &s) in e.iter().zip(slots.iter()) {
-                for (o, &x) in o.iter_mut().zip(&v_pool[s as usize * kvd + kvh * hd..][..hd]) {
+                for (o, &x) in o
+                    .iter_mut()
+                    .zip(&v_pool[s as usize * kvd + kvh * hd..][..hd])
+                {
                     *o += p / z * x;
                 }
             }

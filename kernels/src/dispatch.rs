@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 
 use crate::activations::QuantizedActs;
-use crate::packed::PackedActs;
 use crate::formats::WeightType;
+use crate::packed::PackedActs;
 use crate::reference;
 
 /// An instruction set the kernels are compiled for, slowest first.
@@ -43,7 +43,12 @@ impl Isa {
                 if has!("avxvnni") {
                     v.push(Isa::AvxVnni);
                 }
-                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") && has!("avx512vnni") {
+                if has!("avx512f")
+                    && has!("avx512bw")
+                    && has!("avx512vl")
+                    && has!("avx512dq")
+                    && has!("avx512vnni")
+                {
                     v.push(Isa::Avx512Vnni);
                 }
             }
@@ -56,15 +61,27 @@ impl Isa {
     pub fn active() -> Isa {
         static ACTIVE: OnceLock<Isa> = OnceLock::new();
         *ACTIVE.get_or_init(|| {
-            let cap = std::env::var("TTC_KERNELS").ok().and_then(|n| Self::from_name(&n)).unwrap_or(Isa::Avx512Vnni);
-            Self::available().into_iter().filter(|i| *i <= cap).max().expect("portable is always available")
+            let cap = std::env::var("TTC_KERNELS")
+                .ok()
+                .and_then(|n| Self::from_name(&n))
+                .unwrap_or(Isa::Avx512Vnni);
+            Self::available()
+                .into_iter()
+                .filter(|i| *i <= cap)
+                .max()
+                .expect("portable is always available")
         })
     }
 
     /// The fastest set this CPU runs, whatever `TTC_KERNELS` says.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| Self::available().into_iter().max().expect("portable is always available"))
+        *BEST.get_or_init(|| {
+            Self::available()
+                .into_iter()
+                .max()
+                .expect("portable is always available")
+        })
     }
 
     /// `self`, or [`best`](Self::best) where this CPU lacks `self`'s wider instructions: what a
@@ -76,7 +93,9 @@ impl Isa {
     }
 
     pub fn from_name(name: &str) -> Option<Isa> {
-        [Isa::Portable, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni].into_iter().find(|i| i.name() == name)
+        [Isa::Portable, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni]
+            .into_iter()
+            .find(|i| i.name() == name)
     }
 }
 
@@ -84,7 +103,12 @@ impl Isa {
 pub(crate) type RowsKernel = unsafe fn(&[u8], &QuantizedActs, usize, &mut [f32; 4]);
 
 /// The reference as a kernel: the portable fallback.
-unsafe fn portable<const T: u8, const MR: usize>(w: &[u8], a: &QuantizedActs, i0: usize, out: &mut [f32; 4]) {
+unsafe fn portable<const T: u8, const MR: usize>(
+    w: &[u8],
+    a: &QuantizedActs,
+    i0: usize,
+    out: &mut [f32; 4],
+) {
     let t = WeightType::ALL[T as usize];
     for r in 0..MR {
         out[r] = reference::dot_row(t, w, a, i0 + r);
@@ -105,11 +129,36 @@ pub(crate) fn row_kernels(t: WeightType, isa: Isa) -> [RowsKernel; 4] {
         macro_rules! family {
             ($m:ident) => {
                 match t {
-                    WeightType::Q4_0 => [$m::q4_0::<1> as RowsKernel, $m::q4_0::<2>, $m::q4_0::<3>, $m::q4_0::<4>],
-                    WeightType::Q4_1 => [$m::q4_1::<1> as RowsKernel, $m::q4_1::<2>, $m::q4_1::<3>, $m::q4_1::<4>],
-                    WeightType::Q8_0 => [$m::q8_0::<1> as RowsKernel, $m::q8_0::<2>, $m::q8_0::<3>, $m::q8_0::<4>],
-                    WeightType::Q4K => [$m::q4_k::<1> as RowsKernel, $m::q4_k::<2>, $m::q4_k::<3>, $m::q4_k::<4>],
-                    WeightType::Q6K => [$m::q6_k::<1> as RowsKernel, $m::q6_k::<2>, $m::q6_k::<3>, $m::q6_k::<4>],
+                    WeightType::Q4_0 => [
+                        $m::q4_0::<1> as RowsKernel,
+                        $m::q4_0::<2>,
+                        $m::q4_0::<3>,
+                        $m::q4_0::<4>,
+                    ],
+                    WeightType::Q4_1 => [
+                        $m::q4_1::<1> as RowsKernel,
+                        $m::q4_1::<2>,
+                        $m::q4_1::<3>,
+                        $m::q4_1::<4>,
+                    ],
+                    WeightType::Q8_0 => [
+                        $m::q8_0::<1> as RowsKernel,
+                        $m::q8_0::<2>,
+                        $m::q8_0::<3>,
+                        $m::q8_0::<4>,
+                    ],
+                    WeightType::Q4K => [
+                        $m::q4_k::<1> as RowsKernel,
+                        $m::q4_k::<2>,
+                        $m::q4_k::<3>,
+                        $m::q4_k::<4>,
+                    ],
+                    WeightType::Q6K => [
+                        $m::q6_k::<1> as RowsKernel,
+                        $m::q6_k::<2>,
+                        $m::q6_k::<3>,
+                        $m::q6_k::<4>,
+                    ],
                 }
             };
         }

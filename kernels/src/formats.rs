@@ -69,7 +69,11 @@ impl WeightType {
     /// Checks that `k` splits into whole blocks.
     pub fn check_row_len(self, k: usize) -> Result<(), KernelError> {
         if k == 0 || !k.is_multiple_of(self.block_len()) {
-            return Err(KernelError::Shape(format!("{} rows need a multiple of {} weights, got {k}", self.name(), self.block_len())));
+            return Err(KernelError::Shape(format!(
+                "{} rows need a multiple of {} weights, got {k}",
+                self.name(),
+                self.block_len()
+            )));
         }
         Ok(())
     }
@@ -106,6 +110,9 @@ pub(crate) fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }

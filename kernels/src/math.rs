@@ -66,7 +66,10 @@ unsafe fn log_sum_exp_avx2(x: &[f32]) -> f32 {
 fn log_sum_exp_body(x: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
-    let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut max = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for c in chunks {
         for l in 0..8 {
             lanes[l] = lanes[l].max(c[l]);
@@ -144,7 +147,10 @@ unsafe fn max_and_sum_avx2(x: &[f32]) -> (f32, f32) {
 fn max_and_sum_body(x: &[f32]) -> (f32, f32) {
     let mut m = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
-    let tail_max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    let tail_max = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
     for c in chunks {
         for l in 0..8 {
             m[l] = m[l].max(c[l]);

@@ -12,8 +12,8 @@ use std::cell::RefCell;
 
 use crate::activations::QuantizedActs;
 use crate::dispatch::{packed_kernels, row_kernels, Isa};
-use crate::packed::{self, PackedActs, PackedMatrix};
 use crate::formats::WeightType;
+use crate::packed::{self, PackedActs, PackedMatrix};
 use crate::{reference, KernelError};
 
 /// A quantized weight matrix: `rows` output features of `cols` inputs each, laid out for the
@@ -53,15 +53,29 @@ unsafe impl Sync for OutPtr {}
 impl QMatrix {
     /// Takes GGUF bytes (`rows` rows of `cols` weights of type `ty`), laid out for this CPU's
     /// best kernels.
-    pub fn new(ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
+    pub fn new(
+        ty: WeightType,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, KernelError> {
         Self::new_for(Isa::active(), ty, rows, cols, data)
     }
 
     /// As [`new`](Self::new), for the kernels of `isa` (one of [`Isa::available`]).
-    pub fn new_for(isa: Isa, ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
+    pub fn new_for(
+        isa: Isa,
+        ty: WeightType,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, KernelError> {
         ty.check_row_len(cols)?;
         if !Isa::available().contains(&isa) {
-            return Err(KernelError::Unsupported(format!("this CPU has no {}", isa.name())));
+            return Err(KernelError::Unsupported(format!(
+                "this CPU has no {}",
+                isa.name()
+            )));
         }
         let row_bytes = ty.row_bytes(cols);
         if data.len() != rows * row_bytes {
@@ -77,15 +91,28 @@ impl QMatrix {
         } else {
             Storage::Ggml { row_bytes, data }
         };
-        Ok(Self { ty, rows, cols, isa, storage })
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            isa,
+            storage,
+        })
     }
 
     /// The rows of several matrices of one type, width and layout, stacked (e.g. the Q, K
     /// and V projections, which read the same input).
     pub fn stack(parts: &[&QMatrix]) -> Result<Self, KernelError> {
-        let first = parts.first().ok_or_else(|| KernelError::Shape("nothing to stack".into()))?;
-        if parts.iter().any(|p| p.ty != first.ty || p.cols != first.cols || p.isa != first.isa) {
-            return Err(KernelError::Shape("stacked matrices need one type, width and layout".into()));
+        let first = parts
+            .first()
+            .ok_or_else(|| KernelError::Shape("nothing to stack".into()))?;
+        if parts
+            .iter()
+            .any(|p| p.ty != first.ty || p.cols != first.cols || p.isa != first.isa)
+        {
+            return Err(KernelError::Shape(
+                "stacked matrices need one type, width and layout".into(),
+            ));
         }
         let rows = parts.iter().map(|p| p.rows).sum();
         let bytes = |p: &QMatrix| match &p.storage {
@@ -94,10 +121,19 @@ impl QMatrix {
         };
         let data: Vec<u8> = parts.iter().flat_map(|p| bytes(p)).collect();
         let storage = match &first.storage {
-            Storage::Ggml { row_bytes, .. } => Storage::Ggml { row_bytes: *row_bytes, data },
+            Storage::Ggml { row_bytes, .. } => Storage::Ggml {
+                row_bytes: *row_bytes,
+                data,
+            },
             Storage::Packed(m) => Storage::Packed(PackedMatrix { data, ..m.clone() }),
         };
-        Ok(Self { ty: first.ty, rows, cols: first.cols, isa: first.isa, storage })
+        Ok(Self {
+            ty: first.ty,
+            rows,
+            cols: first.cols,
+            isa: first.isa,
+            storage,
+        })
     }
 
     pub fn weight_type(&self) -> WeightType {
@@ -120,7 +156,9 @@ impl QMatrix {
     /// Row `j` in GGUF layout.
     pub fn ggml_row(&self, j: usize) -> Cow<'_, [u8]> {
         match &self.storage {
-            Storage::Ggml { row_bytes, data } => Cow::Borrowed(&data[j * row_bytes..(j + 1) * row_bytes]),
+            Storage::Ggml { row_bytes, data } => {
+                Cow::Borrowed(&data[j * row_bytes..(j + 1) * row_bytes])
+            }
             Storage::Packed(m) => Cow::Owned(m.ggml_row(j, self.cols)),
         }
     }
@@ -148,7 +186,12 @@ impl QMatrix {
                         // SAFETY: the matrix's `isa` is available (checked at construction);
                         // rows i..i+mr exist; each worker writes only its own columns j0..j1.
                         unsafe {
-                            kernels[mr - 1](&data[j * row_bytes..(j + 1) * row_bytes], acts, i, &mut tile);
+                            kernels[mr - 1](
+                                &data[j * row_bytes..(j + 1) * row_bytes],
+                                acts,
+                                i,
+                                &mut tile,
+                            );
                             for r in 0..mr {
                                 *out.add((i + r) * self.rows + j) = tile[r];
                             }
@@ -200,7 +243,12 @@ impl QMatrix {
 
     /// Runs `tile(j0, j1, i, mr, out)` (weight rows `j0..j1` with activation rows `i..i+mr`,
     /// `mr` <= 4) over the whole product, runs of weight rows spread over the pool.
-    fn tiled(&self, m: usize, y: &mut [f32], tile: &(dyn Fn(usize, usize, usize, usize, *mut f32) + Sync)) {
+    fn tiled(
+        &self,
+        m: usize,
+        y: &mut [f32],
+        tile: &(dyn Fn(usize, usize, usize, usize, *mut f32) + Sync),
+    ) {
         let n = self.rows;
         let out = OutPtr(y.as_mut_ptr());
         #[allow(clippy::redundant_locals)] // captures the whole `OutPtr` (Sync), not its field

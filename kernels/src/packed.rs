@@ -64,9 +64,17 @@ impl PackedMatrix {
         let mut data = vec![0u8; rows * row_stride];
         let qlen = quant_bytes(ty);
         let qoff = bb - qlen;
-        let mut out = Self { ty, blocks: nb, row_stride, data: Vec::new() };
+        let mut out = Self {
+            ty,
+            blocks: nb,
+            row_stride,
+            data: Vec::new(),
+        };
         let (sa, ma) = (out.scales_at(), out.mins_at());
-        for (src, dst) in ggml.chunks_exact(nb * bb).zip(data.chunks_exact_mut(row_stride)) {
+        for (src, dst) in ggml
+            .chunks_exact(nb * bb)
+            .zip(data.chunks_exact_mut(row_stride))
+        {
             for b in 0..nb {
                 let blk = &src[b * bb..(b + 1) * bb];
                 dst[b * qlen..(b + 1) * qlen].copy_from_slice(&blk[qoff..qoff + qlen]);
@@ -149,7 +157,8 @@ impl PackedActs {
                     // then 64 meeting high nibbles.
                     let (g, i) = (b / 4, b % 4);
                     dst[128 * g + 16 * i..128 * g + 16 * i + 16].copy_from_slice(&x[..16]);
-                    dst[128 * g + 64 + 16 * i..128 * g + 64 + 16 * i + 16].copy_from_slice(&x[16..]);
+                    dst[128 * g + 64 + 16 * i..128 * g + 64 + 16 * i + 16]
+                        .copy_from_slice(&x[16..]);
                 } else {
                     dst[32 * b..32 * (b + 1)].copy_from_slice(x);
                 }

@@ -16,7 +16,11 @@ pub fn dequantize_row(t: WeightType, w: &[u8], out: &mut [f32]) {
         match t {
             WeightType::Q4_0 | WeightType::Q4_1 => {
                 let d = f16_at(b, 0);
-                let (m, qs) = if t == WeightType::Q4_1 { (f16_at(b, 2), &b[4..20]) } else { (-8.0 * d, &b[2..18]) };
+                let (m, qs) = if t == WeightType::Q4_1 {
+                    (f16_at(b, 2), &b[4..20])
+                } else {
+                    (-8.0 * d, &b[2..18])
+                };
                 for (j, &q) in qs.iter().enumerate() {
                     y[j] = d * (q & 0xF) as f32 + m;
                     y[j + 16] = d * (q >> 4) as f32 + m;
@@ -77,16 +81,24 @@ pub fn dot_row(t: WeightType, w: &[u8], a: &QuantizedActs, row: usize) -> f32 {
     let mut sumf = 0f32;
     match t.activation_format() {
         ActivationFormat::Q8 => {
-            let (xd, xs) = (&a.d[row * nb..(row + 1) * nb], &a.s[row * nb..(row + 1) * nb]);
+            let (xd, xs) = (
+                &a.d[row * nb..(row + 1) * nb],
+                &a.s[row * nb..(row + 1) * nb],
+            );
             for i in 0..nb {
                 let (b, x) = (&w[i * bb..(i + 1) * bb], &x[32 * i..32 * (i + 1)]);
                 let d = f16_at(b, 0);
                 match t {
                     WeightType::Q4_0 | WeightType::Q4_1 => {
-                        let (off, qs) = if t == WeightType::Q4_1 { (0, &b[4..20]) } else { (8, &b[2..18]) };
+                        let (off, qs) = if t == WeightType::Q4_1 {
+                            (0, &b[4..20])
+                        } else {
+                            (8, &b[2..18])
+                        };
                         let mut sumi = 0i32;
                         for j in 0..16 {
-                            sumi += ((qs[j] & 0xF) as i32 - off) * x[j] as i32 + ((qs[j] >> 4) as i32 - off) * x[j + 16] as i32;
+                            sumi += ((qs[j] & 0xF) as i32 - off) * x[j] as i32
+                                + ((qs[j] >> 4) as i32 - off) * x[j + 16] as i32;
                         }
                         sumf += d * xd[i] * sumi as f32;
                         if t == WeightType::Q4_1 {
@@ -94,7 +106,11 @@ pub fn dot_row(t: WeightType, w: &[u8], a: &QuantizedActs, row: usize) -> f32 {
                         }
                     }
                     WeightType::Q8_0 => {
-                        let sumi: i32 = b[2..34].iter().zip(x).map(|(&q, &x)| q as i8 as i32 * x as i32).sum();
+                        let sumi: i32 = b[2..34]
+                            .iter()
+                            .zip(x)
+                            .map(|(&q, &x)| q as i8 as i32 * x as i32)
+                            .sum();
                         sumf += d * xd[i] * sumi as f32;
                     }
                     _ => unreachable!("32-blocks"),
@@ -105,7 +121,11 @@ pub fn dot_row(t: WeightType, w: &[u8], a: &QuantizedActs, row: usize) -> f32 {
             let xd = &a.d[row * nb..(row + 1) * nb];
             let bsums = &a.bsums[row * nb * 16..(row + 1) * nb * 16];
             for i in 0..nb {
-                let (b, x, bs) = (&w[i * bb..(i + 1) * bb], &x[256 * i..256 * (i + 1)], &bsums[16 * i..16 * (i + 1)]);
+                let (b, x, bs) = (
+                    &w[i * bb..(i + 1) * bb],
+                    &x[256 * i..256 * (i + 1)],
+                    &bsums[16 * i..16 * (i + 1)],
+                );
                 match t {
                     WeightType::Q4K => {
                         let (d, dmin) = (f16_at(b, 0) * xd[i], f16_at(b, 2) * xd[i]);
@@ -116,7 +136,8 @@ pub fn dot_row(t: WeightType, w: &[u8], a: &QuantizedActs, row: usize) -> f32 {
                             let (c, shift) = (j / 2, 4 * (j % 2));
                             let mut s = 0i32;
                             for l in 0..32 {
-                                s += ((qs[32 * c + l] >> shift) & 0xF) as i32 * x[32 * j + l] as i32;
+                                s +=
+                                    ((qs[32 * c + l] >> shift) & 0xF) as i32 * x[32 * j + l] as i32;
                             }
                             sumi += sc as i32 * s;
                             summ += m as i32 * (bs[2 * j] as i32 + bs[2 * j + 1] as i32);
@@ -128,7 +149,9 @@ pub fn dot_row(t: WeightType, w: &[u8], a: &QuantizedActs, row: usize) -> f32 {
                         q6k_values(b, &mut q6);
                         let mut sumi = 0i32;
                         for g in 0..16 {
-                            let s: i32 = (16 * g..16 * (g + 1)).map(|e| q6[e] as i32 * x[e] as i32).sum();
+                            let s: i32 = (16 * g..16 * (g + 1))
+                                .map(|e| q6[e] as i32 * x[e] as i32)
+                                .sum();
                             sumi += b[192 + g] as i8 as i32 * s;
                         }
                         sumf += f16_at(b, 208) * xd[i] * sumi as f32;

@@ -15,7 +15,14 @@ pub enum RopeLayout {
 
 /// Rotates the first `rope_dim` dimensions of each `head_dim`-wide head in `x` by the angles
 /// whose cosines and sines are `cos`, `sin` (`rope_dim / 2` each, for this token's position).
-pub fn rotate_heads(x: &mut [f32], head_dim: usize, rope_dim: usize, layout: RopeLayout, cos: &[f32], sin: &[f32]) {
+pub fn rotate_heads(
+    x: &mut [f32],
+    head_dim: usize,
+    rope_dim: usize,
+    layout: RopeLayout,
+    cos: &[f32],
+    sin: &[f32],
+) {
     let half = rope_dim / 2;
     debug_assert!(cos.len() >= half && sin.len() >= half && rope_dim <= head_dim);
     for head in x.chunks_exact_mut(head_dim) {

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 
 /// Physical cores (hyper-threads share one core's SIMD units, so they add little here).
 pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     #[cfg(target_os = "linux")]
     {
         let mut cores = std::collections::BTreeSet::new();
@@ -44,7 +46,9 @@ pub fn init_threads(threads: Option<usize>) -> usize {
         // SAFETY (of intent): called at start-up, before other threads read the environment.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
     rayon::current_num_threads()
 }
 
@@ -100,7 +104,11 @@ impl Team {
             // While `next` is unclaimed the section cannot end, so `job` is still this
             // section's: a successful claim below proves `next` was still unclaimed.
             let job = self.job.load(Ordering::Acquire) as *const Task;
-            if self.state.compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if self
+                .state
+                .compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 // SAFETY: the leader keeps the task alive until `done` reaches `tasks`.
                 unsafe { (*job)(next as usize) };
                 self.done.fetch_add(1, Ordering::Release);
@@ -129,7 +137,10 @@ impl Team {
         self.job.store(job as *mut (), Ordering::Release);
         self.done.store(0, Ordering::Relaxed);
         let epoch = (self.state.load(Ordering::Relaxed) >> (2 * FIELD_BITS)) + 1;
-        self.state.store(epoch << (2 * FIELD_BITS) | (tasks as u64) << FIELD_BITS, Ordering::Release);
+        self.state.store(
+            epoch << (2 * FIELD_BITS) | (tasks as u64) << FIELD_BITS,
+            Ordering::Release,
+        );
         self.work();
         while self.done.load(Ordering::Acquire) < tasks {
             std::hint::spin_loop();
@@ -142,10 +153,18 @@ impl Team {
 /// ([`on_pool`]); elsewhere, or with one thread, it just runs `f`.
 pub fn with_team<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let threads = rayon::current_num_threads();
-    if threads <= 1 || rayon::current_thread_index().is_none() || !LEADING.with(|l| l.get().is_null()) {
+    if threads <= 1
+        || rayon::current_thread_index().is_none()
+        || !LEADING.with(|l| l.get().is_null())
+    {
         return f();
     }
-    let team = Team { state: AtomicU64::new(0), job: AtomicPtr::new(std::ptr::null_mut()), done: AtomicUsize::new(0), stop: AtomicBool::new(false) };
+    let team = Team {
+        state: AtomicU64::new(0),
+        job: AtomicPtr::new(std::ptr::null_mut()),
+        done: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+    };
     struct Release<'a>(&'a Team);
     impl Drop for Release<'_> {
         fn drop(&mut self) {

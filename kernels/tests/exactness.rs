@@ -22,7 +22,9 @@ fn ggml(ty: WeightType) -> GgmlDType {
 
 fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     // Uneven magnitudes, so scales differ from block to block.
-    (0..n).map(|i| rng.random_range(-1.0f32..1.0) * (1.0 + (i % 7) as f32)).collect()
+    (0..n)
+        .map(|i| rng.random_range(-1.0f32..1.0) * (1.0 + (i % 7) as f32))
+        .collect()
 }
 
 /// A random `rows x cols` matrix quantized by candle: its GGUF bytes and candle's
@@ -30,7 +32,13 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 fn blocks(rng: &mut ChaCha8Rng, ty: WeightType, rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
     let w = Tensor::from_vec(random(rng, rows * cols), (rows, cols), &Device::Cpu).unwrap();
     let q = QTensor::quantize(&w, ggml(ty)).unwrap();
-    let deq = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let deq = q
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     (q.data().unwrap().into_owned(), deq)
 }
 
@@ -60,10 +68,17 @@ fn reference_dequantization_matches_candle() {
                 let w = QMatrix::new_for(isa, ty, 3, k, bytes.clone()).unwrap();
                 let mut row = vec![0f32; k];
                 for j in 0..3 {
-                    assert_eq!(&*w.ggml_row(j), &bytes[j * ty.row_bytes(k)..(j + 1) * ty.row_bytes(k)]);
+                    assert_eq!(
+                        &*w.ggml_row(j),
+                        &bytes[j * ty.row_bytes(k)..(j + 1) * ty.row_bytes(k)]
+                    );
                     w.dequantize_row(j, &mut row);
                     for (i, (a, b)) in row.iter().zip(&deq[j * k..]).enumerate() {
-                        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{} k={k} row {j} [{i}]: {a} vs candle {b}", ty.name());
+                        assert!(
+                            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                            "{} k={k} row {j} [{i}]: {a} vs candle {b}",
+                            ty.name()
+                        );
                     }
                 }
             }
@@ -86,20 +101,34 @@ fn reference_dot_equals_dequantized_arithmetic() {
             for j in 0..4 {
                 for i in 0..2 {
                     let got = reference::dot_row(ty, &w.ggml_row(j), &acts, i);
-                    let terms: Vec<f32> = deq[j * k..(j + 1) * k].iter().zip(&xq[i * k..(i + 1) * k]).map(|(a, b)| a * b).collect();
+                    let terms: Vec<f32> = deq[j * k..(j + 1) * k]
+                        .iter()
+                        .zip(&xq[i * k..(i + 1) * k])
+                        .map(|(a, b)| a * b)
+                        .collect();
                     let want: f32 = terms.iter().sum();
                     let scale: f32 = terms.iter().map(|t| t.abs()).sum();
                     // Q4_1's min term uses the activation's f16-rounded `d * sum(q)`, as
                     // llama.cpp does: that rounding (2^-11) shows here.
                     let tol = if ty == WeightType::Q4_1 { 2e-3 } else { 1e-4 };
-                    assert!((got - want).abs() <= tol * scale, "{} k={k}: {got} vs {want}", ty.name());
+                    assert!(
+                        (got - want).abs() <= tol * scale,
+                        "{} k={k}: {got} vs {want}",
+                        ty.name()
+                    );
                 }
             }
             // And it is close to the unquantized product (activation rounding only).
             let exact: f32 = deq[..k].iter().zip(&x[..k]).map(|(a, b)| a * b).sum();
-            let bound: f32 = deq[..k].iter().map(|a| a.abs()).sum::<f32>() * x[..k].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let bound: f32 = deq[..k].iter().map(|a| a.abs()).sum::<f32>()
+                * x[..k].iter().fold(0f32, |m, v| m.max(v.abs()))
+                / 127.0;
             let got = reference::dot_row(ty, &w.ggml_row(0), &acts, 0);
-            assert!((got - exact).abs() <= bound, "{}: {got} vs f32 {exact} (bound {bound})", ty.name());
+            assert!(
+                (got - exact).abs() <= bound,
+                "{}: {got} vs f32 {exact} (bound {bound})",
+                ty.name()
+            );
         }
     }
 }
@@ -108,13 +137,19 @@ fn reference_dot_equals_dequantized_arithmetic() {
 fn every_kernel_matches_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let isas = Isa::available();
-    eprintln!("instruction sets: {:?}", isas.iter().map(|i| i.name()).collect::<Vec<_>>());
+    eprintln!(
+        "instruction sets: {:?}",
+        isas.iter().map(|i| i.name()).collect::<Vec<_>>()
+    );
     for ty in WeightType::ALL {
         for &k in widths(ty) {
             // Odd output counts; row counts that leave every tail (1..=4) and cross a panel.
             let n = 37;
             let (bytes, _) = blocks(&mut rng, ty, n, k);
-            let mats: Vec<QMatrix> = isas.iter().map(|&isa| QMatrix::new_for(isa, ty, n, k, bytes.clone()).unwrap()).collect();
+            let mats: Vec<QMatrix> = isas
+                .iter()
+                .map(|&isa| QMatrix::new_for(isa, ty, n, k, bytes.clone()).unwrap())
+                .collect();
             let w = &mats[0];
             for m in [1, 2, 3, 4, 5, 7, 16, 70] {
                 let x = random(&mut rng, m * k);
@@ -126,7 +161,12 @@ fn every_kernel_matches_the_reference() {
                     let mut got = vec![f32::NAN; m * n];
                     w.matmul(&x, m, &mut got).unwrap();
                     for (idx, (a, b)) in got.iter().zip(&want).enumerate() {
-                        assert!((a - b).abs() <= tol, "{} {} k={k} m={m} at {idx}: {a} vs reference {b}", isa.name(), ty.name());
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "{} {} k={k} m={m} at {idx}: {a} vs reference {b}",
+                            isa.name(),
+                            ty.name()
+                        );
                     }
                 }
             }
@@ -169,9 +209,18 @@ fn stacked_matrices_multiply_as_their_parts() {
 
 #[test]
 fn bad_shapes_are_errors_not_panics() {
-    assert!(QMatrix::new(WeightType::Q4_1, 2, 48, vec![0; 60]).is_err(), "48 is not whole blocks");
-    assert!(QMatrix::new(WeightType::Q4K, 1, 576, vec![0; 324]).is_err(), "576 is not whole super-blocks");
-    assert!(QMatrix::new(WeightType::Q8_0, 2, 32, vec![0; 33]).is_err(), "wrong byte count");
+    assert!(
+        QMatrix::new(WeightType::Q4_1, 2, 48, vec![0; 60]).is_err(),
+        "48 is not whole blocks"
+    );
+    assert!(
+        QMatrix::new(WeightType::Q4K, 1, 576, vec![0; 324]).is_err(),
+        "576 is not whole super-blocks"
+    );
+    assert!(
+        QMatrix::new(WeightType::Q8_0, 2, 32, vec![0; 33]).is_err(),
+        "wrong byte count"
+    );
     let w = QMatrix::new(WeightType::Q8_0, 2, 32, vec![0; 68]).unwrap();
     assert!(w.matmul(&[0.0; 31], 1, &mut [0.0; 2]).is_err());
     assert!(w.matmul(&[0.0; 32], 1, &mut [0.0; 3]).is_err());
@@ -182,13 +231,27 @@ fn fast_exp_is_accurate_where_softmax_uses_it() {
     for i in 0..=100_000 {
         let x = -87.0 + 87.0 * i as f32 / 100_000.0;
         let (got, want) = (exp(x), x.exp());
-        assert!((got - want).abs() <= 4e-7 * want, "exp({x}) = {got}, want {want}");
+        assert!(
+            (got - want).abs() <= 4e-7 * want,
+            "exp({x}) = {got}, want {want}"
+        );
     }
     assert_eq!(exp(0.0), 1.0);
-    let logits: Vec<f32> = (0..49_155).map(|i| ((i * 7919) % 2000) as f32 / 100.0 - 10.0).collect();
+    let logits: Vec<f32> = (0..49_155)
+        .map(|i| ((i * 7919) % 2000) as f32 / 100.0 - 10.0)
+        .collect();
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let want = (logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() + max as f64) as f32;
-    assert!((log_sum_exp(&logits) - want).abs() < 1e-5, "{} vs {want}", log_sum_exp(&logits));
+    let want = (logits
+        .iter()
+        .map(|&l| ((l - max) as f64).exp())
+        .sum::<f64>()
+        .ln()
+        + max as f64) as f32;
+    assert!(
+        (log_sum_exp(&logits) - want).abs() < 1e-5,
+        "{} vs {want}",
+        log_sum_exp(&logits)
+    );
     assert!(exp(f32::NEG_INFINITY) < 1e-37);
 }
 
@@ -198,14 +261,30 @@ fn fast_exp_is_accurate_where_softmax_uses_it() {
 fn paged_attention_matches_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     for (dims, pool_rows) in [
-        (AttentionDims { n_heads: 9, n_kv_heads: 3, head_dim: 64 }, 300),
-        (AttentionDims { n_heads: 4, n_kv_heads: 4, head_dim: 20 }, 50),
+        (
+            AttentionDims {
+                n_heads: 9,
+                n_kv_heads: 3,
+                head_dim: 64,
+            },
+            300,
+        ),
+        (
+            AttentionDims {
+                n_heads: 4,
+                n_kv_heads: 4,
+                head_dim: 20,
+            },
+            50,
+        ),
     ] {
         let kvd = dims.n_kv_heads * dims.head_dim;
         let k: Vec<f32> = random(&mut rng, pool_rows * kvd);
         let v: Vec<f32> = random(&mut rng, pool_rows * kvd);
         let mut slot_lists: Vec<Vec<u32>> = Vec::new();
-        let prefix: Vec<u32> = (0..40).map(|_| rng.random_range(0..pool_rows as u32)).collect();
+        let prefix: Vec<u32> = (0..40)
+            .map(|_| rng.random_range(0..pool_rows as u32))
+            .collect();
         for len in [1usize, 3, 33, 70] {
             let mut s = prefix.clone();
             s.extend((0..len).map(|_| rng.random_range(0..pool_rows as u32)));
@@ -225,16 +304,38 @@ fn paged_attention_matches_the_reference() {
             attend_on(isa, dims, scale, &q, &k, &v, &rows, true, &mut got).unwrap();
             // Outputs are averages of values (up to 7 here): errors are relative to those.
             let tol = 3e-6 * v.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            eprintln!("{} {dims:?}: worst {worst:e} (tolerance {tol:e})", isa.name());
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            eprintln!(
+                "{} {dims:?}: worst {worst:e} (tolerance {tol:e})",
+                isa.name()
+            );
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!((a - b).abs() <= tol, "{} {dims:?} at {i}: {a} vs {b}", isa.name());
+                assert!(
+                    (a - b).abs() <= tol,
+                    "{} {dims:?} at {i}: {a} vs {b}",
+                    isa.name()
+                );
             }
         }
         let outside = [pool_rows as u32];
         let bad: Vec<&[u32]> = vec![&outside];
         let mut out = vec![0f32; dims.n_heads * dims.head_dim];
-        assert!(attend_on(Isa::Portable, dims, scale, &q[..out.len()], &k, &v, &bad, true, &mut out).is_err());
+        assert!(attend_on(
+            Isa::Portable,
+            dims,
+            scale,
+            &q[..out.len()],
+            &k,
+            &v,
+            &bad,
+            true,
+            &mut out
+        )
+        .is_err());
     }
 }
 
@@ -243,12 +344,24 @@ fn paged_attention_matches_the_reference() {
 #[test]
 fn attention_of_a_row_does_not_depend_on_its_batch() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let dims = AttentionDims { n_heads: 9, n_kv_heads: 3, head_dim: 64 };
+    let dims = AttentionDims {
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+    };
     let pool_rows = 400;
     let k = random(&mut rng, pool_rows * 192);
     let v = random(&mut rng, pool_rows * 192);
     let prefix: Vec<u32> = (0..77).collect();
-    let lists: Vec<Vec<u32>> = (0..6u32).map(|r| prefix.iter().copied().chain(100 + 40 * r..100 + 40 * r + 5 + 3 * r).collect()).collect();
+    let lists: Vec<Vec<u32>> = (0..6u32)
+        .map(|r| {
+            prefix
+                .iter()
+                .copied()
+                .chain(100 + 40 * r..100 + 40 * r + 5 + 3 * r)
+                .collect()
+        })
+        .collect();
     let rows: Vec<&[u32]> = lists.iter().map(|s| s.as_slice()).collect();
     let q = random(&mut rng, rows.len() * 576);
     for isa in Isa::available() {
@@ -256,11 +369,32 @@ fn attention_of_a_row_does_not_depend_on_its_batch() {
         attend_on(isa, dims, 0.125, &q, &k, &v, &rows, true, &mut batch).unwrap();
         let mut unshared = vec![0f32; q.len()];
         attend_on(isa, dims, 0.125, &q, &k, &v, &rows, false, &mut unshared).unwrap();
-        assert_eq!(unshared, batch, "{}: sharing prefixes changes nothing", isa.name());
+        assert_eq!(
+            unshared,
+            batch,
+            "{}: sharing prefixes changes nothing",
+            isa.name()
+        );
         for r in 0..rows.len() {
             let mut alone = vec![0f32; 576];
-            attend_on(isa, dims, 0.125, &q[r * 576..(r + 1) * 576], &k, &v, &rows[r..r + 1], true, &mut alone).unwrap();
-            assert_eq!(alone, batch[r * 576..(r + 1) * 576], "{} row {r}", isa.name());
+            attend_on(
+                isa,
+                dims,
+                0.125,
+                &q[r * 576..(r + 1) * 576],
+                &k,
+                &v,
+                &rows[r..r + 1],
+                true,
+                &mut alone,
+            )
+            .unwrap();
+            assert_eq!(
+                alone,
+                batch[r * 576..(r + 1) * 576],
+                "{} row {r}",
+                isa.name()
+            );
         }
     }
 }
@@ -280,7 +414,13 @@ fn matmul_of_a_row_does_not_depend_on_its_batch() {
             for r in 0..7 {
                 let mut alone = vec![0f32; 19];
                 w.matmul(&x[r * k..(r + 1) * k], 1, &mut alone).unwrap();
-                assert_eq!(alone, batch[r * 19..(r + 1) * 19], "{} {} row {r}", isa.name(), ty.name());
+                assert_eq!(
+                    alone,
+                    batch[r * 19..(r + 1) * 19],
+                    "{} {} row {r}",
+                    isa.name(),
+                    ty.name()
+                );
             }
         }
     }
@@ -323,8 +463,20 @@ fn quantization_and_softmax_helpers_are_the_same_bits_on_every_isa() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let x = random(&mut rng, 70 * 768);
     let (mut want_q8, mut want_q8k) = (QuantizedActs::default(), QuantizedActs::default());
-    want_q8.quantize_on(Isa::Portable, ttc_kernels::ActivationFormat::Q8, &x, 70, 768);
-    want_q8k.quantize_on(Isa::Portable, ttc_kernels::ActivationFormat::Q8K, &x, 70, 768);
+    want_q8.quantize_on(
+        Isa::Portable,
+        ttc_kernels::ActivationFormat::Q8,
+        &x,
+        70,
+        768,
+    );
+    want_q8k.quantize_on(
+        Isa::Portable,
+        ttc_kernels::ActivationFormat::Q8K,
+        &x,
+        70,
+        768,
+    );
     let mut want_exp = vec![0f32; x.len()];
     let want_sum = exp_into_on(Isa::Portable, &x, 3.0, 1.25, &mut want_exp);
     for isa in Isa::available() {
@@ -333,10 +485,25 @@ fn quantization_and_softmax_helpers_are_the_same_bits_on_every_isa() {
         assert_eq!(q.dequantize(), want_q8.dequantize(), "{} Q8", isa.name());
         q.quantize_on(isa, ttc_kernels::ActivationFormat::Q8K, &x, 70, 768);
         assert_eq!(q.dequantize(), want_q8k.dequantize(), "{} Q8K", isa.name());
-        assert_eq!(log_sum_exp_on(isa, &x).to_bits(), log_sum_exp_on(Isa::Portable, &x).to_bits(), "{}", isa.name());
-        assert_eq!(max_and_sum_on(isa, &x), max_and_sum_on(Isa::Portable, &x), "{}", isa.name());
+        assert_eq!(
+            log_sum_exp_on(isa, &x).to_bits(),
+            log_sum_exp_on(Isa::Portable, &x).to_bits(),
+            "{}",
+            isa.name()
+        );
+        assert_eq!(
+            max_and_sum_on(isa, &x),
+            max_and_sum_on(Isa::Portable, &x),
+            "{}",
+            isa.name()
+        );
         let mut e = vec![0f32; x.len()];
-        assert_eq!(exp_into_on(isa, &x, 3.0, 1.25, &mut e).to_bits(), want_sum.to_bits(), "{}", isa.name());
+        assert_eq!(
+            exp_into_on(isa, &x, 3.0, 1.25, &mut e).to_bits(),
+            want_sum.to_bits(),
+            "{}",
+            isa.name()
+        );
         assert_eq!(e, want_exp, "{}", isa.name());
     }
 }

@@ -37,27 +37,51 @@ fn method(c: Config, max_tokens: usize) -> MethodConfig {
 fn a_measured_profile_predicts_runs_at_widths_it_did_not_measure() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let engine = engine();
-    let grid = Grid { contexts: vec![32, 160], widths: vec![1, 4, 16], steps: 3 };
+    let grid = Grid {
+        contexts: vec![32, 160],
+        widths: vec![1, 4, 16],
+        steps: 3,
+    };
     let mut calls = 0;
-    let profile = LatencyProfile::measure(engine, ProfileKey::for_engine(engine, 2), &grid, |done, total, _| {
-        calls += 1;
-        assert!(done <= total);
-    })
+    let profile = LatencyProfile::measure(
+        engine,
+        ProfileKey::for_engine(engine, 2),
+        &grid,
+        |done, total, _| {
+            calls += 1;
+            assert!(done <= total);
+        },
+    )
     .unwrap();
     assert_eq!(calls, grid.measurements());
     assert!(profile.prefill_s(160) > profile.prefill_s(32));
     for c in [32.0, 160.0] {
         // A 16-wide step does far more work than a single one.
-        assert!(profile.step_s(16.0, c) > 2.0 * profile.step_s(1.0, c), "context {c}");
+        assert!(
+            profile.step_s(16.0, c) > 2.0 * profile.step_s(1.0, c),
+            "context {c}"
+        );
     }
     // Width 8 and beam search's sequential steps were never measured: the model predicts
     // them from what the run really did (its tokens and steps).
-    let ids = engine.encode_chat(&[ttc_engine::chat_template::Message::new("user", "What is 4 + 5? End with \"The answer is N.\"")]).unwrap();
-    for c in [Config::parallel(Method::Majority, 8), Config::search(Method::Beam, 4, 2, 3)] {
+    let ids = engine
+        .encode_chat(&[ttc_engine::chat_template::Message::new(
+            "user",
+            "What is 4 + 5? End with \"The answer is N.\"",
+        )])
+        .unwrap();
+    for c in [
+        Config::parallel(Method::Majority, 8),
+        Config::search(Method::Beam, 4, 2, 3),
+    ] {
         let r = ttc_methods::run(engine, &ids, &method(c, 24)).unwrap();
         let predicted = profile.latency_s(&observed_work(&r));
         let error = (predicted - r.timing.total_s).abs() / r.timing.total_s;
-        assert!(error < 0.5, "{c}: predicted {predicted:.3} s, measured {:.3} s", r.timing.total_s);
+        assert!(
+            error < 0.5,
+            "{c}: predicted {predicted:.3} s, measured {:.3} s",
+            r.timing.total_s
+        );
     }
 }
 
@@ -68,7 +92,12 @@ fn labels_resume_and_a_probe_trained_on_them_beats_a_constant() {
     // The easiest and a hard suite: whether the model is right is visible in its hidden state.
     let lookup = dataset::load("builtin:lookup", Split::Train).unwrap();
     let hard = dataset::load("builtin:multidigit", Split::Train).unwrap();
-    let problems: Vec<_> = lookup.into_iter().take(12).zip(hard.into_iter().take(12)).flat_map(|(a, b)| [a, b]).collect();
+    let problems: Vec<_> = lookup
+        .into_iter()
+        .take(12)
+        .zip(hard.into_iter().take(12))
+        .flat_map(|(a, b)| [a, b])
+        .collect();
     let header = LabelHeader {
         ttc_labels: 1,
         model: engine.name.clone(),
@@ -89,17 +118,41 @@ fn labels_resume_and_a_probe_trained_on_them_beats_a_constant() {
     label_dataset(engine, &problems[..12], &header, &path, None, |_, _| {}).unwrap();
     let first = std::fs::read_to_string(&path).unwrap();
     let mut progress = Vec::new();
-    label_dataset(engine, &problems, &header, &path, None, |done, total| progress.push((done, total))).unwrap();
-    assert_eq!(progress.first(), Some(&(12, 24)), "resumed after the 12 done");
+    label_dataset(engine, &problems, &header, &path, None, |done, total| {
+        progress.push((done, total))
+    })
+    .unwrap();
+    assert_eq!(
+        progress.first(),
+        Some(&(12, 24)),
+        "resumed after the 12 done"
+    );
     assert!(std::fs::read_to_string(&path).unwrap().starts_with(&first));
     let labels = read_labels(&path).unwrap();
     assert_eq!(labels.questions.len(), 24);
-    let other = LabelHeader { samples: 8, ..header.clone() };
-    assert!(label_dataset(engine, &problems, &other, &path, None, |_, _| {}).unwrap_err().to_string().contains("other settings"));
+    let other = LabelHeader {
+        samples: 8,
+        ..header.clone()
+    };
+    assert!(
+        label_dataset(engine, &problems, &other, &path, None, |_, _| {})
+            .unwrap_err()
+            .to_string()
+            .contains("other settings")
+    );
 
-    let menu: Vec<Config> = default_menu().into_iter().filter(|c| labels.questions[0].outcome(c).is_some()).collect();
+    let menu: Vec<Config> = default_menu()
+        .into_iter()
+        .filter(|c| labels.questions[0].outcome(c).is_some())
+        .collect();
     assert!(menu.len() >= 4, "{menu:?}");
-    let base = ProbeMetaBase { model: engine.name.clone(), instruction: header.instruction.clone(), samples: 4, max_tokens: 16, datasets: vec![] };
+    let base = ProbeMetaBase {
+        model: engine.name.clone(),
+        instruction: header.instruction.clone(),
+        samples: 4,
+        max_tokens: 16,
+        datasets: vec![],
+    };
     let probe = Probe::train(&labels.questions, &menu, base, &TrainOptions::default()).unwrap();
     let r = &probe.meta.report;
     assert!(r.heldout_questions >= 2, "{r:?}");
@@ -112,10 +165,17 @@ fn labels_resume_and_a_probe_trained_on_them_beats_a_constant() {
     let q = &labels.questions[0];
     let a = probe.accuracy(&q.hidden, q.prompt_tokens, &menu).unwrap();
     let b = loaded.accuracy(&q.hidden, q.prompt_tokens, &menu).unwrap();
-    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-9), "{a:?} vs {b:?}");
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-9),
+        "{a:?} vs {b:?}"
+    );
     assert!(a.iter().all(|p| (0.0..=1.0).contains(p)));
     let len = loaded.sample_tokens(&q.hidden, q.prompt_tokens).unwrap();
     assert!((1.0..=16.0).contains(&len), "{len}");
     // A probe of another model is refused with a clear error.
-    assert!(loaded.accuracy(&[0.0; 7], 10, &menu).unwrap_err().to_string().contains("hidden state"));
+    assert!(loaded
+        .accuracy(&[0.0; 7], 10, &menu)
+        .unwrap_err()
+        .to_string()
+        .contains("hidden state"));
 }

@@ -27,18 +27,30 @@ struct Spec {
 fn random(shape: &[usize], seed: u64, scale: f32) -> QTensor {
     // A fixed pseudo-random fill, so that every spec gets the same weights.
     let n: usize = shape.iter().product();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let data: Vec<f32> = (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * scale
         })
         .collect();
-    QTensor::quantize(&Tensor::from_vec(data, shape, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
+    QTensor::quantize(
+        &Tensor::from_vec(data, shape, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap()
 }
 
 fn constant(shape: &[usize], value: f32) -> QTensor {
-    QTensor::quantize(&Tensor::full(value, shape, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
+    QTensor::quantize(
+        &Tensor::full(value, shape, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap()
 }
 
 /// Writes a tiny model; GGUF shapes are (out, in) in candle's order.
@@ -59,13 +71,34 @@ fn write_model(spec: &Spec, name: &str) -> GgufModel {
         let p = format!("blk.{l}");
         tensors.push((format!("{p}.attn_norm.weight"), constant(&[HIDDEN], 1.0)));
         tensors.push((format!("{p}.ffn_norm.weight"), constant(&[HIDDEN], 1.0)));
-        tensors.push((format!("{p}.attn_q.weight"), random(&[HIDDEN, HIDDEN], s + 1, 0.5)));
-        tensors.push((format!("{p}.attn_k.weight"), random(&[kv, HIDDEN], s + 2, 0.5)));
-        tensors.push((format!("{p}.attn_v.weight"), random(&[kv, HIDDEN], s + 3, 0.5)));
-        tensors.push((format!("{p}.attn_output.weight"), random(&[HIDDEN, HIDDEN], s + 4, 0.3)));
-        tensors.push((format!("{p}.ffn_gate.weight"), random(&[FFN, HIDDEN], s + 5, 0.3)));
-        tensors.push((format!("{p}.ffn_up.weight"), random(&[FFN, HIDDEN], s + 6, 0.3)));
-        tensors.push((format!("{p}.ffn_down.weight"), random(&[HIDDEN, FFN], s + 7, 0.3)));
+        tensors.push((
+            format!("{p}.attn_q.weight"),
+            random(&[HIDDEN, HIDDEN], s + 1, 0.5),
+        ));
+        tensors.push((
+            format!("{p}.attn_k.weight"),
+            random(&[kv, HIDDEN], s + 2, 0.5),
+        ));
+        tensors.push((
+            format!("{p}.attn_v.weight"),
+            random(&[kv, HIDDEN], s + 3, 0.5),
+        ));
+        tensors.push((
+            format!("{p}.attn_output.weight"),
+            random(&[HIDDEN, HIDDEN], s + 4, 0.3),
+        ));
+        tensors.push((
+            format!("{p}.ffn_gate.weight"),
+            random(&[FFN, HIDDEN], s + 5, 0.3),
+        ));
+        tensors.push((
+            format!("{p}.ffn_up.weight"),
+            random(&[FFN, HIDDEN], s + 6, 0.3),
+        ));
+        tensors.push((
+            format!("{p}.ffn_down.weight"),
+            random(&[HIDDEN, FFN], s + 7, 0.3),
+        ));
         if spec.arch == "qwen2" {
             tensors.push((format!("{p}.attn_q.bias"), constant(&[HIDDEN], spec.q_bias)));
             tensors.push((format!("{p}.attn_k.bias"), constant(&[kv], 0.0)));
@@ -77,11 +110,20 @@ fn write_model(spec: &Spec, name: &str) -> GgufModel {
         ("general.architecture".into(), Value::String(a.into())),
         (format!("{a}.embedding_length"), Value::U32(HIDDEN as u32)),
         (format!("{a}.feed_forward_length"), Value::U32(FFN as u32)),
-        (format!("{a}.attention.head_count"), Value::U32(HEADS as u32)),
-        (format!("{a}.attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
+        (
+            format!("{a}.attention.head_count"),
+            Value::U32(HEADS as u32),
+        ),
+        (
+            format!("{a}.attention.head_count_kv"),
+            Value::U32(KV_HEADS as u32),
+        ),
         (format!("{a}.block_count"), Value::U32(LAYERS as u32)),
         (format!("{a}.context_length"), Value::U32(131_072)),
-        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-6),
+        ),
         (format!("{a}.rope.freq_base"), Value::F32(10_000.0)),
         (format!("{a}.vocab_size"), Value::U32(VOCAB as u32)),
     ];
@@ -107,9 +149,25 @@ fn run(model: &Model, cache: &mut KvCache, seq: SeqId, tokens: &[u32]) -> Vec<f3
     let start = cache.len(seq);
     cache.reserve(seq, tokens.len()).unwrap();
     let slots = cache.slots(seq, 0..start + tokens.len()).unwrap();
-    let out = model.forward_batch(&[BatchEntry { tokens, slots: &slots, want_output: true }], cache).unwrap();
+    let out = model
+        .forward_batch(
+            &[BatchEntry {
+                tokens,
+                slots: &slots,
+                want_output: true,
+            }],
+            cache,
+        )
+        .unwrap();
     cache.commit(seq, tokens.len()).unwrap();
-    out.logits.unwrap().squeeze(0).unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+    out.logits
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn last_logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
@@ -119,11 +177,24 @@ fn last_logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
-const LLAMA: Spec = Spec { arch: "llama", q_bias: 0.0, tied: true, rope_freqs: None };
-const QWEN2: Spec = Spec { arch: "qwen2", q_bias: 0.0, tied: true, rope_freqs: None };
+const LLAMA: Spec = Spec {
+    arch: "llama",
+    q_bias: 0.0,
+    tied: true,
+    rope_freqs: None,
+};
+const QWEN2: Spec = Spec {
+    arch: "qwen2",
+    q_bias: 0.0,
+    tied: true,
+    rope_freqs: None,
+};
 const TOKENS: [u32; 5] = [3, 17, 42, 8, 91];
 
 #[test]
@@ -137,7 +208,12 @@ fn incremental_decoding_equals_one_forward_over_the_sequence() {
         run(&model, &mut cache, seq, &TOKENS[2..4]);
         let step = run(&model, &mut cache, seq, &TOKENS[4..]);
         assert_eq!(cache.len(seq), TOKENS.len());
-        assert!(max_diff(&full, &step) < 1e-4, "{}: {}", spec.arch, max_diff(&full, &step));
+        assert!(
+            max_diff(&full, &step) < 1e-4,
+            "{}: {}",
+            spec.arch,
+            max_diff(&full, &step)
+        );
     }
 }
 
@@ -146,7 +222,12 @@ fn rope_layout_is_per_architecture() {
     let llama = load(&LLAMA, "layout-llama");
     let qwen = load(&QWEN2, "layout-qwen2");
     // At position 0 RoPE is the identity: with zero biases the two architectures agree...
-    assert!(max_diff(&last_logits(&llama, &TOKENS[..1]), &last_logits(&qwen, &TOKENS[..1])) < 1e-5);
+    assert!(
+        max_diff(
+            &last_logits(&llama, &TOKENS[..1]),
+            &last_logits(&qwen, &TOKENS[..1])
+        ) < 1e-5
+    );
     // ...and later positions rotate different pairs of dimensions.
     assert!(max_diff(&last_logits(&llama, &TOKENS), &last_logits(&qwen, &TOKENS)) > 1e-3);
 }
@@ -154,24 +235,65 @@ fn rope_layout_is_per_architecture() {
 #[test]
 fn qwen2_projection_bias_is_applied() {
     let plain = load(&QWEN2, "bias-0");
-    let biased = load(&Spec { q_bias: 0.7, ..QWEN2 }, "bias-1");
-    assert!(max_diff(&last_logits(&plain, &TOKENS), &last_logits(&biased, &TOKENS)) > 1e-3);
+    let biased = load(
+        &Spec {
+            q_bias: 0.7,
+            ..QWEN2
+        },
+        "bias-1",
+    );
+    assert!(
+        max_diff(
+            &last_logits(&plain, &TOKENS),
+            &last_logits(&biased, &TOKENS)
+        ) > 1e-3
+    );
 }
 
 #[test]
 fn separate_output_weights_are_used_when_present() {
     let tied = load(&LLAMA, "tied");
-    let untied = load(&Spec { tied: false, ..LLAMA }, "untied");
+    let untied = load(
+        &Spec {
+            tied: false,
+            ..LLAMA
+        },
+        "untied",
+    );
     assert!(max_diff(&last_logits(&tied, &TOKENS), &last_logits(&untied, &TOKENS)) > 1e-3);
 }
 
 #[test]
 fn llama3_rope_frequency_factors() {
     let plain = last_logits(&load(&LLAMA, "freqs-none"), &TOKENS);
-    let ones = last_logits(&load(&Spec { rope_freqs: Some(1.0), ..LLAMA }, "freqs-1"), &TOKENS);
-    let scaled = last_logits(&load(&Spec { rope_freqs: Some(8.0), ..LLAMA }, "freqs-8"), &TOKENS);
-    assert!(max_diff(&plain, &ones) < 1e-5, "factors of 1 change nothing");
-    assert!(max_diff(&plain, &scaled) > 1e-3, "factors of 8 slow the rotation");
+    let ones = last_logits(
+        &load(
+            &Spec {
+                rope_freqs: Some(1.0),
+                ..LLAMA
+            },
+            "freqs-1",
+        ),
+        &TOKENS,
+    );
+    let scaled = last_logits(
+        &load(
+            &Spec {
+                rope_freqs: Some(8.0),
+                ..LLAMA
+            },
+            "freqs-8",
+        ),
+        &TOKENS,
+    );
+    assert!(
+        max_diff(&plain, &ones) < 1e-5,
+        "factors of 1 change nothing"
+    );
+    assert!(
+        max_diff(&plain, &scaled) > 1e-3,
+        "factors of 8 slow the rotation"
+    );
 }
 
 #[test]
@@ -179,7 +301,10 @@ fn context_length_comes_from_the_metadata_uncapped() {
     let gguf = write_model(&QWEN2, "ctx");
     let config = ModelConfig::from_gguf(&gguf).unwrap();
     assert_eq!(config.context_length, 131_072);
-    assert_eq!((config.n_heads, config.n_kv_heads, config.head_dim), (HEADS, KV_HEADS, HEAD_DIM));
+    assert_eq!(
+        (config.n_heads, config.n_kv_heads, config.head_dim),
+        (HEADS, KV_HEADS, HEAD_DIM)
+    );
 }
 
 /// Cascade attention (a shared prefix read once per group) equals plain attention for forked
@@ -208,17 +333,38 @@ fn cascade_attention_equals_plain_attention() {
                 })
                 .collect();
             let toks = [[11u32], [12], [13]];
-            let entries: Vec<BatchEntry> =
-                toks.iter().zip(&slots).map(|(t, s)| BatchEntry { tokens: t, slots: s, want_output: true }).collect();
-            model.forward_batch(&entries, cache).unwrap().logits.unwrap().to_vec2::<f32>().unwrap()
+            let entries: Vec<BatchEntry> = toks
+                .iter()
+                .zip(&slots)
+                .map(|(t, s)| BatchEntry {
+                    tokens: t,
+                    slots: s,
+                    want_output: true,
+                })
+                .collect();
+            model
+                .forward_batch(&entries, cache)
+                .unwrap()
+                .logits
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
         };
         // Nothing is committed, so both passes write and read the same slots.
         let cascade = step(&model, &mut cache);
         model.set_cascade(false);
         let plain = step(&model, &mut cache);
         for (c, p) in cascade.iter().zip(&plain) {
-            assert!(max_diff(c, p) < 1e-4, "{}: cascade and plain differ by {}", spec.arch, max_diff(c, p));
+            assert!(
+                max_diff(c, p) < 1e-4,
+                "{}: cascade and plain differ by {}",
+                spec.arch,
+                max_diff(c, p)
+            );
         }
-        assert!(max_diff(&cascade[0], &cascade[1]) > 1e-3, "members with different suffixes differ");
+        assert!(
+            max_diff(&cascade[0], &cascade[1]) > 1e-3,
+            "members with different suffixes differ"
+        );
     }
 }

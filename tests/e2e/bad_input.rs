@@ -15,7 +15,9 @@ fn load_path(path: &std::path::Path) -> Result<Engine, EngineError> {
 
 #[test]
 fn missing_file() {
-    let err = load_path(std::path::Path::new("/nonexistent/dir/model.gguf")).err().unwrap();
+    let err = load_path(std::path::Path::new("/nonexistent/dir/model.gguf"))
+        .err()
+        .unwrap();
     assert!(matches!(err, EngineError::ModelNotFound(_)), "{err}");
     assert!(err.to_string().contains("/nonexistent/dir/model.gguf"));
 }
@@ -29,18 +31,31 @@ fn file_that_is_not_gguf() {
     assert!(matches!(err, EngineError::NotGguf { .. }), "{err}");
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
-    assert!(matches!(load_path(&empty).err().unwrap(), EngineError::NotGguf { .. }));
+    assert!(matches!(
+        load_path(&empty).err().unwrap(),
+        EngineError::NotGguf { .. }
+    ));
 }
 
 #[test]
 fn truncated_gguf_header_and_tensor_data() {
     let real = std::fs::read(default_model_path()).unwrap();
     let dir = scratch_dir("truncated");
-    for (name, len) in [("header.gguf", 200usize), ("data.gguf", real.len() / 2), ("last_byte.gguf", real.len() - 1)] {
+    for (name, len) in [
+        ("header.gguf", 200usize),
+        ("data.gguf", real.len() / 2),
+        ("last_byte.gguf", real.len() - 1),
+    ] {
         let path = dir.join(name);
-        std::fs::File::create(&path).unwrap().write_all(&real[..len]).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&real[..len])
+            .unwrap();
         let err = load_path(&path).err().unwrap();
-        assert!(matches!(err, EngineError::CorruptGguf { .. }), "{name}: {err}");
+        assert!(
+            matches!(err, EngineError::CorruptGguf { .. }),
+            "{name}: {err}"
+        );
         assert!(!err.to_string().contains("backtrace"), "{err}");
     }
 }
@@ -53,15 +68,25 @@ fn unsupported_architecture() {
     let q = QTensor::quantize(&t, GgmlDType::F32).unwrap();
     let arch = Value::String("gpt2".into());
     let mut f = std::fs::File::create(&path).unwrap();
-    gguf_file::write(&mut f, &[("general.architecture", &arch)], &[("token_embd.weight", &q)]).unwrap();
+    gguf_file::write(
+        &mut f,
+        &[("general.architecture", &arch)],
+        &[("token_embd.weight", &q)],
+    )
+    .unwrap();
     drop(f);
     let err = load_path(&path).err().unwrap();
-    assert!(matches!(err, EngineError::UnsupportedArchitecture(ref a) if a == "gpt2"), "{err}");
+    assert!(
+        matches!(err, EngineError::UnsupportedArchitecture(ref a) if a == "gpt2"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_alias() {
-    let err = Engine::load("no-such-model", &LoadOptions::default()).err().unwrap();
+    let err = Engine::load("no-such-model", &LoadOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, EngineError::UnknownAlias { .. }), "{err}");
 }
 
@@ -72,14 +97,23 @@ fn prompt_longer_than_the_context() {
     let ctx = e.context_limit();
     let prompt = vec![42u32; ctx + 10];
     let err = e.generate(&prompt, &req, |_| {}).err().unwrap();
-    assert!(matches!(err, EngineError::PromptTooLong { prompt_tokens, context } if prompt_tokens == ctx + 10 && context == ctx), "{err}");
+    assert!(
+        matches!(err, EngineError::PromptTooLong { prompt_tokens, context } if prompt_tokens == ctx + 10 && context == ctx),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_sampling_parameters() {
     let e = engine();
-    let params = SamplingParams { temperature: -1.0, ..SamplingParams::default() };
-    let req = GenerateRequest { params, ..GenerateRequest::greedy(4) };
+    let params = SamplingParams {
+        temperature: -1.0,
+        ..SamplingParams::default()
+    };
+    let req = GenerateRequest {
+        params,
+        ..GenerateRequest::greedy(4)
+    };
     let err = e.generate(&[1, 2, 3], &req, |_| {}).err().unwrap();
     assert!(matches!(err, EngineError::InvalidArgument(_)), "{err}");
 }

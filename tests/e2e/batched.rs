@@ -12,8 +12,20 @@ fn prompt(q: &str) -> Vec<u32> {
     engine().encode_chat(&[Message::new("user", q)]).unwrap()
 }
 
-fn session(width: usize, params: SamplingParams, max_tokens: usize, prompt_len: usize) -> Session<'static> {
-    let opts = SessionOptions { params, seed: 5, max_tokens, stop: vec![], ignore_eos: true, kv_blocks: 0 };
+fn session(
+    width: usize,
+    params: SamplingParams,
+    max_tokens: usize,
+    prompt_len: usize,
+) -> Session<'static> {
+    let opts = SessionOptions {
+        params,
+        seed: 5,
+        max_tokens,
+        stop: vec![],
+        ignore_eos: true,
+        kv_blocks: 0,
+    };
     engine().session(prompt_len, width, opts).unwrap()
 }
 
@@ -30,7 +42,16 @@ fn run_to_end(s: &mut Session, seqs: &[SeqId]) {
 #[test]
 fn a_forked_batched_group_decodes_as_one_sequence_alone() {
     let p = prompt("Name three animals that live in the sea.");
-    let alone = engine().generate(&p, &GenerateRequest { ignore_eos: true, ..GenerateRequest::greedy(24) }, |_| {}).unwrap();
+    let alone = engine()
+        .generate(
+            &p,
+            &GenerateRequest {
+                ignore_eos: true,
+                ..GenerateRequest::greedy(24)
+            },
+            |_| {},
+        )
+        .unwrap();
     let mut s = session(6, SamplingParams::greedy(), 24, p.len());
     let root = s.prefill(&p).unwrap();
     let kids = s.fork(root, 6).unwrap();
@@ -45,29 +66,52 @@ fn a_forked_batched_group_decodes_as_one_sequence_alone() {
 fn n_samples_cost_one_prefill_and_the_prompt_is_stored_once() {
     let p = prompt("Tell me a fact about the moon.");
     let (width, gen) = (16, 12);
-    let params = SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0, min_p: 0.0 };
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
     let mut s = session(width, params, gen, p.len());
     let root = s.prefill(&p).unwrap();
     let prompt_blocks = s.kv_cache().allocator().in_use();
     let kids = s.fork(root, width).unwrap();
-    assert_eq!(s.kv_cache().allocator().in_use(), prompt_blocks, "forking copies nothing");
+    assert_eq!(
+        s.kv_cache().allocator().in_use(),
+        prompt_blocks,
+        "forking copies nothing"
+    );
     run_to_end(&mut s, &kids);
     let c = s.counters().clone();
     assert_eq!(c.prefill_tokens, p.len(), "one prefill");
     assert_eq!(c.decode_tokens, width * gen);
-    assert_eq!(c.forward_passes, 1 + gen - 1, "one prefill chunk, then one batched pass per step but the last");
-    let distinct: std::collections::HashSet<&[u32]> = kids.iter().map(|&k| s.generated(k).unwrap()).collect();
+    assert_eq!(
+        c.forward_passes,
+        1 + gen - 1,
+        "one prefill chunk, then one batched pass per step but the last"
+    );
+    let distinct: std::collections::HashSet<&[u32]> =
+        kids.iter().map(|&k| s.generated(k).unwrap()).collect();
     assert!(distinct.len() > 1, "samples with their own RNG differ");
     // The prompt's full blocks are shared; each sample holds its own tail.
     let bs = s.kv_cache().block_size();
     let most = p.len().div_ceil(bs) + width * ((p.len() % bs + gen).div_ceil(bs));
-    assert!(s.kv_cache().allocator().peak_in_use() <= most, "{} > {most}", s.kv_cache().allocator().peak_in_use());
+    assert!(
+        s.kv_cache().allocator().peak_in_use() <= most,
+        "{} > {most}",
+        s.kv_cache().allocator().peak_in_use()
+    );
 }
 
 #[test]
 fn fork_diverge_and_free_leave_the_pool_as_it_was() {
     let p = prompt("Write one sentence about rain.");
-    let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
     let mut s = session(8, params, 20, p.len());
     let total = s.kv_cache().allocator().num_blocks();
     let root = s.prefill(&p).unwrap();
@@ -84,7 +128,12 @@ fn fork_diverge_and_free_leave_the_pool_as_it_was() {
 #[test]
 fn pruning_leaves_the_survivor_as_if_it_had_been_alone() {
     let p = prompt("Describe a forest in a few words.");
-    let params = SamplingParams { temperature: 0.9, top_k: 0, top_p: 1.0, min_p: 0.0 };
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
     // With company: four samples for 6 steps, then the others are pruned.
     let mut a = session(4, params.clone(), 20, p.len());
     let root = a.prefill(&p).unwrap();
@@ -105,7 +154,10 @@ fn pruning_leaves_the_survivor_as_if_it_had_been_alone() {
     }
     run_to_end(&mut b, &[kids_b[2]]);
     assert_eq!(kids[2], kids_b[2]);
-    assert_eq!(a.generated(kids[2]).unwrap(), b.generated(kids_b[2]).unwrap());
+    assert_eq!(
+        a.generated(kids[2]).unwrap(),
+        b.generated(kids_b[2]).unwrap()
+    );
 }
 
 /// Logits of `tokens` appended to a fresh sequence holding `prefix`, run alone.
@@ -122,9 +174,25 @@ fn logits_on(e: &ttc_engine::Engine, prefix: &[u32], tokens: &[u32]) -> Vec<f32>
         let start = cache.len(seq);
         cache.reserve(seq, part.len()).unwrap();
         let slots = cache.slots(seq, 0..start + part.len()).unwrap();
-        let out = e.model.forward_batch(&[BatchEntry { tokens: part, slots: &slots, want_output: true }], &cache).unwrap();
+        let out = e
+            .model
+            .forward_batch(
+                &[BatchEntry {
+                    tokens: part,
+                    slots: &slots,
+                    want_output: true,
+                }],
+                &cache,
+            )
+            .unwrap();
         cache.commit(seq, part.len()).unwrap();
-        last = out.logits.unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        last = out
+            .logits
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
     }
     last
 }
@@ -141,7 +209,16 @@ fn a_ragged_batch_gives_the_logits_of_each_sequence_alone() {
     for (seq, prefix) in [(sa, a_prefix), (sb, b_prefix)] {
         cache.reserve(seq, prefix.len()).unwrap();
         let slots = cache.slots(seq, 0..prefix.len()).unwrap();
-        e.model.forward_batch(&[BatchEntry { tokens: prefix, slots: &slots, want_output: false }], &cache).unwrap();
+        e.model
+            .forward_batch(
+                &[BatchEntry {
+                    tokens: prefix,
+                    slots: &slots,
+                    want_output: false,
+                }],
+                &cache,
+            )
+            .unwrap();
         cache.commit(seq, prefix.len()).unwrap();
     }
     cache.reserve(sa, a_new.len()).unwrap();
@@ -152,15 +229,30 @@ fn a_ragged_batch_gives_the_logits_of_each_sequence_alone() {
         .model
         .forward_batch(
             &[
-                BatchEntry { tokens: a_new, slots: &slots_a, want_output: true },
-                BatchEntry { tokens: b_new, slots: &slots_b, want_output: true },
+                BatchEntry {
+                    tokens: a_new,
+                    slots: &slots_a,
+                    want_output: true,
+                },
+                BatchEntry {
+                    tokens: b_new,
+                    slots: &slots_b,
+                    want_output: true,
+                },
             ],
             &cache,
         )
         .unwrap();
     let rows = out.logits.unwrap().to_vec2::<f32>().unwrap();
-    for (row, alone) in rows.iter().zip([alone_logits(a_prefix, a_new), alone_logits(b_prefix, b_new)]) {
-        let diff = row.iter().zip(&alone).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    for (row, alone) in rows
+        .iter()
+        .zip([alone_logits(a_prefix, a_new), alone_logits(b_prefix, b_new)])
+    {
+        let diff = row
+            .iter()
+            .zip(&alone)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
         assert!(diff < 1e-3, "batched and alone differ by {diff}");
     }
 }
@@ -184,8 +276,11 @@ fn a_request_over_the_kv_budget_is_refused_before_it_runs() {
     let err = small.session(p.len(), 64, opts.clone()).err().unwrap();
     assert!(matches!(err, EngineError::OverKvBudget { .. }), "{err}");
     let width = small.max_width_for(p.len(), 512);
-    assert!(width >= 1 && width < 64, "{width}");
-    assert!(small.session(p.len(), width, opts).is_ok(), "the narrower width fits");
+    assert!((1..64).contains(&width), "{width}");
+    assert!(
+        small.session(p.len(), width, opts).is_ok(),
+        "the narrower width fits"
+    );
     assert!(per_token > 0);
 }
 
@@ -200,7 +295,10 @@ fn a_failed_step_changes_nothing() {
     assert!(s.step(&[kids[0], kids[0]]).is_err());
     assert!(s.step(&[kids[0], SeqId(999)]).is_err());
     assert_eq!(s.generated(kids[0]).unwrap().len(), 0);
-    assert!(s.logits(kids[0]).unwrap().is_some(), "the pending logits are still there");
+    assert!(
+        s.logits(kids[0]).unwrap().is_some(),
+        "the pending logits are still there"
+    );
     s.step(&kids).unwrap();
     assert_eq!(s.generated(kids[0]).unwrap(), s.generated(kids[1]).unwrap());
 }
@@ -221,10 +319,21 @@ fn fused_cpu_attention_agrees_with_the_tensor_path() {
     let (prefix, tail) = p.split_at(p.len() - 3);
     let fused = logits_on(engine(), prefix, tail);
     let plain = logits_on(&tensor_path, prefix, tail);
-    let diffs: Vec<f32> = fused.iter().zip(&plain).map(|(a, b)| (a - b).abs()).collect();
+    let diffs: Vec<f32> = fused
+        .iter()
+        .zip(&plain)
+        .map(|(a, b)| (a - b).abs())
+        .collect();
     let max = diffs.iter().fold(0.0f32, |m, &d| m.max(d));
     let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
     let argmax = ttc_engine::sampler::argmax;
-    assert_eq!(argmax(&fused), argmax(&plain), "the two paths pick different tokens");
-    assert!(mean < 0.6 && max < 2.5, "fused and tensor attention differ by {mean} on average, {max} at most");
+    assert_eq!(
+        argmax(&fused),
+        argmax(&plain),
+        "the two paths pick different tokens"
+    );
+    assert!(
+        mean < 0.6 && max < 2.5,
+        "fused and tensor attention differ by {mean} on average, {max} at most"
+    );
 }

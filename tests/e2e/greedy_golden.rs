@@ -16,8 +16,16 @@ use ttc_engine::GenerateRequest;
 fn the_readme_question_on_every_isa() {
     for isa in Isa::available() {
         let e = load_default_engine_with_kernels(isa);
-        let prompt = e.encode_chat(&[Message::new("user", "What is 12 + 35? Answer with just the number.")]).unwrap();
-        let text = e.generate(&prompt, &GenerateRequest::greedy(32), |_| {}).unwrap().text;
+        let prompt = e
+            .encode_chat(&[Message::new(
+                "user",
+                "What is 12 + 35? Answer with just the number.",
+            )])
+            .unwrap();
+        let text = e
+            .generate(&prompt, &GenerateRequest::greedy(32), |_| {})
+            .unwrap()
+            .text;
         assert_eq!(text, "12 + 35 = 50", "on the {} kernels", isa.name());
     }
 }
@@ -76,17 +84,32 @@ fn llama_cpp_greedy_choices_are_ours_up_to_near_ties_on_every_isa() {
             }
             per_question.push(logits);
         }
-        eprintln!("{}: {exact}/{steps} exact, largest near-tie gap {worst:.4}", isa.name());
-        assert!(exact * 100 >= steps * 90, "{}: only {exact}/{steps} steps agree exactly", isa.name());
+        eprintln!(
+            "{}: {exact}/{steps} exact, largest near-tie gap {worst:.4}",
+            isa.name()
+        );
+        assert!(
+            exact * 100 >= steps * 90,
+            "{}: only {exact}/{steps} steps agree exactly",
+            isa.name()
+        );
         all.push((isa, per_question));
     }
     for (a, la) in &all {
         for (b, lb) in &all {
             for (qa, qb) in la.iter().zip(lb) {
                 for (i, (x, y)) in qa.iter().zip(qb).enumerate() {
-                    let (ta, tb) = (ttc_engine::sampler::argmax(x), ttc_engine::sampler::argmax(y));
+                    let (ta, tb) = (
+                        ttc_engine::sampler::argmax(x),
+                        ttc_engine::sampler::argmax(y),
+                    );
                     let gap = x[ta as usize] - x[tb as usize];
-                    assert!(gap < NEAR_TIE, "step {i}: the {} kernels prefer {ta} to the {} kernels' {tb} by {gap}", a.name(), b.name());
+                    assert!(
+                        gap < NEAR_TIE,
+                        "step {i}: the {} kernels prefer {ta} to the {} kernels' {tb} by {gap}",
+                        a.name(),
+                        b.name()
+                    );
                 }
             }
         }

@@ -8,7 +8,12 @@ use ttc_engine::GenerateRequest;
 use ttc_methods::{answer, Method, MethodConfig, Scorer};
 
 fn prompt(q: &str) -> Vec<u32> {
-    engine().encode_chat(&[Message::new("user", format!("{q}\n{}", answer::DEFAULT_INSTRUCTION))]).unwrap()
+    engine()
+        .encode_chat(&[Message::new(
+            "user",
+            format!("{q}\n{}", answer::DEFAULT_INSTRUCTION),
+        )])
+        .unwrap()
 }
 
 fn config(method: Method, n: usize, max_tokens: usize) -> MethodConfig {
@@ -30,7 +35,9 @@ fn config(method: Method, n: usize, max_tokens: usize) -> MethodConfig {
 fn greedy_method_equals_plain_greedy_generation() {
     let p = prompt("What is 6 + 3?");
     let r = ttc_methods::run(engine(), &p, &config(Method::Greedy, 1, 48)).unwrap();
-    let g = engine().generate(&p, &GenerateRequest::greedy(48), |_| {}).unwrap();
+    let g = engine()
+        .generate(&p, &GenerateRequest::greedy(48), |_| {})
+        .unwrap();
     assert_eq!(r.text, g.text);
     assert_eq!(r.generated_tokens, g.tokens.len());
     assert_eq!(r.answer, answer::extract(&g.text));
@@ -43,12 +50,23 @@ fn parallel_methods_cost_one_prefill_and_count_every_token() {
     for method in [Method::BestOfN, Method::Majority, Method::Weighted] {
         let r = ttc_methods::run(engine(), &p, &config(method, 6, 40)).unwrap();
         assert_eq!(r.candidates.len(), 6, "{method:?}");
-        assert_eq!(r.prefill_tokens, p.len(), "{method:?}: N samples, one prefill");
+        assert_eq!(
+            r.prefill_tokens,
+            p.len(),
+            "{method:?}: N samples, one prefill"
+        );
         let sum: usize = r.candidates.iter().map(|c| c.tokens).sum();
-        assert_eq!(r.generated_tokens, sum, "{method:?}: the result's tokens are its sequences' tokens");
+        assert_eq!(
+            r.generated_tokens, sum,
+            "{method:?}: the result's tokens are its sequences' tokens"
+        );
         let longest = r.candidates.iter().map(|c| c.tokens).max().unwrap();
         // One batched step per token position, plus one where the last sample drew EOS.
-        assert!(longest <= r.steps && r.steps <= longest + 1, "{method:?}: {} steps, longest {longest}", r.steps);
+        assert!(
+            longest <= r.steps && r.steps <= longest + 1,
+            "{method:?}: {} steps, longest {longest}",
+            r.steps
+        );
         assert_eq!(r.text, r.candidates[r.chosen].text);
         assert!(r.timing.total_s >= r.timing.prefill_s + r.timing.decode_s);
     }
@@ -58,25 +76,43 @@ fn parallel_methods_cost_one_prefill_and_count_every_token() {
 fn the_vote_picks_what_the_voting_rule_says() {
     let p = prompt("What is 9 + 4?");
     let maj = ttc_methods::run(engine(), &p, &config(Method::Majority, 8, 40)).unwrap();
-    let ballots: Vec<ttc_methods::vote::Ballot> =
-        maj.candidates.iter().map(|c| ttc_methods::vote::Ballot { answer: c.answer.as_deref(), score: c.score }).collect();
+    let ballots: Vec<ttc_methods::vote::Ballot> = maj
+        .candidates
+        .iter()
+        .map(|c| ttc_methods::vote::Ballot {
+            answer: c.answer.as_deref(),
+            score: c.score,
+        })
+        .collect();
     assert_eq!(Some(maj.chosen), ttc_methods::vote::majority(&ballots));
     let bon = ttc_methods::run(engine(), &p, &config(Method::BestOfN, 8, 40)).unwrap();
-    let best = bon.candidates.iter().map(|c| c.score).fold(f32::NEG_INFINITY, f32::max);
+    let best = bon
+        .candidates
+        .iter()
+        .map(|c| c.score)
+        .fold(f32::NEG_INFINITY, f32::max);
     assert_eq!(bon.candidates[bon.chosen].score, best);
 }
 
 #[test]
 fn beam_search_with_one_beam_and_no_branching_is_stepwise_greedy() {
     // No answer instruction: the greedy reply has several paragraphs (beam steps).
-    let p = engine().encode_chat(&[Message::new("user", "List three primary colors.")]).unwrap();
+    let p = engine()
+        .encode_chat(&[Message::new("user", "List three primary colors.")])
+        .unwrap();
     let mut cfg = config(Method::Beam, 1, 80);
     cfg.beam_width = 1;
     cfg.max_iters = 50;
     cfg.params = SamplingParams::greedy();
     let beam = ttc_methods::run(engine(), &p, &cfg).unwrap();
-    let g = engine().generate(&p, &GenerateRequest::greedy(80), |_| {}).unwrap();
-    assert!(g.text.contains("\n\n"), "the greedy answer must have several steps: {:?}", g.text);
+    let g = engine()
+        .generate(&p, &GenerateRequest::greedy(80), |_| {})
+        .unwrap();
+    assert!(
+        g.text.contains("\n\n"),
+        "the greedy answer must have several steps: {:?}",
+        g.text
+    );
     assert_eq!(beam.text, g.text);
     assert_eq!(beam.generated_tokens, g.tokens.len());
 }
@@ -106,7 +142,12 @@ fn same_seed_same_result_other_seed_other_samples() {
         ttc_methods::run(engine(), &p, &cfg).unwrap()
     };
     let (a, b, c) = (run(3), run(3), run(4));
-    let texts = |r: &ttc_methods::MethodResult| r.candidates.iter().map(|c| c.text.clone()).collect::<Vec<_>>();
+    let texts = |r: &ttc_methods::MethodResult| {
+        r.candidates
+            .iter()
+            .map(|c| c.text.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(texts(&a), texts(&b));
     assert_eq!(a.answer, b.answer);
     assert_ne!(texts(&a), texts(&c));
@@ -118,7 +159,16 @@ fn self_certainty_scorer_ranks_candidates() {
     let mut cfg = config(Method::BestOfN, 4, 32);
     cfg.scorer = Scorer::SelfCertainty;
     let r = ttc_methods::run(engine(), &p, &cfg).unwrap();
-    assert!(r.candidates.iter().all(|c| c.score.is_finite() && c.score > 0.0), "KL from uniform is positive");
-    let best = r.candidates.iter().map(|c| c.score).fold(f32::NEG_INFINITY, f32::max);
+    assert!(
+        r.candidates
+            .iter()
+            .all(|c| c.score.is_finite() && c.score > 0.0),
+        "KL from uniform is positive"
+    );
+    let best = r
+        .candidates
+        .iter()
+        .map(|c| c.score)
+        .fold(f32::NEG_INFINITY, f32::max);
     assert_eq!(r.candidates[r.chosen].score, best);
 }

@@ -12,11 +12,21 @@ fn check_vocab(name: &str) {
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
     let inputs = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.inp"))).unwrap();
     let outputs = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.out"))).unwrap();
-    let inputs = inputs.strip_suffix("\n__ggml_vocab_test__\n").unwrap_or(&inputs);
+    let inputs = inputs
+        .strip_suffix("\n__ggml_vocab_test__\n")
+        .unwrap_or(&inputs);
     let cases: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
-    let expected: Vec<Vec<u32>> =
-        outputs.lines().take(cases.len()).map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect()).collect();
-    assert!(cases.len() > 40 && cases.len() == expected.len(), "{name}: {} cases, {} outputs", cases.len(), expected.len());
+    let expected: Vec<Vec<u32>> = outputs
+        .lines()
+        .take(cases.len())
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert!(
+        cases.len() > 40 && cases.len() == expected.len(),
+        "{name}: {} cases, {} outputs",
+        cases.len(),
+        expected.len()
+    );
     let failures: Vec<String> = cases
         .iter()
         .zip(&expected)
@@ -26,7 +36,13 @@ fn check_vocab(name: &str) {
             (&got != want).then(|| format!("{text:?}: llama.cpp {want:?}, ttc {got:?}"))
         })
         .collect();
-    assert!(failures.is_empty(), "{name}: {} of {} differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {} differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// `starcoder` uses the same regexes as SmolLM2's `smollm` pre-tokenizer.

@@ -12,38 +12,64 @@ fn ids(text: &str) -> Vec<u32> {
 
 #[test]
 fn repeated_spaces_and_newlines() {
-    assert_eq!(ids("Hello  world!\n\nNew paragraph"), [19556, 216, 905, 17, 198, 198, 5529, 8510]);
+    assert_eq!(
+        ids("Hello  world!\n\nNew paragraph"),
+        [19556, 216, 905, 17, 198, 198, 5529, 8510]
+    );
 }
 
 #[test]
 fn digits_are_split_one_by_one() {
     assert_eq!(
         ids("The year 2024 had 366 days; 1,234,567.89 is big."),
-        [504, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 38, 2009, 43, 216, 33, 28, 34, 35, 36, 28, 37, 38, 39, 30, 40, 41, 314, 2066, 30]
+        [
+            504, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 38, 2009, 43, 216, 33, 28, 34, 35, 36,
+            28, 37, 38, 39, 30, 40, 41, 314, 2066, 30
+        ]
     );
-    assert_eq!(ids("x=12345;y=-0.5e10"), [104, 45, 33, 34, 35, 36, 37, 43, 105, 15196, 32, 30, 37, 85, 33, 32]);
+    assert_eq!(
+        ids("x=12345;y=-0.5e10"),
+        [104, 45, 33, 34, 35, 36, 37, 43, 105, 15196, 32, 30, 37, 85, 33, 32]
+    );
 }
 
 #[test]
 fn unicode_accents_cjk_and_emoji() {
-    assert_eq!(ids("naïve café 東京 🙂 — ok"), [3546, 46494, 37366, 17097, 247, 126, 16736, 122, 47526, 1841, 10907]);
+    assert_eq!(
+        ids("naïve café 東京 🙂 — ok"),
+        [3546, 46494, 37366, 17097, 247, 126, 16736, 122, 47526, 1841, 10907]
+    );
 }
 
 #[test]
 fn leading_spaces_tabs_and_contractions() {
-    assert_eq!(ids("   three leading spaces and\ttab"), [256, 1296, 2899, 5600, 284, 197, 15999]);
-    assert_eq!(ids("I'm sure you'll see they've DON'T"), [57, 5248, 2090, 346, 3060, 963, 502, 3543, 422, 2154, 23, 68]);
+    assert_eq!(
+        ids("   three leading spaces and\ttab"),
+        [256, 1296, 2899, 5600, 284, 197, 15999]
+    );
+    assert_eq!(
+        ids("I'm sure you'll see they've DON'T"),
+        [57, 5248, 2090, 346, 3060, 963, 502, 3543, 422, 2154, 23, 68]
+    );
 }
 
 #[test]
 fn special_tokens_in_a_rendered_template() {
-    assert_eq!(ids("<|im_start|>user\nHi<|im_end|>"), [1, 4093, 198, 26843, 2]);
+    assert_eq!(
+        ids("<|im_start|>user\nHi<|im_end|>"),
+        [1, 4093, 198, 26843, 2]
+    );
 }
 
 #[test]
 fn decode_round_trips() {
     let tk = &engine().tokenizer;
-    for text in ["Hello  world!\n\nNew paragraph", "naïve café 東京 🙂", "  leading spaces\ttab", "x = 12345.678"] {
+    for text in [
+        "Hello  world!\n\nNew paragraph",
+        "naïve café 東京 🙂",
+        "  leading spaces\ttab",
+        "x = 12345.678",
+    ] {
         assert_eq!(tk.decode(&ids(text), false), text);
     }
 }
@@ -56,7 +82,10 @@ fn streaming_decode_never_splits_a_character() {
     let mut out = String::new();
     for id in ids(text) {
         let piece = dec.push(tk, id);
-        assert!(!piece.contains('\u{FFFD}'), "replacement character in {piece:?}");
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "replacement character in {piece:?}"
+        );
         out.push_str(&piece);
     }
     out.push_str(&dec.finish());

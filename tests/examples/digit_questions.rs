@@ -9,12 +9,17 @@ use ttc_engine::sampler::SamplingParams;
 use ttc_methods::{answer, Method, MethodConfig, Scorer};
 
 fn main() {
-    let count: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50);
+    let count: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(50);
     let e = ttc_e2e::engine();
     // Questions from a fixed LCG, so every run asks the same ones.
     let mut state = 12345u64;
     let mut next = |m: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) % m
     };
     let questions: Vec<(String, i64)> = (0..count)
@@ -27,14 +32,23 @@ fn main() {
             }
         })
         .collect();
-    let configs: [(&str, Method, usize); 4] =
-        [("greedy", Method::Greedy, 1), ("one sample", Method::Majority, 1), ("majority@4", Method::Majority, 4), ("majority@16", Method::Majority, 16)];
+    let configs: [(&str, Method, usize); 4] = [
+        ("greedy", Method::Greedy, 1),
+        ("one sample", Method::Majority, 1),
+        ("majority@4", Method::Majority, 4),
+        ("majority@16", Method::Majority, 16),
+    ];
     println!("| method | accuracy | mean latency s | mean tokens |");
     println!("| --- | ---: | ---: | ---: |");
     for (name, method, n) in configs {
         let (mut right, mut latency, mut tokens) = (0usize, 0f64, 0usize);
         for (i, (q, truth)) in questions.iter().enumerate() {
-            let p = e.encode_chat(&[Message::new("user", format!("{q}\n{}", answer::DEFAULT_INSTRUCTION))]).unwrap();
+            let p = e
+                .encode_chat(&[Message::new(
+                    "user",
+                    format!("{q}\n{}", answer::DEFAULT_INSTRUCTION),
+                )])
+                .unwrap();
             let cfg = MethodConfig {
                 method,
                 n,
@@ -53,6 +67,12 @@ fn main() {
             tokens += r.generated_tokens;
         }
         let k = questions.len() as f64;
-        println!("| {name} | {:.2} ({right}/{}) | {:.2} | {:.1} |", right as f64 / k, questions.len(), latency / k, tokens as f64 / k);
+        println!(
+            "| {name} | {:.2} ({right}/{}) | {:.2} | {:.1} |",
+            right as f64 / k,
+            questions.len(),
+            latency / k,
+            tokens as f64 / k
+        );
     }
 }

@@ -9,6 +9,8 @@
 //!
 //! cargo run --release -p ttc-e2e --example kernel_divergence [-- QUESTION_INDEX STEP]
 
+#![allow(clippy::needless_range_loop)] // logits[isa][question][step], indexed in parallel
+
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
@@ -20,7 +22,12 @@ type Trace = HashMap<(usize, String), Vec<f32>>;
 
 fn last_row(t: &Tensor) -> Vec<f32> {
     let (n, _) = t.dims2().unwrap();
-    t.narrow(0, n - 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    t.narrow(0, n - 1, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
@@ -30,7 +37,10 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The largest change, from `b` to `a`, in the logit difference of two of `b`'s five leading
@@ -52,10 +62,16 @@ fn margin_shift(a: &[f32], b: &[f32], extra: u32) -> f32 {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let trace_q: usize = args.next().map(|a| a.parse().expect("question index")).unwrap_or(2);
+    let trace_q: usize = args
+        .next()
+        .map(|a| a.parse().expect("question index"))
+        .unwrap_or(2);
     let trace_step: usize = args.next().map(|a| a.parse().expect("step")).unwrap_or(27);
     let isas = Isa::available();
-    println!("kernels on this CPU: {}", isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", "));
+    println!(
+        "kernels on this CPU: {}",
+        isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+    );
     let mut logits: Vec<Vec<Vec<Vec<f32>>>> = Vec::new();
     let mut traces: Vec<Trace> = Vec::new();
     let mut eos = 0;
@@ -68,8 +84,11 @@ fn main() {
             let mut observe = |l: usize, point: &str, t: &Tensor| {
                 trace.insert((l, point.to_string()), last_row(t));
             };
-            let hook: Option<(usize, &mut LayerObserver)> =
-                if qi == trace_q { Some((trace_step, &mut observe)) } else { None };
+            let hook: Option<(usize, &mut LayerObserver)> = if qi == trace_q {
+                Some((trace_step, &mut observe))
+            } else {
+                None
+            };
             per_q.push(teacher_forced_logits(&e, r, hook));
         }
         logits.push(per_q);
@@ -77,7 +96,10 @@ fn main() {
     }
 
     println!("\n## Against llama.cpp's greedy tokens (teacher forced)");
-    println!("{:<12} {:>10} {:>10}  where", "kernels", "exact", "worst gap");
+    println!(
+        "{:<12} {:>10} {:>10}  where",
+        "kernels", "exact", "worst gap"
+    );
     for (ii, isa) in isas.iter().enumerate() {
         let (mut steps, mut exact, mut worst, mut at) = (0, 0, 0f32, (0, 0));
         for (qi, r) in REFERENCES.iter().enumerate() {
@@ -91,11 +113,25 @@ fn main() {
                 }
             }
         }
-        println!("{:<12} {:>6}/{:<3} {:>10.4}  question {} step {}", isa.name(), exact, steps, worst, at.0, at.1);
+        println!(
+            "{:<12} {:>6}/{:<3} {:>10.4}  question {} step {}",
+            isa.name(),
+            exact,
+            steps,
+            worst,
+            at.0,
+            at.1
+        );
     }
 
-    println!("\n## Against the portable reference, over all {} steps", logits[0].iter().map(Vec::len).sum::<usize>());
-    println!("{:<12} {:>14} {:>14} {:>16}", "kernels", "max |dlogit|", "p99 |dlogit|", "max rel L2");
+    println!(
+        "\n## Against the portable reference, over all {} steps",
+        logits[0].iter().map(Vec::len).sum::<usize>()
+    );
+    println!(
+        "{:<12} {:>14} {:>14} {:>16}",
+        "kernels", "max |dlogit|", "p99 |dlogit|", "max rel L2"
+    );
     for (ii, isa) in isas.iter().enumerate().skip(1) {
         let mut per_step: Vec<f32> = Vec::new();
         let mut worst_rel = 0f64;
@@ -107,15 +143,31 @@ fn main() {
         }
         per_step.sort_by(f32::total_cmp);
         let p99 = per_step[(per_step.len() * 99 / 100).min(per_step.len() - 1)];
-        println!("{:<12} {:>14.4} {:>14.4} {:>16.2e}", isa.name(), per_step.last().unwrap(), p99, worst_rel);
+        println!(
+            "{:<12} {:>14.4} {:>14.4} {:>16.2e}",
+            isa.name(),
+            per_step.last().unwrap(),
+            p99,
+            worst_rel
+        );
     }
     // Between every pair, not only against the reference.
     for a in 1..isas.len() {
         for b in a + 1..isas.len() {
             let m = (0..REFERENCES.len())
-                .flat_map(|qi| logits[a][qi].iter().zip(&logits[b][qi]).map(|(x, y)| max_abs_diff(x, y)).collect::<Vec<_>>())
+                .flat_map(|qi| {
+                    logits[a][qi]
+                        .iter()
+                        .zip(&logits[b][qi])
+                        .map(|(x, y)| max_abs_diff(x, y))
+                        .collect::<Vec<_>>()
+                })
                 .fold(0f32, f32::max);
-            println!("{} against {}: max |dlogit| {m:.4}", isas[a].name(), isas[b].name());
+            println!(
+                "{} against {}: max |dlogit| {m:.4}",
+                isas[a].name(),
+                isas[b].name()
+            );
         }
     }
 
@@ -136,11 +188,19 @@ fn main() {
                     }
                 }
             }
-            println!("{:<12} vs {:<12} {worst:.4}  (question {} step {})", isas[a].name(), isas[b].name(), at.0, at.1);
+            println!(
+                "{:<12} vs {:<12} {worst:.4}  (question {} step {})",
+                isas[a].name(),
+                isas[b].name(),
+                at.0,
+                at.1
+            );
         }
     }
 
-    println!("\n## One implementation's choice under another: a[argmax a] - a[argmax b], worst step");
+    println!(
+        "\n## One implementation's choice under another: a[argmax a] - a[argmax b], worst step"
+    );
     for a in 0..isas.len() {
         for b in 0..isas.len() {
             if a == b {
@@ -149,7 +209,10 @@ fn main() {
             let (mut worst, mut at, mut differ) = (0f32, (0, 0), 0);
             for qi in 0..REFERENCES.len() {
                 for (s, (la, lb)) in logits[a][qi].iter().zip(&logits[b][qi]).enumerate() {
-                    let (ta, tb) = (ttc_engine::sampler::argmax(la), ttc_engine::sampler::argmax(lb));
+                    let (ta, tb) = (
+                        ttc_engine::sampler::argmax(la),
+                        ttc_engine::sampler::argmax(lb),
+                    );
                     let gap = la[ta as usize] - la[tb as usize];
                     differ += usize::from(ta != tb);
                     if gap > worst {
@@ -162,7 +225,10 @@ fn main() {
     }
 
     let r = &REFERENCES[trace_q];
-    println!("\n## Layer by layer: {:?}, step {trace_step}, relative L2 to the reference (last row)", r.question);
+    println!(
+        "\n## Layer by layer: {:?}, step {trace_step}, relative L2 to the reference (last row)",
+        r.question
+    );
     let points = ["attn_norm", "attn_out", "ffn_norm", "ffn_out", "residual"];
     let layers = traces[0].keys().map(|k| k.0).max().map_or(0, |m| m + 1);
     print!("{:<6}{:<10}", "layer", "point");
@@ -189,7 +255,12 @@ fn main() {
     for (ii, isa) in isas.iter().enumerate() {
         let l = &logits[ii][qi][s];
         let ours = ttc_engine::sampler::argmax(l);
-        println!("{}: logit of llama.cpp's {want} = {:.4}, of our argmax {ours} = {:.4}", isa.name(), l[want as usize], l[ours as usize]);
+        println!(
+            "{}: logit of llama.cpp's {want} = {:.4}, of our argmax {ours} = {:.4}",
+            isa.name(),
+            l[want as usize],
+            l[ours as usize]
+        );
     }
 
     println!("\n## Op by op: each layer's matmuls on the reference's own inputs at that step");
@@ -211,12 +282,16 @@ fn main() {
         let mut worst = vec![0f32; isas.len()];
         let mut ty = String::new();
         for l in 0..layers {
-            let t = gguf.tensor(&format!("blk.{l}.{w}.weight"), &Device::Cpu).unwrap();
+            let t = gguf
+                .tensor(&format!("blk.{l}.{w}.weight"), &Device::Cpu)
+                .unwrap();
             ty = format!("{:?}", t.dtype());
             let x = &traces[0][&(l, input.to_string())];
             let mut outs = Vec::new();
             for &isa in &isas {
-                let m = ttc_engine::kernel_ops::qmatrix(&t, isa).unwrap().expect("a kernel format");
+                let m = ttc_engine::kernel_ops::qmatrix(&t, isa)
+                    .unwrap()
+                    .expect("a kernel format");
                 let mut y = vec![0f32; m.rows()];
                 m.matmul(x, 1, &mut y).unwrap();
                 outs.push(y);

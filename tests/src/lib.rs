@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use ttc_engine::reward_model::STEP_SEPARATOR;
 use std::sync::OnceLock;
+use ttc_engine::reward_model::STEP_SEPARATOR;
 
 use ttc_engine::download::ResolvedModel;
 use ttc_engine::registry::DEFAULT_ALIAS;
@@ -59,7 +59,9 @@ const LLAMA_CPP_PYTHON_VERSION: &str = "0.3.36";
 pub fn llama_cpp_vocab_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root = ttc_engine::download::cache_dir().join("testdata").join(format!("llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"));
+        let root = ttc_engine::download::cache_dir()
+            .join("testdata")
+            .join(format!("llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"));
         let models = root.join("models");
         if models.join("complete").exists() {
             return models;
@@ -67,27 +69,56 @@ pub fn llama_cpp_vocab_dir() -> &'static PathBuf {
         let work = root.with_extension(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         let run = |cmd: &mut std::process::Command| {
-            let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-            assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         let py = work.join("py");
         run(std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--target",
+            ])
             .arg(&py)
             // The metadata step looks for CMake; a fresh machine has none, and PyPI's `cmake`
             // wheel brings one into the same private folder.
             .args(["scikit-build-core", "cmake"]));
-        let path = format!("{}:{}", py.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            py.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(std::process::Command::new("python3")
-            .args(["-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps", "--no-build-isolation", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--no-build-isolation",
+                "-d",
+            ])
             .arg(&work)
             .arg(format!("llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"))
             .env("PYTHONPATH", &py)
             .env("PATH", path));
-        let prefix = format!("llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/models/");
+        let prefix =
+            format!("llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/models/");
         run(std::process::Command::new("tar")
             .arg("-xzf")
-            .arg(work.join(format!("llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz")))
+            .arg(work.join(format!(
+                "llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+            )))
             .arg("-C")
             .arg(&work)
             .args(["--wildcards", &format!("{prefix}ggml-vocab-*")]));
@@ -96,7 +127,10 @@ pub fn llama_cpp_vocab_dir() -> &'static PathBuf {
         std::fs::write(extracted.join("complete"), b"").unwrap();
         // Another test binary may have finished first; either copy is complete.
         if std::fs::rename(&extracted, &models).is_err() {
-            assert!(models.join("complete").exists(), "could not move {extracted:?} to {models:?}");
+            assert!(
+                models.join("complete").exists(),
+                "could not move {extracted:?} to {models:?}"
+            );
         }
         let _ = std::fs::remove_dir_all(&work);
         models
@@ -132,22 +166,52 @@ pub fn write_tiny_prm(name: &str, with_separator: bool) -> PathBuf {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let kv = PRM_KV_HEADS * PRM_HIDDEN / PRM_HEADS;
     let mut t: HashMap<String, Tensor> = HashMap::new();
-    t.insert("model.embed_tokens.weight".into(), randn(&[vocab, PRM_HIDDEN], 1.0));
-    t.insert("model.norm.weight".into(), Tensor::ones(PRM_HIDDEN, DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        "model.embed_tokens.weight".into(),
+        randn(&[vocab, PRM_HIDDEN], 1.0),
+    );
+    t.insert(
+        "model.norm.weight".into(),
+        Tensor::ones(PRM_HIDDEN, DType::F32, &Device::Cpu).unwrap(),
+    );
     for l in 0..PRM_LAYERS {
         let p = format!("model.layers.{l}");
-        t.insert(format!("{p}.input_layernorm.weight"), Tensor::ones(PRM_HIDDEN, DType::F32, &Device::Cpu).unwrap());
-        t.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::ones(PRM_HIDDEN, DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            format!("{p}.input_layernorm.weight"),
+            Tensor::ones(PRM_HIDDEN, DType::F32, &Device::Cpu).unwrap(),
+        );
+        t.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            Tensor::ones(PRM_HIDDEN, DType::F32, &Device::Cpu).unwrap(),
+        );
         for (proj, out) in [("q_proj", PRM_HIDDEN), ("k_proj", kv), ("v_proj", kv)] {
-            t.insert(format!("{p}.self_attn.{proj}.weight"), randn(&[out, PRM_HIDDEN], 0.2));
+            t.insert(
+                format!("{p}.self_attn.{proj}.weight"),
+                randn(&[out, PRM_HIDDEN], 0.2),
+            );
             t.insert(format!("{p}.self_attn.{proj}.bias"), randn(&[out], 0.1));
         }
-        t.insert(format!("{p}.self_attn.o_proj.weight"), randn(&[PRM_HIDDEN, PRM_HIDDEN], 0.2));
-        t.insert(format!("{p}.mlp.gate_proj.weight"), randn(&[PRM_FFN, PRM_HIDDEN], 0.2));
-        t.insert(format!("{p}.mlp.up_proj.weight"), randn(&[PRM_FFN, PRM_HIDDEN], 0.2));
-        t.insert(format!("{p}.mlp.down_proj.weight"), randn(&[PRM_HIDDEN, PRM_FFN], 0.2));
+        t.insert(
+            format!("{p}.self_attn.o_proj.weight"),
+            randn(&[PRM_HIDDEN, PRM_HIDDEN], 0.2),
+        );
+        t.insert(
+            format!("{p}.mlp.gate_proj.weight"),
+            randn(&[PRM_FFN, PRM_HIDDEN], 0.2),
+        );
+        t.insert(
+            format!("{p}.mlp.up_proj.weight"),
+            randn(&[PRM_FFN, PRM_HIDDEN], 0.2),
+        );
+        t.insert(
+            format!("{p}.mlp.down_proj.weight"),
+            randn(&[PRM_HIDDEN, PRM_FFN], 0.2),
+        );
     }
-    t.insert("score.0.weight".into(), randn(&[PRM_HIDDEN, PRM_HIDDEN], 0.3));
+    t.insert(
+        "score.0.weight".into(),
+        randn(&[PRM_HIDDEN, PRM_HIDDEN], 0.3),
+    );
     t.insert("score.0.bias".into(), randn(&[PRM_HIDDEN], 0.1));
     // Small enough that rewards stay inside (0, 1) rather than saturating.
     t.insert("score.2.weight".into(), randn(&[2, PRM_HIDDEN], 0.02));
@@ -155,7 +219,6 @@ pub fn write_tiny_prm(name: &str, with_separator: bool) -> PathBuf {
     candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
     dir
 }
-
 
 /// A fresh copy of the default model on ttc's CPU kernels for `isa`.
 pub fn load_default_engine_with_kernels(isa: ttc_engine::kernels::Isa) -> Engine {

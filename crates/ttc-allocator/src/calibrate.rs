@@ -98,10 +98,20 @@ fn record(r: &MethodResult, reference: &str) -> RunRecord {
 }
 
 /// Samples, greedy and search runs for one question.
-pub fn label_question(engine: &Engine, problem: &Problem, header: &LabelHeader, cancel: Option<&Arc<AtomicBool>>) -> Result<QuestionLabels> {
+pub fn label_question(
+    engine: &Engine,
+    problem: &Problem,
+    header: &LabelHeader,
+    cancel: Option<&Arc<AtomicBool>>,
+) -> Result<QuestionLabels> {
     let ids = prompt::encode(engine, &problem.question, Some(&header.instruction), None)?;
     let seed = header.seed ^ crate::dataset::fnv1a(problem.id.as_bytes());
-    let params = SamplingParams { temperature: header.temperature, top_k: header.top_k, top_p: header.top_p, min_p: header.min_p };
+    let params = SamplingParams {
+        temperature: header.temperature,
+        top_k: header.top_k,
+        top_p: header.top_p,
+        min_p: header.min_p,
+    };
     let base = MethodConfig {
         method: Method::Greedy,
         n: 1,
@@ -116,8 +126,15 @@ pub fn label_question(engine: &Engine, problem: &Problem, header: &LabelHeader, 
     };
     let cfg = |c: Config| c.method_config(&base);
     let greedy = ttc_methods::run(engine, &ids, &cfg(Config::GREEDY))?;
-    let hidden = greedy.prompt_hidden.clone().ok_or_else(|| AllocatorError::Invalid("the model gave no hidden state".into()))?;
-    let sampled = ttc_methods::run(engine, &ids, &cfg(Config::parallel(Method::Majority, header.samples)))?;
+    let hidden = greedy
+        .prompt_hidden
+        .clone()
+        .ok_or_else(|| AllocatorError::Invalid("the model gave no hidden state".into()))?;
+    let sampled = ttc_methods::run(
+        engine,
+        &ids,
+        &cfg(Config::parallel(Method::Majority, header.samples)),
+    )?;
     let samples = sampled
         .candidates
         .iter()
@@ -130,7 +147,10 @@ pub fn label_question(engine: &Engine, problem: &Problem, header: &LabelHeader, 
         .collect();
     let mut search = BTreeMap::new();
     for &c in &header.search {
-        search.insert(c.label(), record(&ttc_methods::run(engine, &ids, &cfg(c))?, &problem.answer));
+        search.insert(
+            c.label(),
+            record(&ttc_methods::run(engine, &ids, &cfg(c))?, &problem.answer),
+        );
     }
     Ok(QuestionLabels {
         id: problem.id.clone(),
@@ -159,12 +179,23 @@ impl QuestionLabels {
                 if config.n > k || config.n == 0 {
                     return None;
                 }
-                let mut rng = ChaCha8Rng::seed_from_u64(crate::dataset::fnv1a(self.id.as_bytes()) ^ config.n as u64);
+                let mut rng = ChaCha8Rng::seed_from_u64(
+                    crate::dataset::fnv1a(self.id.as_bytes()) ^ config.n as u64,
+                );
                 let draws = if config.n == k { 1 } else { RESAMPLES };
                 let (mut correct, mut tokens, mut steps) = (0.0, 0.0, 0.0);
                 for _ in 0..draws {
-                    let picked: Vec<&SampleRecord> = sample(&mut rng, k, config.n).into_iter().map(|i| &self.samples[i]).collect();
-                    let ballots: Vec<vote::Ballot> = picked.iter().map(|s| vote::Ballot { answer: s.answer.as_deref(), score: s.score }).collect();
+                    let picked: Vec<&SampleRecord> = sample(&mut rng, k, config.n)
+                        .into_iter()
+                        .map(|i| &self.samples[i])
+                        .collect();
+                    let ballots: Vec<vote::Ballot> = picked
+                        .iter()
+                        .map(|s| vote::Ballot {
+                            answer: s.answer.as_deref(),
+                            score: s.score,
+                        })
+                        .collect();
                     let chosen = match m {
                         Method::BestOfN => vote::best_of_n(&ballots),
                         Method::Weighted => vote::weighted(&ballots),
@@ -178,7 +209,11 @@ impl QuestionLabels {
                     steps += picked.iter().map(|s| s.steps).max().unwrap_or(0) as f64;
                 }
                 let d = draws as f64;
-                Some(Outcome { accuracy: correct / d, tokens: tokens / d, steps: steps / d })
+                Some(Outcome {
+                    accuracy: correct / d,
+                    tokens: tokens / d,
+                    steps: steps / d,
+                })
             }
         }
     }
@@ -193,7 +228,11 @@ impl QuestionLabels {
 }
 
 fn run_outcome(r: &RunRecord) -> Outcome {
-    Outcome { accuracy: if r.correct { 1.0 } else { 0.0 }, tokens: r.tokens as f64, steps: r.steps as f64 }
+    Outcome {
+        accuracy: if r.correct { 1.0 } else { 0.0 },
+        tokens: r.tokens as f64,
+        steps: r.steps as f64,
+    }
 }
 
 /// A labels file: its header and the questions labelled so far.
@@ -205,10 +244,18 @@ pub struct LabelsFile {
 /// Reads a labels file. A last line cut short by an interruption is ignored.
 pub fn read_labels(path: &Path) -> Result<LabelsFile> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let bad = |reason: String| AllocatorError::Labels { path: path.display().to_string(), reason };
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).peekable();
+    let bad = |reason: String| AllocatorError::Labels {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .peekable();
     let (_, first) = lines.next().ok_or_else(|| bad("empty file".into()))?;
-    let header: LabelHeader = serde_json::from_str(first).map_err(|e| bad(format!("line 1 is not a labels header ({e})")))?;
+    let header: LabelHeader = serde_json::from_str(first)
+        .map_err(|e| bad(format!("line 1 is not a labels header ({e})")))?;
     let mut questions = Vec::new();
     while let Some((i, line)) = lines.next() {
         match serde_json::from_str::<QuestionLabels>(line) {
@@ -244,12 +291,22 @@ pub fn label_dataset(
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        std::fs::write(path, format!("{}\n", serde_json::to_string(header).expect("header serializes"))).map_err(io_err(path))?;
+        std::fs::write(
+            path,
+            format!(
+                "{}\n",
+                serde_json::to_string(header).expect("header serializes")
+            ),
+        )
+        .map_err(io_err(path))?;
         HashSet::new()
     };
     // Make sure a line cut short by an earlier interruption does not glue onto the next one.
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let mut file = std::fs::OpenOptions::new().append(true).open(path).map_err(io_err(path))?;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io_err(path))?;
     if !text.ends_with('\n') {
         file.write_all(b"\n").map_err(io_err(path))?;
     }
@@ -262,7 +319,8 @@ pub fn label_dataset(
             other => other?,
         };
         let line = serde_json::to_string(&labels).expect("labels serialize");
-        file.write_all(format!("{line}\n").as_bytes()).map_err(io_err(path))?;
+        file.write_all(format!("{line}\n").as_bytes())
+            .map_err(io_err(path))?;
         finished += 1;
         on_progress(finished, total);
     }
@@ -279,8 +337,23 @@ mod tests {
             reference: "7".into(),
             prompt_tokens: 10,
             hidden: vec![0.0; 4],
-            greedy: RunRecord { answer: Some("7".into()), correct: true, tokens: 5, steps: 6, latency_s: 0.1 },
-            samples: answers.iter().enumerate().map(|(i, &(a, s))| SampleRecord { answer: Some(a.into()), score: s, tokens: 10 + i, steps: 11 + i }).collect(),
+            greedy: RunRecord {
+                answer: Some("7".into()),
+                correct: true,
+                tokens: 5,
+                steps: 6,
+                latency_s: 0.1,
+            },
+            samples: answers
+                .iter()
+                .enumerate()
+                .map(|(i, &(a, s))| SampleRecord {
+                    answer: Some(a.into()),
+                    score: s,
+                    tokens: 10 + i,
+                    steps: 11 + i,
+                })
+                .collect(),
             search: BTreeMap::new(),
         }
     }
@@ -294,7 +367,12 @@ mod tests {
         assert_eq!(all.tokens, (10 + 11 + 12 + 13) as f64);
         assert_eq!(all.steps, 14.0);
         // Best-of-N over all 4 picks the wrong, highest-scored one.
-        assert_eq!(q.outcome(&Config::parallel(Method::BestOfN, 4)).unwrap().accuracy, 0.0);
+        assert_eq!(
+            q.outcome(&Config::parallel(Method::BestOfN, 4))
+                .unwrap()
+                .accuracy,
+            0.0
+        );
         // Pairs: majority of a pair is its first answer on a tie; any pair holds a 7 but ("5", "7")
         // ties go to the earliest. The estimate lies strictly between the extremes.
         let two = q.outcome(&Config::parallel(Method::Majority, 2)).unwrap();

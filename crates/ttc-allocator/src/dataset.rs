@@ -48,7 +48,10 @@ impl std::str::FromStr for Split {
 /// nearly always, about a third of the time per sample, and nearly never.
 pub const BUILTIN_SUITES: [(&str, &str); 4] = [
     ("lookup", "copy a number back (near-certain)"),
-    ("digits", "single-digit sums and products (about a third per sample)"),
+    (
+        "digits",
+        "single-digit sums and products (about a third per sample)",
+    ),
     ("multidigit", "sums of two three-digit numbers (near zero)"),
     ("word", "two-step word problems (near zero)"),
 ];
@@ -59,19 +62,24 @@ pub const BUILTIN_SUITES: [(&str, &str); 4] = [
 pub fn load(spec: &str, split: Split) -> Result<Vec<Problem>> {
     if let Some(name) = spec.strip_prefix("builtin:") {
         let all = builtin(name)?;
-        return Ok(all.into_iter().filter(|p| split == Split::All || in_test_split(&p.question) == (split == Split::Test)).collect());
+        return Ok(all
+            .into_iter()
+            .filter(|p| split == Split::All || in_test_split(&p.question) == (split == Split::Test))
+            .collect());
     }
     read_jsonl(Path::new(spec))
 }
 
 /// About one question in five is held out for testing.
 fn in_test_split(question: &str) -> bool {
-    fnv1a(question.as_bytes()) % 5 == 0
+    fnv1a(question.as_bytes()).is_multiple_of(5)
 }
 
 /// FNV-1a: a stable hash (std's is randomized per process).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[derive(Deserialize)]
@@ -84,16 +92,22 @@ struct JsonlLine {
 /// the last `####` is the reference; a bare number is taken as is). Blank lines are skipped; a
 /// malformed line is an error that names the file and the line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Problem>> {
-    let text = std::fs::read_to_string(path).map_err(|e| AllocatorError::Dataset(format!("cannot read {}: {e}", path.display())))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AllocatorError::Dataset(format!("cannot read {}: {e}", path.display())))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |why: String| AllocatorError::Dataset(format!("{}:{line_no}: {why}", path.display()));
-        let row: JsonlLine = serde_json::from_str(line).map_err(|e| bad(format!("not a JSON object with question and answer ({e})")))?;
+        let bad =
+            |why: String| AllocatorError::Dataset(format!("{}:{line_no}: {why}", path.display()));
+        let row: JsonlLine = serde_json::from_str(line)
+            .map_err(|e| bad(format!("not a JSON object with question and answer ({e})")))?;
         let reference = match &row.answer {
             serde_json::Value::String(s) => match s.rsplit_once("####") {
                 Some((_, tail)) => tail.to_string(),
@@ -107,10 +121,17 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Problem>> {
         if row.question.trim().is_empty() || reference.is_empty() {
             return Err(bad("empty question or answer".into()));
         }
-        out.push(Problem { id: format!("{name}:{line_no}"), question: row.question, answer: reference });
+        out.push(Problem {
+            id: format!("{name}:{line_no}"),
+            question: row.question,
+            answer: reference,
+        });
     }
     if out.is_empty() {
-        return Err(AllocatorError::Dataset(format!("{} has no questions", path.display())));
+        return Err(AllocatorError::Dataset(format!(
+            "{} has no questions",
+            path.display()
+        )));
     }
     Ok(out)
 }
@@ -118,14 +139,20 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Problem>> {
 /// Generates a built-in suite.
 pub fn builtin(name: &str) -> Result<Vec<Problem>> {
     let suites: Vec<Vec<Problem>> = match name {
-        "mixed" => BUILTIN_SUITES.iter().map(|(n, _)| builtin(n)).collect::<Result<_>>()?,
+        "mixed" => BUILTIN_SUITES
+            .iter()
+            .map(|(n, _)| builtin(n))
+            .collect::<Result<_>>()?,
         "lookup" => vec![lookup()],
         "digits" => vec![digits()],
         "multidigit" => vec![multidigit()],
         "word" => vec![word()],
         other => {
             let names: Vec<&str> = BUILTIN_SUITES.iter().map(|s| s.0).collect();
-            return Err(AllocatorError::Dataset(format!("unknown built-in suite '{other}' ({}, mixed)", names.join(", "))));
+            return Err(AllocatorError::Dataset(format!(
+                "unknown built-in suite '{other}' ({}, mixed)",
+                names.join(", ")
+            )));
         }
     };
     // Interleave, so that a --limit takes from every suite.
@@ -138,7 +165,12 @@ pub fn builtin(name: &str) -> Result<Vec<Problem>> {
 }
 
 /// Unique questions from `make`, in generation order.
-fn generate(suite: &str, seed: u64, count: usize, mut make: impl FnMut(&mut ChaCha8Rng) -> (String, i64)) -> Vec<Problem> {
+fn generate(
+    suite: &str,
+    seed: u64,
+    count: usize,
+    mut make: impl FnMut(&mut ChaCha8Rng) -> (String, i64),
+) -> Vec<Problem> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -147,7 +179,11 @@ fn generate(suite: &str, seed: u64, count: usize, mut make: impl FnMut(&mut ChaC
         tries += 1;
         let (question, value) = make(&mut rng);
         if seen.insert(question.clone()) {
-            out.push(Problem { id: format!("{suite}-{}", out.len()), question, answer: value.to_string() });
+            out.push(Problem {
+                id: format!("{suite}-{}", out.len()),
+                question,
+                answer: value.to_string(),
+            });
         }
     }
     out
@@ -173,7 +209,10 @@ fn digits() -> Vec<Problem> {
 
 fn multidigit() -> Vec<Problem> {
     generate("multidigit", 3, 200, |rng| {
-        let (a, b) = (rng.random_range(100..1000i64), rng.random_range(100..1000i64));
+        let (a, b) = (
+            rng.random_range(100..1000i64),
+            rng.random_range(100..1000i64),
+        );
         (format!("What is {a} + {b}?"), a + b)
     })
 }
@@ -201,7 +240,11 @@ fn word() -> Vec<Problem> {
                 (format!("{name} has {a} {item}s. A friend gives {name} {b} more, and then {pronoun} gives away {c}. How many {item}s does {name} have now?"), a + b - c)
             }
             1 => {
-                let (a, b, c) = (rng.random_range(3..13i64), rng.random_range(2..10i64), rng.random_range(1..10i64));
+                let (a, b, c) = (
+                    rng.random_range(3..13i64),
+                    rng.random_range(2..10i64),
+                    rng.random_range(1..10i64),
+                );
                 (format!("A box holds {a} {item}s. How many {item}s are there in {b} boxes and {c} loose {item}s?"), a * b + c)
             }
             2 => {
@@ -229,9 +272,17 @@ mod tests {
             let train = load(&format!("builtin:{name}"), Split::Train).unwrap();
             let test = load(&format!("builtin:{name}"), Split::Test).unwrap();
             assert_eq!(train.len() + test.len(), all.len(), "{name}");
-            assert!(test.len() * 10 > all.len() && test.len() * 3 < all.len(), "{name}: {} of {}", test.len(), all.len());
+            assert!(
+                test.len() * 10 > all.len() && test.len() * 3 < all.len(),
+                "{name}: {} of {}",
+                test.len(),
+                all.len()
+            );
             let train_q: HashSet<&str> = train.iter().map(|p| p.question.as_str()).collect();
-            assert!(test.iter().all(|p| !train_q.contains(p.question.as_str())), "{name}");
+            assert!(
+                test.iter().all(|p| !train_q.contains(p.question.as_str())),
+                "{name}"
+            );
             // Deterministic.
             assert_eq!(all, builtin(name).unwrap());
         }
@@ -240,7 +291,10 @@ mod tests {
     #[test]
     fn builtin_answers_are_right() {
         let digits = builtin("digits").unwrap();
-        let p = digits.iter().find(|p| p.question == "What is 7 times 8?").expect("7 times 8 is generated");
+        let p = digits
+            .iter()
+            .find(|p| p.question == "What is 7 times 8?")
+            .expect("7 times 8 is generated");
         assert_eq!(p.answer, "56");
         for p in builtin("word").unwrap() {
             assert!(p.answer.parse::<i64>().unwrap() >= 0, "{p:?}");
@@ -260,12 +314,23 @@ mod tests {
         assert_eq!(rows[1].answer, "7");
         assert_eq!(rows[1].id, "good.jsonl:3");
         let bad = dir.join("bad.jsonl");
-        std::fs::write(&bad, "{\"question\": \"Q1?\", \"answer\": \"#### 3\"}\n{\"question\": \"Q2?\"\n").unwrap();
+        std::fs::write(
+            &bad,
+            "{\"question\": \"Q1?\", \"answer\": \"#### 3\"}\n{\"question\": \"Q2?\"\n",
+        )
+        .unwrap();
         let err = read_jsonl(&bad).unwrap_err().to_string();
         assert!(err.contains("bad.jsonl:2:"), "{err}");
         let no_final = dir.join("nofinal.jsonl");
-        std::fs::write(&no_final, "{\"question\": \"Q1?\", \"answer\": \"three\"}\n").unwrap();
-        assert!(read_jsonl(&no_final).unwrap_err().to_string().contains("nofinal.jsonl:1:"));
+        std::fs::write(
+            &no_final,
+            "{\"question\": \"Q1?\", \"answer\": \"three\"}\n",
+        )
+        .unwrap();
+        assert!(read_jsonl(&no_final)
+            .unwrap_err()
+            .to_string()
+            .contains("nofinal.jsonl:1:"));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

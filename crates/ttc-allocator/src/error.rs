@@ -17,18 +17,30 @@ pub enum AllocatorError {
     #[error("{0}")]
     Candle(String),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl From<candle_core::Error> for AllocatorError {
     fn from(e: candle_core::Error) -> Self {
         // candle appends a backtrace to some messages: keep the first line.
-        Self::Candle(e.to_string().lines().next().unwrap_or("candle error").to_string())
+        Self::Candle(
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("candle error")
+                .to_string(),
+        )
     }
 }
 
 pub type Result<T> = std::result::Result<T, AllocatorError>;
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AllocatorError + '_ {
-    move |source| AllocatorError::Io { path: path.display().to_string(), source }
+    move |source| AllocatorError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }

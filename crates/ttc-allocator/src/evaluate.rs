@@ -91,7 +91,11 @@ fn percentile(v: &[f64], q: f64) -> f64 {
 
 fn mean(v: impl Iterator<Item = f64>) -> f64 {
     let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-    if n == 0 { f64::NAN } else { s / n as f64 }
+    if n == 0 {
+        f64::NAN
+    } else {
+        s / n as f64
+    }
 }
 
 fn cell(alloc: &Allocator, q: &QuestionLabels, c: &Config) -> Option<Cell> {
@@ -101,19 +105,37 @@ fn cell(alloc: &Allocator, q: &QuestionLabels, c: &Config) -> Option<Cell> {
     } else if c.method.is_search() {
         q.search.get(&c.label())?.latency_s
     } else {
-        alloc.profile.latency_s(&Work { prompt_len: q.prompt_tokens, tokens: o.tokens, steps: o.steps, scorer_tokens: 0.0, kind: WorkKind::Parallel })
+        alloc.profile.latency_s(&Work {
+            prompt_len: q.prompt_tokens,
+            tokens: o.tokens,
+            steps: o.steps,
+            scorer_tokens: 0.0,
+            kind: WorkKind::Parallel,
+        })
     };
-    Some(Cell { accuracy: o.accuracy, tokens: o.tokens, latency_s })
+    Some(Cell {
+        accuracy: o.accuracy,
+        tokens: o.tokens,
+        latency_s,
+    })
 }
 
 /// Lambda pairs of the default sweep: latency prices from 0 up (tokens free), then token prices
 /// (latency free).
 pub fn default_sweep() -> Vec<Lambdas> {
-    let mut v: Vec<Lambdas> = [0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
-        .iter()
-        .map(|&l| Lambdas { tokens: 0.0, latency: l })
-        .collect();
-    v.extend([1e-5, 3e-5, 1e-4, 3e-4, 1e-3].iter().map(|&t| Lambdas { tokens: t, latency: 0.0 }));
+    let mut v: Vec<Lambdas> = [
+        0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+    ]
+    .iter()
+    .map(|&l| Lambdas {
+        tokens: 0.0,
+        latency: l,
+    })
+    .collect();
+    v.extend([1e-5, 3e-5, 1e-4, 3e-4, 1e-3].iter().map(|&t| Lambdas {
+        tokens: t,
+        latency: 0.0,
+    }));
     v
 }
 
@@ -138,12 +160,23 @@ fn summarize(cells: &[Cell]) -> Summary {
 }
 
 /// Evaluates `configs` and the allocator at each of `sweep` on the labelled `questions`.
-pub fn evaluate(alloc: &Allocator, questions: &[QuestionLabels], configs: &[Config], sweep: &[Lambdas]) -> Result<Evaluation> {
+pub fn evaluate(
+    alloc: &Allocator,
+    questions: &[QuestionLabels],
+    configs: &[Config],
+    sweep: &[Lambdas],
+) -> Result<Evaluation> {
     // Each question's outcome under each configuration, estimated once (resampling is the
     // costly part), for the static rows and every price point alike.
     let table: Vec<HashMap<Config, Cell>> = questions
         .iter()
-        .map(|q| configs.iter().chain(&alloc.menu).filter_map(|c| Some((*c, cell(alloc, q, c)?))).collect())
+        .map(|q| {
+            configs
+                .iter()
+                .chain(&alloc.menu)
+                .filter_map(|c| Some((*c, cell(alloc, q, c)?)))
+                .collect()
+        })
         .collect();
     let mut static_rows = Vec::new();
     for c in configs {
@@ -159,7 +192,11 @@ pub fn evaluate(alloc: &Allocator, questions: &[QuestionLabels], configs: &[Conf
             mean_latency_s: sum.mean_latency_s,
             p50_latency_s: sum.p50_latency_s,
             p95_latency_s: sum.p95_latency_s,
-            latency_source: if c.method == ttc_methods::Method::Greedy || c.method.is_search() { "measured" } else { "predicted" },
+            latency_source: if c.method == ttc_methods::Method::Greedy || c.method.is_search() {
+                "measured"
+            } else {
+                "predicted"
+            },
             questions: cells.len(),
         });
     }
@@ -168,7 +205,13 @@ pub fn evaluate(alloc: &Allocator, questions: &[QuestionLabels], configs: &[Conf
     let predictions: Vec<Vec<_>> = questions
         .iter()
         .zip(&table)
-        .map(|(q, t)| alloc.predict(&q.hidden, q.prompt_tokens).map(|p| p.into_iter().filter(|p| t.contains_key(&p.config)).collect::<Vec<_>>()))
+        .map(|(q, t)| {
+            alloc.predict(&q.hidden, q.prompt_tokens).map(|p| {
+                p.into_iter()
+                    .filter(|p| t.contains_key(&p.config))
+                    .collect::<Vec<_>>()
+            })
+        })
         .collect::<Result<_>>()?;
     let mut adaptive = Vec::new();
     for &l in sweep {
@@ -198,26 +241,44 @@ pub fn evaluate(alloc: &Allocator, questions: &[QuestionLabels], configs: &[Conf
         });
     }
     let target = check_target(&static_rows, &adaptive);
-    Ok(Evaluation { static_rows, adaptive, target })
+    Ok(Evaluation {
+        static_rows,
+        adaptive,
+        target,
+    })
 }
 
 fn check_target(static_rows: &[StaticRow], adaptive: &[AdaptiveRow]) -> TargetCheck {
     // The most accurate static configuration (ties: the faster).
     let best = static_rows
         .iter()
-        .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy).then(b.mean_latency_s.total_cmp(&a.mean_latency_s)))
+        .max_by(|a, b| {
+            a.accuracy
+                .total_cmp(&b.accuracy)
+                .then(b.mean_latency_s.total_cmp(&a.mean_latency_s))
+        })
         .expect("at least one static row");
-    let at_latency = adaptive.iter().filter(|a| a.mean_latency_s <= best.mean_latency_s + 1e-9).map(|a| a.accuracy).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let at_latency = adaptive
+        .iter()
+        .filter(|a| a.mean_latency_s <= best.mean_latency_s + 1e-9)
+        .map(|a| a.accuracy)
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
     // Allocator points within 2 points of it, by their share of its latency and tokens; the
     // target needs one point under 60% on both.
     let shares: Vec<(f64, f64)> = adaptive
         .iter()
         .filter(|a| a.accuracy >= best.accuracy - 0.02)
-        .map(|a| (a.mean_latency_s / best.mean_latency_s, a.mean_tokens / best.mean_tokens))
+        .map(|a| {
+            (
+                a.mean_latency_s / best.mean_latency_s,
+                a.mean_tokens / best.mean_tokens,
+            )
+        })
         .collect();
     let cheapest = shares.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0));
     let (lat_share, tok_share) = (cheapest.map(|s| s.0), cheapest.map(|s| s.1));
-    let met = at_latency.is_some_and(|a| a >= best.accuracy - 1e-9) && shares.iter().any(|&(l, t)| l <= 0.6 && t <= 0.6);
+    let met = at_latency.is_some_and(|a| a >= best.accuracy - 1e-9)
+        && shares.iter().any(|&(l, t)| l <= 0.6 && t <= 0.6);
     TargetCheck {
         best_static: best.config,
         best_static_accuracy: best.accuracy,
@@ -234,16 +295,38 @@ mod tests {
     use ttc_methods::Method;
 
     fn stat(c: Config, accuracy: f64, tokens: f64, latency: f64) -> StaticRow {
-        StaticRow { config: c, accuracy, mean_tokens: tokens, mean_latency_s: latency, p50_latency_s: latency, p95_latency_s: latency, latency_source: "measured", questions: 10 }
+        StaticRow {
+            config: c,
+            accuracy,
+            mean_tokens: tokens,
+            mean_latency_s: latency,
+            p50_latency_s: latency,
+            p95_latency_s: latency,
+            latency_source: "measured",
+            questions: 10,
+        }
     }
 
     fn point(accuracy: f64, tokens: f64, latency: f64) -> AdaptiveRow {
-        AdaptiveRow { lambda_tokens: 0.0, lambda_latency: 0.0, accuracy, mean_tokens: tokens, mean_latency_s: latency, p50_latency_s: latency, p95_latency_s: latency, chosen: BTreeMap::new(), questions: 10 }
+        AdaptiveRow {
+            lambda_tokens: 0.0,
+            lambda_latency: 0.0,
+            accuracy,
+            mean_tokens: tokens,
+            mean_latency_s: latency,
+            p50_latency_s: latency,
+            p95_latency_s: latency,
+            chosen: BTreeMap::new(),
+            questions: 10,
+        }
     }
 
     #[test]
     fn the_target_needs_one_point_cheap_in_both_latency_and_tokens() {
-        let statics = [stat(Config::GREEDY, 0.3, 10.0, 1.0), stat(Config::parallel(Method::Majority, 16), 0.5, 400.0, 8.0)];
+        let statics = [
+            stat(Config::GREEDY, 0.3, 10.0, 1.0),
+            stat(Config::parallel(Method::Majority, 16), 0.5, 400.0, 8.0),
+        ];
         // As accurate at its latency, and within 2 points at 50% of its latency and tokens.
         let t = check_target(&statics, &[point(0.5, 300.0, 8.0), point(0.49, 200.0, 4.0)]);
         assert_eq!(t.best_static, Config::parallel(Method::Majority, 16));
@@ -254,13 +337,18 @@ mod tests {
         assert!(!t.met, "{t:?}");
         // Less accurate at the same latency: not met.
         let t = check_target(&statics, &[point(0.45, 100.0, 2.0)]);
-        assert!(!t.met && t.adaptive_accuracy_at_its_latency == Some(0.45), "{t:?}");
+        assert!(
+            !t.met && t.adaptive_accuracy_at_its_latency == Some(0.45),
+            "{t:?}"
+        );
     }
 
     #[test]
     fn percentiles_interpolate() {
         assert_eq!(percentile(&[3.0, 1.0, 2.0], 0.5), 2.0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.5);
-        assert!((percentile(&(1..=100).map(f64::from).collect::<Vec<_>>(), 0.95) - 95.05).abs() < 1e-9);
+        assert!(
+            (percentile(&(1..=100).map(f64::from).collect::<Vec<_>>(), 0.95) - 95.05).abs() < 1e-9
+        );
     }
 }

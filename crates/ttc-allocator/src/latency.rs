@@ -38,16 +38,35 @@ pub struct ProfileKey {
 impl ProfileKey {
     pub fn for_engine(engine: &Engine, threads: usize) -> Self {
         let file = engine.resolved.paths.first();
-        let name = file.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| engine.name.clone());
-        let bytes: u64 = engine.resolved.paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
-        let device = if engine.model.device().is_cpu() { "cpu".to_string() } else { format!("{:?}", engine.model.device().location()) };
-        Self { model: format!("{name}:{bytes}"), device, threads }
+        let name = file
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| engine.name.clone());
+        let bytes: u64 = engine
+            .resolved
+            .paths
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let device = if engine.model.device().is_cpu() {
+            "cpu".to_string()
+        } else {
+            format!("{:?}", engine.model.device().location())
+        };
+        Self {
+            model: format!("{name}:{bytes}"),
+            device,
+            threads,
+        }
     }
 
     /// The profile's file in the cache.
     pub fn default_path(&self) -> PathBuf {
         let name = format!("{}-{}-t{}.json", self.model, self.device, self.threads);
-        ttc_engine::download::cache_dir().join("profiles").join(crate::probe::sanitize(&name))
+        ttc_engine::download::cache_dir()
+            .join("profiles")
+            .join(crate::probe::sanitize(&name))
     }
 }
 
@@ -133,12 +152,20 @@ pub struct Grid {
 impl Grid {
     /// The full grid of `ttc-run profile`.
     pub fn full() -> Self {
-        Self { contexts: vec![32, 128, 384, 768], widths: vec![1, 2, 4, 8, 16], steps: 4 }
+        Self {
+            contexts: vec![32, 128, 384, 768],
+            widths: vec![1, 2, 4, 8, 16],
+            steps: 4,
+        }
     }
 
     /// What the first `auto` request measures when there is no profile yet (a few seconds).
     pub fn brief() -> Self {
-        Self { contexts: vec![48, 256], widths: vec![1, 4, 16], steps: 2 }
+        Self {
+            contexts: vec![48, 256],
+            widths: vec![1, 4, 16],
+            steps: 2,
+        }
     }
 
     pub fn measurements(&self) -> usize {
@@ -150,7 +177,12 @@ impl LatencyProfile {
     /// Times prefill at each context length of `grid` (random ids, as llama-bench does), and
     /// from each prefilled prompt one decode step at each width. `on_progress(done, total, what)`
     /// is called after each measurement.
-    pub fn measure(engine: &Engine, key: ProfileKey, grid: &Grid, mut on_progress: impl FnMut(usize, usize, &str)) -> Result<Self> {
+    pub fn measure(
+        engine: &Engine,
+        key: ProfileKey,
+        grid: &Grid,
+        mut on_progress: impl FnMut(usize, usize, &str),
+    ) -> Result<Self> {
         if grid.contexts.is_empty() || grid.widths.is_empty() || grid.steps == 0 {
             return Err(AllocatorError::Invalid("the profile grid is empty".into()));
         }
@@ -162,14 +194,29 @@ impl LatencyProfile {
         let mut prefill = Vec::new();
         let mut decode = Vec::new();
         for &context in &grid.contexts {
-            let context = context.min(engine.context_limit().saturating_sub(grid.steps + 2)).max(1);
-            let prompt: Vec<u32> = std::iter::repeat_with(|| rng.random_range(0..vocab)).filter(|&t| !engine.tokenizer.is_special(t)).take(context).collect();
+            let context = context
+                .min(engine.context_limit().saturating_sub(grid.steps + 2))
+                .max(1);
+            let prompt: Vec<u32> = std::iter::repeat_with(|| rng.random_range(0..vocab))
+                .filter(|&t| !engine.tokenizer.is_special(t))
+                .take(context)
+                .collect();
             // The sampling every method but greedy uses by default.
-            let opts = SessionOptions { params: SamplingParams::default(), seed: 1, max_tokens: grid.steps + 1, stop: vec![], ignore_eos: true, kv_blocks: 0 };
+            let opts = SessionOptions {
+                params: SamplingParams::default(),
+                seed: 1,
+                max_tokens: grid.steps + 1,
+                stop: vec![],
+                ignore_eos: true,
+                kv_blocks: 0,
+            };
             let mut session = engine.session(prompt.len(), widest, opts)?;
             let t = Instant::now();
             let root = session.prefill(&prompt)?;
-            prefill.push(PrefillPoint { prompt_len: context, seconds: t.elapsed().as_secs_f64() });
+            prefill.push(PrefillPoint {
+                prompt_len: context,
+                seconds: t.elapsed().as_secs_f64(),
+            });
             done += 1;
             on_progress(done, total, &format!("prefill {context}"));
             for &width in &grid.widths {
@@ -179,22 +226,41 @@ impl LatencyProfile {
                 for _ in 0..grid.steps {
                     session.step(&seqs)?;
                 }
-                decode.push(DecodePoint { width, context, seconds: t.elapsed().as_secs_f64() / grid.steps as f64 });
+                decode.push(DecodePoint {
+                    width,
+                    context,
+                    seconds: t.elapsed().as_secs_f64() / grid.steps as f64,
+                });
                 for s in seqs {
                     session.free(s);
                 }
                 done += 1;
-                on_progress(done, total, &format!("decode width {width} context {context}"));
+                on_progress(
+                    done,
+                    total,
+                    &format!("decode width {width} context {context}"),
+                );
             }
         }
-        Ok(Self { ttc_profile: PROFILE_VERSION, key, prefill, decode, scorer_s_per_token: 0.0, corrections: Default::default() })
+        Ok(Self {
+            ttc_profile: PROFILE_VERSION,
+            key,
+            prefill,
+            decode,
+            scorer_s_per_token: 0.0,
+            corrections: Default::default(),
+        })
     }
 
     /// Seconds to prefill `prompt_len` tokens: piecewise linear through the origin and the
     /// measured points, extended by the last segment's slope.
     pub fn prefill_s(&self, prompt_len: usize) -> f64 {
         let mut pts: Vec<(f64, f64)> = vec![(0.0, 0.0)];
-        pts.extend(self.prefill.iter().map(|p| (p.prompt_len as f64, p.seconds)));
+        pts.extend(
+            self.prefill
+                .iter()
+                .map(|p| (p.prompt_len as f64, p.seconds)),
+        );
         interpolate(&pts, prompt_len as f64).max(0.0)
     }
 
@@ -207,7 +273,12 @@ impl LatencyProfile {
         let at_context: Vec<(f64, f64)> = contexts
             .iter()
             .map(|&c| {
-                let mut pts: Vec<(f64, f64)> = self.decode.iter().filter(|d| d.context == c).map(|d| (d.width as f64, d.seconds)).collect();
+                let mut pts: Vec<(f64, f64)> = self
+                    .decode
+                    .iter()
+                    .filter(|d| d.context == c)
+                    .map(|d| (d.width as f64, d.seconds))
+                    .collect();
                 pts.sort_by(|a, b| a.0.total_cmp(&b.0));
                 (c as f64, interpolate(&pts, width))
             })
@@ -239,7 +310,10 @@ impl LatencyProfile {
     /// happened (its real tokens and steps) and the seconds it took. Returns the new factor.
     pub fn observe(&mut self, work: &Work, measured_s: f64) -> f64 {
         let predicted = self.raw_latency_s(work);
-        let c = self.corrections.entry(work.kind).or_insert(Correction { factor: 1.0, observations: 0 });
+        let c = self.corrections.entry(work.kind).or_insert(Correction {
+            factor: 1.0,
+            observations: 0,
+        });
         if predicted > 0.0 && measured_s.is_finite() && measured_s > 0.0 {
             let ratio = (measured_s / predicted).clamp(0.25, 4.0);
             // A running mean for the first observations, then exponential smoothing.
@@ -251,11 +325,18 @@ impl LatencyProfile {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let bad = |reason: String| AllocatorError::Profile { path: path.display().to_string(), reason };
+        let bad = |reason: String| AllocatorError::Profile {
+            path: path.display().to_string(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let p: Self = serde_json::from_str(&text).map_err(|e| bad(format!("not a ttc latency profile ({e})")))?;
+        let p: Self = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("not a ttc latency profile ({e})")))?;
         if p.ttc_profile != PROFILE_VERSION {
-            return Err(bad(format!("is a version {} profile; this ttc reads version {PROFILE_VERSION}", p.ttc_profile)));
+            return Err(bad(format!(
+                "is a version {} profile; this ttc reads version {PROFILE_VERSION}",
+                p.ttc_profile
+            )));
         }
         let finite = |x: f64| x.is_finite() && x >= 0.0;
         if p.prefill.is_empty()
@@ -275,7 +356,11 @@ impl LatencyProfile {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_string_pretty(self).expect("profile serializes")).map_err(io_err(&tmp))?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_string_pretty(self).expect("profile serializes"),
+        )
+        .map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io_err(path))
     }
 }
@@ -286,7 +371,11 @@ fn interpolate(pts: &[(f64, f64)], x: f64) -> f64 {
         0 => 0.0,
         1 => pts[0].1,
         n => {
-            let i = pts.iter().position(|p| p.0 >= x).unwrap_or(n - 1).clamp(1, n - 1);
+            let i = pts
+                .iter()
+                .position(|p| p.0 >= x)
+                .unwrap_or(n - 1)
+                .clamp(1, n - 1);
             let (x0, y0) = pts[i - 1];
             let (x1, y1) = pts[i];
             if (x1 - x0).abs() < 1e-12 {
@@ -306,13 +395,30 @@ mod tests {
         let mut decode = Vec::new();
         for c in [64, 512] {
             for w in [1, 4, 16] {
-                decode.push(DecodePoint { width: w, context: c, seconds: 0.02 + 0.01 * w as f64 + 1e-5 * c as f64 });
+                decode.push(DecodePoint {
+                    width: w,
+                    context: c,
+                    seconds: 0.02 + 0.01 * w as f64 + 1e-5 * c as f64,
+                });
             }
         }
         LatencyProfile {
             ttc_profile: PROFILE_VERSION,
-            key: ProfileKey { model: "m".into(), device: "cpu".into(), threads: 2 },
-            prefill: vec![PrefillPoint { prompt_len: 64, seconds: 0.64 }, PrefillPoint { prompt_len: 512, seconds: 5.12 }],
+            key: ProfileKey {
+                model: "m".into(),
+                device: "cpu".into(),
+                threads: 2,
+            },
+            prefill: vec![
+                PrefillPoint {
+                    prompt_len: 64,
+                    seconds: 0.64,
+                },
+                PrefillPoint {
+                    prompt_len: 512,
+                    seconds: 5.12,
+                },
+            ],
             decode,
             scorer_s_per_token: 0.0,
             corrections: Default::default(),
@@ -327,7 +433,13 @@ mod tests {
         assert!((p.step_s(8.0, 64.0) - (0.02 + 0.08 + 64e-5)).abs() < 1e-9);
         assert!((p.step_s(32.0, 1024.0) - (0.02 + 0.32 + 1024e-5)).abs() < 1e-9);
         // 4 samples of 10 tokens, 11 steps: prefill + 11 steps at width 40/11.
-        let w = Work { prompt_len: 64, tokens: 40.0, steps: 11.0, scorer_tokens: 0.0, kind: WorkKind::Parallel };
+        let w = Work {
+            prompt_len: 64,
+            tokens: 40.0,
+            steps: 11.0,
+            scorer_tokens: 0.0,
+            kind: WorkKind::Parallel,
+        };
         let expect = 0.64 + 11.0 * (0.02 + 0.01 * 40.0 / 11.0 + 1e-5 * (64.0 + 5.5));
         assert!((p.latency_s(&w) - expect).abs() < 1e-9);
     }
@@ -335,7 +447,13 @@ mod tests {
     #[test]
     fn observations_move_the_correction_toward_the_measured_ratio() {
         let mut p = synthetic();
-        let w = Work { prompt_len: 64, tokens: 10.0, steps: 10.0, scorer_tokens: 0.0, kind: WorkKind::Search };
+        let w = Work {
+            prompt_len: 64,
+            tokens: 10.0,
+            steps: 10.0,
+            scorer_tokens: 0.0,
+            kind: WorkKind::Search,
+        };
         let raw = p.raw_latency_s(&w);
         p.observe(&w, raw * 1.3);
         // The first observation sets the factor; other kinds are untouched.
@@ -343,7 +461,11 @@ mod tests {
         for _ in 0..50 {
             p.observe(&w, raw * 1.1);
         }
-        assert!((p.correction(WorkKind::Search) - 1.1).abs() < 0.02, "{}", p.correction(WorkKind::Search));
+        assert!(
+            (p.correction(WorkKind::Search) - 1.1).abs() < 0.02,
+            "{}",
+            p.correction(WorkKind::Search)
+        );
         assert_eq!(p.corrections[&WorkKind::Search].observations, 51);
         assert_eq!(p.correction(WorkKind::Greedy), 1.0);
         assert!((p.latency_s(&w) - 1.1 * raw).abs() < 0.02 * raw);
@@ -356,13 +478,19 @@ mod tests {
         let path = dir.join("p.json");
         std::fs::write(&path, "{ not json").unwrap();
         let err = LatencyProfile::load(&path).unwrap_err().to_string();
-        assert!(err.starts_with("latency profile ") && err.contains("not a ttc latency profile"), "{err}");
+        assert!(
+            err.starts_with("latency profile ") && err.contains("not a ttc latency profile"),
+            "{err}"
+        );
         let mut p = synthetic();
         p.save(&path).unwrap();
         assert_eq!(LatencyProfile::load(&path).unwrap(), p);
         p.decode.clear();
         p.save(&path).unwrap();
-        assert!(LatencyProfile::load(&path).unwrap_err().to_string().contains("no usable"));
+        assert!(LatencyProfile::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("no usable"));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

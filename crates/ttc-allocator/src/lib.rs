@@ -14,7 +14,7 @@ pub mod prompt;
 
 pub use error::{AllocatorError, Result};
 pub use menu::Config;
-pub mod probe;
-pub mod policy;
-pub mod route;
 pub mod evaluate;
+pub mod policy;
+pub mod probe;
+pub mod route;

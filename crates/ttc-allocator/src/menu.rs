@@ -27,14 +27,29 @@ pub struct Config {
 pub const CONFIG_FEATURES: usize = 9;
 
 impl Config {
-    pub const GREEDY: Config = Config { method: Method::Greedy, n: 1, beam_width: 1, max_iters: 0 };
+    pub const GREEDY: Config = Config {
+        method: Method::Greedy,
+        n: 1,
+        beam_width: 1,
+        max_iters: 0,
+    };
 
     pub fn parallel(method: Method, n: usize) -> Self {
-        Self { method, n, beam_width: 1, max_iters: 0 }
+        Self {
+            method,
+            n,
+            beam_width: 1,
+            max_iters: 0,
+        }
     }
 
     pub fn search(method: Method, n: usize, beam_width: usize, max_iters: usize) -> Self {
-        Self { method, n, beam_width, max_iters }
+        Self {
+            method,
+            n,
+            beam_width,
+            max_iters,
+        }
     }
 
     pub fn label(&self) -> String {
@@ -43,7 +58,13 @@ impl Config {
 
     /// `base` (scorer, sampling, seed, cap, stops) running this configuration.
     pub fn method_config(&self, base: &MethodConfig) -> MethodConfig {
-        MethodConfig { method: self.method, n: self.n, beam_width: self.beam_width, max_iters: self.max_iters.max(1), ..base.clone() }
+        MethodConfig {
+            method: self.method,
+            n: self.n,
+            beam_width: self.beam_width,
+            max_iters: self.max_iters.max(1),
+            ..base.clone()
+        }
     }
 
     /// One-hot method, then log2 widths and iterations scaled to about [0, 1].
@@ -69,7 +90,14 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.method {
             Method::Greedy => write!(f, "greedy"),
-            m if m.is_search() => write!(f, "{}({},{},{})", m.name(), self.n, self.beam_width, self.max_iters),
+            m if m.is_search() => write!(
+                f,
+                "{}({},{},{})",
+                m.name(),
+                self.n,
+                self.beam_width,
+                self.max_iters
+            ),
             m => write!(f, "{}@{}", m.name(), self.n),
         }
     }
@@ -79,7 +107,9 @@ impl FromStr for Config {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let bad = || format!("'{s}' is not a configuration (greedy, majority@8, best-of-n@4, weighted@16, beam(4,2,10), dvts(8,2,10))");
+        let bad = || {
+            format!("'{s}' is not a configuration (greedy, majority@8, best-of-n@4, weighted@16, beam(4,2,10), dvts(8,2,10))")
+        };
         if s == "greedy" {
             return Ok(Self::GREEDY);
         }
@@ -101,7 +131,9 @@ impl FromStr for Config {
             .collect::<Result<_, _>>()
             .map_err(|_| bad())?;
         match nums[..] {
-            [n, m, iters] if method.is_search() && m > 0 && n % m == 0 && iters > 0 => Ok(Self::search(method, n, m, iters)),
+            [n, m, iters] if method.is_search() && m > 0 && n % m == 0 && iters > 0 => {
+                Ok(Self::search(method, n, m, iters))
+            }
             _ => Err(bad()),
         }
     }
@@ -175,8 +207,20 @@ mod tests {
         for c in default_menu() {
             assert_eq!(c.label().parse::<Config>().unwrap(), c, "{c}");
         }
-        assert_eq!("majority@8".parse::<Config>().unwrap(), Config::parallel(Method::Majority, 8));
-        for bad in ["", "majority", "majority@0", "beam@4", "beam(4,3,10)", "beam(4,2)", "greedy@2", "dvts(8,2,0)"] {
+        assert_eq!(
+            "majority@8".parse::<Config>().unwrap(),
+            Config::parallel(Method::Majority, 8)
+        );
+        for bad in [
+            "",
+            "majority",
+            "majority@0",
+            "beam@4",
+            "beam(4,3,10)",
+            "beam(4,2)",
+            "greedy@2",
+            "dvts(8,2,0)",
+        ] {
             assert!(bad.parse::<Config>().is_err(), "{bad}");
         }
     }
@@ -184,7 +228,14 @@ mod tests {
     #[test]
     fn lists_split_at_top_level_commas() {
         let l: ConfigList = "greedy,beam(4,2,10), majority@8".parse().unwrap();
-        assert_eq!(l.0, vec![Config::GREEDY, Config::search(Method::Beam, 4, 2, 10), Config::parallel(Method::Majority, 8)]);
+        assert_eq!(
+            l.0,
+            vec![
+                Config::GREEDY,
+                Config::search(Method::Beam, 4, 2, 10),
+                Config::parallel(Method::Majority, 8)
+            ]
+        );
         assert!("greedy,,majority@2".parse::<ConfigList>().is_err());
     }
 

@@ -27,7 +27,10 @@ impl Lambdas {
     /// One point of accuracy is worth one second: majority@16 (about 6 s on a 2-core CPU with
     /// the default model) must beat greedy (about 1 s) by 5 points to be chosen. Tokens are
     /// free by default: on a local device they cost time, which lambda_L already prices.
-    pub const DEFAULT: Lambdas = Lambdas { tokens: 0.0, latency: 0.01 };
+    pub const DEFAULT: Lambdas = Lambdas {
+        tokens: 0.0,
+        latency: 0.01,
+    };
 }
 
 /// What the allocator predicts for one configuration on one prompt.
@@ -113,7 +116,11 @@ pub fn solve(batch: &[Vec<Prediction>], target: Target, base: Lambdas) -> Lambda
         return with(hi);
     }
     for _ in 0..100 {
-        let mid = if lo <= 0.0 { hi * 1e-6 } else { (lo * hi).sqrt() };
+        let mid = if lo <= 0.0 {
+            hi * 1e-6
+        } else {
+            (lo * hi).sqrt()
+        };
         if mean_cost(with(mid)) <= budget {
             hi = mid;
         } else {
@@ -147,8 +154,15 @@ pub struct Allocator {
 
 impl Allocator {
     pub fn new(profile: LatencyProfile, probe: Option<Probe>) -> Self {
-        let menu = probe.as_ref().map(|p| p.meta.menu.clone()).unwrap_or_else(crate::menu::default_menu);
-        Self { profile, probe, menu }
+        let menu = probe
+            .as_ref()
+            .map(|p| p.meta.menu.clone())
+            .unwrap_or_else(crate::menu::default_menu);
+        Self {
+            profile,
+            probe,
+            menu,
+        }
     }
 
     /// The answer length cap the predictions assume.
@@ -169,7 +183,13 @@ impl Allocator {
                     .zip(acc)
                     .filter_map(|(c, a)| {
                         let work = probe.meta.tokens.work(c, sample, prompt_len)?;
-                        Some(Prediction { config: *c, accuracy: Some(a), tokens: work.tokens, latency_s: self.profile.latency_s(&work), work })
+                        Some(Prediction {
+                            config: *c,
+                            accuracy: Some(a),
+                            tokens: work.tokens,
+                            latency_s: self.profile.latency_s(&work),
+                            work,
+                        })
                     })
                     .collect())
             }
@@ -179,11 +199,28 @@ impl Allocator {
 
     /// The prediction for `config` when no probe can say more: parallel samples of an assumed
     /// length ([`FALLBACK_SAMPLE_SHARE`] of `max_tokens`), timed by the profile.
-    pub fn predict_without_probe(&self, config: &Config, prompt_len: usize, max_tokens: usize) -> Prediction {
+    pub fn predict_without_probe(
+        &self,
+        config: &Config,
+        prompt_len: usize,
+        max_tokens: usize,
+    ) -> Prediction {
         let sample = (max_tokens as f64 * FALLBACK_SAMPLE_SHARE).max(1.0);
         let n = config.n.max(1) as f64;
-        let work = Work { prompt_len, tokens: n * sample, steps: sample + 1.0, scorer_tokens: 0.0, kind: WorkKind::of(config.method) };
-        Prediction { config: *config, accuracy: None, tokens: work.tokens, latency_s: self.profile.latency_s(&work), work }
+        let work = Work {
+            prompt_len,
+            tokens: n * sample,
+            steps: sample + 1.0,
+            scorer_tokens: 0.0,
+            kind: WorkKind::of(config.method),
+        };
+        Prediction {
+            config: *config,
+            accuracy: None,
+            tokens: work.tokens,
+            latency_s: self.profile.latency_s(&work),
+            work,
+        }
     }
 }
 
@@ -216,7 +253,10 @@ mod tests {
             let lt = rng.random_range(0.0..1e-3);
             let mut last = f64::INFINITY;
             for step in 0..200 {
-                let l = Lambdas { tokens: lt, latency: step as f64 * 0.002 };
+                let l = Lambdas {
+                    tokens: lt,
+                    latency: step as f64 * 0.002,
+                };
                 let lat = preds[choose(&preds, l)].latency_s;
                 assert!(lat <= last + 1e-12, "latency rose from {last} to {lat}");
                 last = lat;
@@ -224,7 +264,10 @@ mod tests {
             let ll = rng.random_range(0.0..0.05);
             let mut last = f64::INFINITY;
             for step in 0..200 {
-                let l = Lambdas { tokens: step as f64 * 2e-5, latency: ll };
+                let l = Lambdas {
+                    tokens: step as f64 * 2e-5,
+                    latency: ll,
+                };
                 let tok = preds[choose(&preds, l)].tokens;
                 assert!(tok <= last, "tokens rose from {last} to {tok}");
                 last = tok;
@@ -236,25 +279,79 @@ mod tests {
     fn zero_prices_choose_the_most_accurate_and_high_prices_the_cheapest() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
         let preds = random_menu(&mut rng);
-        let best = preds.iter().map(|p| p.accuracy.unwrap()).fold(0.0, f64::max);
-        assert_eq!(preds[choose(&preds, Lambdas { tokens: 0.0, latency: 0.0 })].accuracy.unwrap(), best);
-        let fastest = preds.iter().map(|p| p.latency_s).fold(f64::INFINITY, f64::min);
-        assert_eq!(preds[choose(&preds, Lambdas { tokens: 0.0, latency: 1e3 })].latency_s, fastest);
+        let best = preds
+            .iter()
+            .map(|p| p.accuracy.unwrap())
+            .fold(0.0, f64::max);
+        assert_eq!(
+            preds[choose(
+                &preds,
+                Lambdas {
+                    tokens: 0.0,
+                    latency: 0.0
+                }
+            )]
+            .accuracy
+            .unwrap(),
+            best
+        );
+        let fastest = preds
+            .iter()
+            .map(|p| p.latency_s)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(
+            preds[choose(
+                &preds,
+                Lambdas {
+                    tokens: 0.0,
+                    latency: 1e3
+                }
+            )]
+            .latency_s,
+            fastest
+        );
     }
 
     #[test]
     fn solved_lambda_meets_the_budget_and_is_the_smallest() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let batch: Vec<Vec<Prediction>> = (0..20).map(|_| random_menu(&mut rng)).collect();
-        let mean = |l: Lambdas| batch.iter().map(|p| p[choose(p, l)].latency_s).sum::<f64>() / batch.len() as f64;
-        let free = mean(Lambdas { tokens: 0.0, latency: 0.0 });
-        let cheapest = mean(Lambdas { tokens: 0.0, latency: 1e6 });
+        let mean = |l: Lambdas| {
+            batch.iter().map(|p| p[choose(p, l)].latency_s).sum::<f64>() / batch.len() as f64
+        };
+        let free = mean(Lambdas {
+            tokens: 0.0,
+            latency: 0.0,
+        });
+        let cheapest = mean(Lambdas {
+            tokens: 0.0,
+            latency: 1e6,
+        });
         let budget = (free + cheapest) / 2.0;
-        let l = solve(&batch, Target::Latency(budget), Lambdas { tokens: 0.0, latency: 0.0 });
+        let l = solve(
+            &batch,
+            Target::Latency(budget),
+            Lambdas {
+                tokens: 0.0,
+                latency: 0.0,
+            },
+        );
         assert!(mean(l) <= budget, "{} > {budget}", mean(l));
-        assert!(mean(Lambdas { latency: l.latency * 0.99, ..l }) > budget);
+        assert!(
+            mean(Lambdas {
+                latency: l.latency * 0.99,
+                ..l
+            }) > budget
+        );
         // A budget below the cheapest: the cheapest is chosen.
-        let l = solve(&batch, Target::Latency(cheapest / 2.0), Lambdas { tokens: 0.0, latency: 0.0 });
+        let l = solve(
+            &batch,
+            Target::Latency(cheapest / 2.0),
+            Lambdas {
+                tokens: 0.0,
+                latency: 0.0,
+            },
+        );
         assert!((mean(l) - cheapest).abs() < 1e-9);
     }
 }

@@ -27,11 +27,21 @@ use crate::menu::{Config, CONFIG_FEATURES};
 
 /// Where `calibrate` writes a model's probe, and where `auto` looks first.
 pub fn default_path(model: &str) -> PathBuf {
-    ttc_engine::download::cache_dir().join("probes").join(format!("{}.probe.safetensors", sanitize(model)))
+    ttc_engine::download::cache_dir()
+        .join("probes")
+        .join(format!("{}.probe.safetensors", sanitize(model)))
 }
 
 pub(crate) fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// A configuration's tokens and steps relative to one sampled answer of the same question.
@@ -67,11 +77,25 @@ impl TokenModel {
                 }
             }
             if k > 0.0 {
-                ratios.insert(c.label(), Ratio { tokens: t / k, steps: s / k });
+                ratios.insert(
+                    c.label(),
+                    Ratio {
+                        tokens: t / k,
+                        steps: s / k,
+                    },
+                );
             }
         }
-        let mean = questions.iter().map(|q| q.mean_sample_tokens()).sum::<f64>() / questions.len().max(1) as f64;
-        Self { mean_sample_tokens: mean, ratios, max_tokens }
+        let mean = questions
+            .iter()
+            .map(|q| q.mean_sample_tokens())
+            .sum::<f64>()
+            / questions.len().max(1) as f64;
+        Self {
+            mean_sample_tokens: mean,
+            ratios,
+            max_tokens,
+        }
     }
 
     /// `config`'s work on a prompt of `prompt_len` whose sampled answers are expected to be
@@ -85,7 +109,13 @@ impl TokenModel {
             steps = steps.min(cap + 1.0);
             tokens = tokens.min(config.n as f64 * cap);
         }
-        Some(Work { prompt_len, tokens: tokens.max(1.0), steps: steps.max(1.0), scorer_tokens: 0.0, kind: WorkKind::of(config.method) })
+        Some(Work {
+            prompt_len,
+            tokens: tokens.max(1.0),
+            steps: steps.max(1.0),
+            scorer_tokens: 0.0,
+            kind: WorkKind::of(config.method),
+        })
     }
 }
 
@@ -108,12 +138,21 @@ impl TokenModel {
         match nearest.and_then(|c| self.work(&c, sample_tokens, prompt_len).map(|w| (c, w))) {
             Some((c, w)) => {
                 let scale = config.n as f64 / c.n as f64;
-                Work { tokens: w.tokens * scale, ..w }
+                Work {
+                    tokens: w.tokens * scale,
+                    ..w
+                }
             }
             None => {
                 // No statistics for the method at all: n answers of the mean length.
                 let n = config.n.max(1) as f64;
-                Work { prompt_len, tokens: n * sample_tokens, steps: sample_tokens + 1.0, scorer_tokens: 0.0, kind: WorkKind::of(config.method) }
+                Work {
+                    prompt_len,
+                    tokens: n * sample_tokens,
+                    steps: sample_tokens + 1.0,
+                    scorer_tokens: 0.0,
+                    kind: WorkKind::of(config.method),
+                }
             }
         }
     }
@@ -206,19 +245,52 @@ struct Features {
 impl Features {
     fn fit(hidden: &[&[f32]], components: usize) -> Self {
         let (n, d) = (hidden.len() as f32, hidden[0].len());
-        let mean: Vec<f32> = (0..d).map(|j| hidden.iter().map(|h| h[j]).sum::<f32>() / n).collect();
-        let std: Vec<f32> = (0..d).map(|j| (hidden.iter().map(|h| (h[j] - mean[j]).powi(2)).sum::<f32>() / n).sqrt().max(1e-3)).collect();
-        let z: Vec<Vec<f64>> = hidden.iter().map(|h| (0..d).map(|j| f64::from((h[j] - mean[j]) / std[j])).collect()).collect();
+        let mean: Vec<f32> = (0..d)
+            .map(|j| hidden.iter().map(|h| h[j]).sum::<f32>() / n)
+            .collect();
+        let std: Vec<f32> = (0..d)
+            .map(|j| {
+                (hidden.iter().map(|h| (h[j] - mean[j]).powi(2)).sum::<f32>() / n)
+                    .sqrt()
+                    .max(1e-3)
+            })
+            .collect();
+        let z: Vec<Vec<f64>> = hidden
+            .iter()
+            .map(|h| {
+                (0..d)
+                    .map(|j| f64::from((h[j] - mean[j]) / std[j]))
+                    .collect()
+            })
+            .collect();
         let components = components.min(hidden.len().saturating_sub(1)).min(d).max(1);
         let projection = principal_components(&z, components);
-        Self { mean, std, projection, components }
+        Self {
+            mean,
+            std,
+            projection,
+            components,
+        }
     }
 
     /// The components, then the prompt-length feature.
     fn row(&self, hidden: &[f32], prompt_len: usize) -> Vec<f32> {
         let d = self.mean.len();
-        let z: Vec<f32> = hidden.iter().zip(&self.mean).zip(&self.std).map(|((h, m), s)| (h - m) / s).collect();
-        let mut row: Vec<f32> = (0..self.components).map(|c| self.projection[c * d..(c + 1) * d].iter().zip(&z).map(|(p, x)| p * x).sum()).collect();
+        let z: Vec<f32> = hidden
+            .iter()
+            .zip(&self.mean)
+            .zip(&self.std)
+            .map(|((h, m), s)| (h - m) / s)
+            .collect();
+        let mut row: Vec<f32> = (0..self.components)
+            .map(|c| {
+                self.projection[c * d..(c + 1) * d]
+                    .iter()
+                    .zip(&z)
+                    .map(|(p, x)| p * x)
+                    .sum()
+            })
+            .collect();
         row.push(prompt_feature(prompt_len));
         row
     }
@@ -242,16 +314,44 @@ fn principal_components(z: &[Vec<f64>], k: usize) -> Vec<f32> {
     }
     cov.iter_mut().for_each(|c| *c /= n as f64);
     // A deterministic start: basis-like vectors with a little of everything.
-    let mut v: Vec<Vec<f64>> = (0..k).map(|c| (0..d).map(|j| if j % k == c { 1.0 } else { 0.01 * ((j * 7 + c * 13) % 11) as f64 }).collect()).collect();
+    let mut v: Vec<Vec<f64>> = (0..k)
+        .map(|c| {
+            (0..d)
+                .map(|j| {
+                    if j % k == c {
+                        1.0
+                    } else {
+                        0.01 * ((j * 7 + c * 13) % 11) as f64
+                    }
+                })
+                .collect()
+        })
+        .collect();
     let mut eig = vec![0f64; k];
     for _ in 0..200 {
-        let mut w: Vec<Vec<f64>> = v.iter().map(|vc| (0..d).map(|i| cov[i * d..(i + 1) * d].iter().zip(vc).map(|(a, b)| a * b).sum()).collect()).collect();
+        let mut w: Vec<Vec<f64>> = v
+            .iter()
+            .map(|vc| {
+                (0..d)
+                    .map(|i| {
+                        cov[i * d..(i + 1) * d]
+                            .iter()
+                            .zip(vc)
+                            .map(|(a, b)| a * b)
+                            .sum()
+                    })
+                    .collect()
+            })
+            .collect();
         // Modified Gram-Schmidt.
         for c in 0..k {
             for p in 0..c {
                 let dot: f64 = w[c].iter().zip(&w[p]).map(|(a, b)| a * b).sum();
                 let (head, tail) = w.split_at_mut(c);
-                tail[0].iter_mut().zip(&head[p]).for_each(|(a, b)| *a -= dot * b);
+                tail[0]
+                    .iter_mut()
+                    .zip(&head[p])
+                    .for_each(|(a, b)| *a -= dot * b);
             }
             let norm = w[c].iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12);
             eig[c] = norm;
@@ -259,7 +359,10 @@ fn principal_components(z: &[Vec<f64>], k: usize) -> Vec<f32> {
         }
         v = w;
     }
-    v.iter().zip(&eig).flat_map(|(vc, &e)| vc.iter().map(move |x| (x / e.max(1e-9).sqrt()) as f32)).collect()
+    v.iter()
+        .zip(&eig)
+        .flat_map(|(vc, &e)| vc.iter().map(move |x| (x / e.max(1e-9).sqrt()) as f32))
+        .collect()
 }
 
 fn probe_row(hidden_row: &[f32], config: &Config) -> Vec<f32> {
@@ -280,10 +383,14 @@ fn bce_with_logits(z: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
 
 fn log_loss(p: &[f64], y: &[f64]) -> f64 {
     let n = p.len().max(1) as f64;
-    p.iter().zip(y).map(|(&p, &y)| {
-        let p = p.clamp(1e-6, 1.0 - 1e-6);
-        -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
-    }).sum::<f64>() / n
+    p.iter()
+        .zip(y)
+        .map(|(&p, &y)| {
+            let p = p.clamp(1e-6, 1.0 - 1e-6);
+            -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+        })
+        .sum::<f64>()
+        / n
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -296,7 +403,8 @@ fn fit_platt(z: &[f64], y: &[f64]) -> [f64; 2] {
     let (mut a, mut b) = (1.0f64, 0.0f64);
     let prior = 0.5;
     for _ in 0..50 {
-        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (prior * (a - 1.0), prior * b, prior, 0.0, prior);
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) =
+            (prior * (a - 1.0), prior * b, prior, 0.0, prior);
         for (&zi, &yi) in z.iter().zip(y) {
             let p = sigmoid(a * zi + b);
             let w = p * (1.0 - p);
@@ -334,7 +442,14 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { components: 8, mlp_width: 32, max_epochs: 1500, learning_rate: 1e-3, weight_decay: 0.01, seed: 0 }
+        Self {
+            components: 8,
+            mlp_width: 32,
+            max_epochs: 1500,
+            learning_rate: 1e-3,
+            weight_decay: 0.01,
+            seed: 0,
+        }
     }
 }
 
@@ -352,35 +467,59 @@ pub struct Probe {
 
 impl Probe {
     /// Trains a probe on `questions` (labels of one model, one header) for `menu`.
-    pub fn train(questions: &[QuestionLabels], menu: &[Config], meta_base: ProbeMetaBase, opts: &TrainOptions) -> Result<Self> {
+    pub fn train(
+        questions: &[QuestionLabels],
+        menu: &[Config],
+        meta_base: ProbeMetaBase,
+        opts: &TrainOptions,
+    ) -> Result<Self> {
         let dev = Device::Cpu;
-        let dim = questions.first().map(|q| q.hidden.len()).ok_or_else(|| AllocatorError::Invalid("no labelled questions".into()))?;
+        let dim = questions
+            .first()
+            .map(|q| q.hidden.len())
+            .ok_or_else(|| AllocatorError::Invalid("no labelled questions".into()))?;
         if questions.iter().any(|q| q.hidden.len() != dim) {
-            return Err(AllocatorError::Invalid("labelled questions have hidden states of different sizes".into()));
+            return Err(AllocatorError::Invalid(
+                "labelled questions have hidden states of different sizes".into(),
+            ));
         }
-        let (train, heldout): (Vec<&QuestionLabels>, Vec<&QuestionLabels>) = questions.iter().partition(|q| !is_heldout(&q.id));
+        let (train, heldout): (Vec<&QuestionLabels>, Vec<&QuestionLabels>) =
+            questions.iter().partition(|q| !is_heldout(&q.id));
         if train.len() < 4 || heldout.is_empty() {
-            return Err(AllocatorError::Invalid(format!("too few labelled questions to train and hold out ({} questions)", questions.len())));
+            return Err(AllocatorError::Invalid(format!(
+                "too few labelled questions to train and hold out ({} questions)",
+                questions.len()
+            )));
         }
         // Standardization and components from the training questions.
-        let features = Features::fit(&train.iter().map(|q| q.hidden.as_slice()).collect::<Vec<_>>(), opts.components);
+        let features = Features::fit(
+            &train
+                .iter()
+                .map(|q| q.hidden.as_slice())
+                .collect::<Vec<_>>(),
+            opts.components,
+        );
         let fdim = features.components;
-        let rows = |qs: &[&QuestionLabels]| -> (Vec<f32>, Vec<f32>, Vec<Config>, Vec<f32>, Vec<f32>) {
-            let (mut x, mut y, mut cfgs, mut hx, mut ly) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for q in qs {
-                let h = features.row(&q.hidden, q.prompt_tokens);
-                for c in menu {
-                    if let Some(o) = q.outcome(c) {
-                        x.extend(probe_row(&h, c));
-                        y.push(o.accuracy as f32);
-                        cfgs.push(*c);
+        // (probe rows, labels, their configurations, length-head rows, log lengths)
+        #[allow(clippy::type_complexity)]
+        let rows =
+            |qs: &[&QuestionLabels]| -> (Vec<f32>, Vec<f32>, Vec<Config>, Vec<f32>, Vec<f32>) {
+                let (mut x, mut y, mut cfgs, mut hx, mut ly) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for q in qs {
+                    let h = features.row(&q.hidden, q.prompt_tokens);
+                    for c in menu {
+                        if let Some(o) = q.outcome(c) {
+                            x.extend(probe_row(&h, c));
+                            y.push(o.accuracy as f32);
+                            cfgs.push(*c);
+                        }
                     }
+                    hx.extend(h);
+                    ly.push(q.mean_sample_tokens().max(1.0).ln() as f32);
                 }
-                hx.extend(h);
-                ly.push(q.mean_sample_tokens().max(1.0).ln() as f32);
-            }
-            (x, y, cfgs, hx, ly)
-        };
+                (x, y, cfgs, hx, ly)
+            };
         let (xt, yt, ct, hxt, lyt) = rows(&train);
         let (xh, yh, ch, hxh, lyh) = rows(&heldout);
         let input = fdim + CONFIG_FEATURES + 1;
@@ -396,8 +535,13 @@ impl Probe {
         // A seeded initialization (candle's CPU init is not seedable), so training is
         // reproducible: uniform in +-1/sqrt(fan_in), biases zero.
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-        let mut names: Vec<(String, Vec<usize>)> =
-            varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
+        let mut names: Vec<(String, Vec<usize>)> = varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+            .collect();
         names.sort();
         for (name, dims) in names {
             let count: usize = dims.iter().product();
@@ -405,21 +549,35 @@ impl Probe {
                 vec![0.0; count]
             } else {
                 let bound = 1.0 / (*dims.last().unwrap_or(&1) as f32).sqrt();
-                (0..count).map(|_| rng.random_range(-bound..bound)).collect()
+                (0..count)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect()
             };
             varmap.set_one(&name, Tensor::from_vec(values, dims, &dev)?)?;
         }
         // The length head starts at the mean log length.
         let mean_log_len = lyt.iter().sum::<f32>() / lyt.len() as f32;
         varmap.set_one("length.bias", Tensor::new(&[mean_log_len], &dev)?)?;
-        let params = candle_nn::ParamsAdamW { lr: opts.learning_rate, weight_decay: opts.weight_decay, ..Default::default() };
+        let params = candle_nn::ParamsAdamW {
+            lr: opts.learning_rate,
+            weight_decay: opts.weight_decay,
+            ..Default::default()
+        };
         let mut adam = candle_nn::AdamW::new(varmap.all_vars(), params)?;
         let snapshot = |vm: &VarMap| -> candle_core::Result<HashMap<String, Tensor>> {
-            vm.data().lock().expect("varmap lock").iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect()
+            vm.data()
+                .lock()
+                .expect("varmap lock")
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+                .collect()
         };
         let held_loss = |net: &Net| -> candle_core::Result<f32> {
             let acc = bce_with_logits(&net.logits(&x_held)?, &y_held)?.to_scalar::<f32>()?;
-            let len = (net.log_length(&h_held)? - &l_held)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
+            let len = (net.log_length(&h_held)? - &l_held)?
+                .sqr()?
+                .mean_all()?
+                .to_scalar::<f32>()?;
             Ok(acc + 0.1 * len)
         };
         let (mut best, mut best_loss, mut best_epoch) = (snapshot(&varmap)?, f32::INFINITY, 0);
@@ -437,18 +595,37 @@ impl Probe {
         // The best epoch's weights, then Platt scaling on the held-out logits.
         let vb = VarBuilder::from_tensors(best.clone(), DType::F32, &dev);
         let net = Net::new(&vb, fdim, opts.mlp_width)?;
-        let z: Vec<f64> = net.logits(&x_held)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
+        let z: Vec<f64> = net
+            .logits(&x_held)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect();
         let yh64: Vec<f64> = yh.iter().map(|&v| f64::from(v)).collect();
         let platt = fit_platt(&z, &yh64);
         let raw: Vec<f64> = z.iter().map(|&zi| sigmoid(zi)).collect();
         let base = yt.iter().map(|&v| f64::from(v)).sum::<f64>() / yt.len().max(1) as f64;
         let per_config_mean = |c: &Config| {
-            let v: Vec<f64> = ct.iter().zip(&yt).filter(|(ci, _)| *ci == c).map(|(_, &y)| f64::from(y)).collect();
-            if v.is_empty() { base } else { v.iter().sum::<f64>() / v.len() as f64 }
+            let v: Vec<f64> = ct
+                .iter()
+                .zip(&yt)
+                .filter(|(ci, _)| *ci == c)
+                .map(|(_, &y)| f64::from(y))
+                .collect();
+            if v.is_empty() {
+                base
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
         };
         let per_config: Vec<f64> = ch.iter().map(per_config_mean).collect();
         let pred_len = net.log_length(&h_held)?.to_vec1::<f32>()?;
-        let length_err = pred_len.iter().zip(&lyh).map(|(p, a)| f64::from((p - a).abs())).sum::<f64>() / lyh.len().max(1) as f64;
+        let length_err = pred_len
+            .iter()
+            .zip(&lyh)
+            .map(|(p, a)| f64::from((p - a).abs()))
+            .sum::<f64>()
+            / lyh.len().max(1) as f64;
         let report = TrainingReport {
             train_questions: train.len(),
             heldout_questions: heldout.len(),
@@ -461,9 +638,18 @@ impl Probe {
         };
         let tokens = TokenModel::fit(&train, menu, meta_base.max_tokens);
         let mut tensors = best;
-        tensors.insert("hidden_mean".into(), Tensor::new(features.mean.as_slice(), &dev)?);
-        tensors.insert("hidden_std".into(), Tensor::new(features.std.as_slice(), &dev)?);
-        tensors.insert("projection".into(), Tensor::from_slice(&features.projection, (fdim, dim), &dev)?);
+        tensors.insert(
+            "hidden_mean".into(),
+            Tensor::new(features.mean.as_slice(), &dev)?,
+        );
+        tensors.insert(
+            "hidden_std".into(),
+            Tensor::new(features.std.as_slice(), &dev)?,
+        );
+        tensors.insert(
+            "projection".into(),
+            Tensor::from_slice(&features.projection, (fdim, dim), &dev)?,
+        );
         let meta = ProbeMeta {
             ttc_probe: 1,
             model: meta_base.model,
@@ -478,18 +664,30 @@ impl Probe {
             datasets: meta_base.datasets,
             report,
         };
-        Ok(Self { meta, net, features, tensors })
+        Ok(Self {
+            meta,
+            net,
+            features,
+            tensors,
+        })
     }
 
     /// Calibrated P(correct) of each of `configs` for a prompt with this hidden state.
-    pub fn accuracy(&self, hidden: &[f32], prompt_len: usize, configs: &[Config]) -> Result<Vec<f64>> {
+    pub fn accuracy(
+        &self,
+        hidden: &[f32],
+        prompt_len: usize,
+        configs: &[Config],
+    ) -> Result<Vec<f64>> {
         self.check_dim(hidden)?;
         let h = self.features.row(hidden, prompt_len);
         let x: Vec<f32> = configs.iter().flat_map(|c| probe_row(&h, c)).collect();
         let x = Tensor::from_vec(x, (configs.len(), h.len() + CONFIG_FEATURES), &Device::Cpu)?;
         let z = self.net.logits(&x)?.to_vec1::<f32>()?;
         let [a, b] = self.meta.platt;
-        Ok(z.into_iter().map(|zi| sigmoid(a * f64::from(zi) + b)).collect())
+        Ok(z.into_iter()
+            .map(|zi| sigmoid(a * f64::from(zi) + b))
+            .collect())
     }
 
     /// Predicted tokens of one sampled answer to this prompt.
@@ -499,7 +697,9 @@ impl Probe {
         let n = h.len();
         let x = Tensor::from_vec(h, (1, n), &Device::Cpu)?;
         let log_len = self.net.log_length(&x)?.to_vec1::<f32>()?[0];
-        Ok(f64::from(log_len).exp().clamp(1.0, self.meta.tokens.max_tokens.max(1) as f64))
+        Ok(f64::from(log_len)
+            .exp()
+            .clamp(1.0, self.meta.tokens.max_tokens.max(1) as f64))
     }
 
     fn check_dim(&self, hidden: &[f32]) -> Result<()> {
@@ -514,10 +714,14 @@ impl Probe {
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let meta = HashMap::from([("ttc_probe".to_string(), serde_json::to_string(&self.meta).expect("meta serializes"))]);
+        let meta = HashMap::from([(
+            "ttc_probe".to_string(),
+            serde_json::to_string(&self.meta).expect("meta serializes"),
+        )]);
         let mut named: Vec<(&String, &Tensor)> = self.tensors.iter().collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
-        safetensors::serialize(named, Some(meta)).map_err(|e| AllocatorError::Invalid(format!("cannot serialize the probe: {e}")))
+        safetensors::serialize(named, Some(meta))
+            .map_err(|e| AllocatorError::Invalid(format!("cannot serialize the probe: {e}")))
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -530,21 +734,43 @@ impl Probe {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| AllocatorError::Probe { path: path.display().to_string(), reason: e.to_string() })?;
-        Self::from_bytes(&bytes).map_err(|reason| AllocatorError::Probe { path: path.display().to_string(), reason })
+        let bytes = std::fs::read(path).map_err(|e| AllocatorError::Probe {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_bytes(&bytes).map_err(|reason| AllocatorError::Probe {
+            path: path.display().to_string(),
+            reason,
+        })
     }
 
     /// Reads a probe file's bytes; the error says what is wrong with them.
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file ({e})"))?;
-        let json = header.metadata().as_ref().and_then(|m| m.get("ttc_probe")).ok_or("not a ttc probe (no ttc_probe metadata)")?;
-        let meta: ProbeMeta = serde_json::from_str(json).map_err(|e| format!("bad probe metadata ({e})"))?;
-        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| format!("bad probe weights ({})", first_line(&e.to_string())))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| format!("not a safetensors file ({e})"))?;
+        let json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("ttc_probe"))
+            .ok_or("not a ttc probe (no ttc_probe metadata)")?;
+        let meta: ProbeMeta =
+            serde_json::from_str(json).map_err(|e| format!("bad probe metadata ({e})"))?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .map_err(|e| format!("bad probe weights ({})", first_line(&e.to_string())))?;
         let vec = |name: &str| -> std::result::Result<Vec<f32>, String> {
-            let t = tensors.get(name).ok_or_else(|| format!("missing tensor {name}"))?;
-            let v = t.to_dtype(DType::F32).and_then(|t| t.to_vec1::<f32>()).map_err(|e| format!("tensor {name}: {}", first_line(&e.to_string())))?;
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| format!("missing tensor {name}"))?;
+            let v = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| format!("tensor {name}: {}", first_line(&e.to_string())))?;
             if v.len() != meta.hidden_dim {
-                return Err(format!("tensor {name} has {} values, expected {}", v.len(), meta.hidden_dim));
+                return Err(format!(
+                    "tensor {name} has {} values, expected {}",
+                    v.len(),
+                    meta.hidden_dim
+                ));
             }
             Ok(v)
         };
@@ -556,12 +782,27 @@ impl Probe {
             .and_then(|t| t.to_dtype(DType::F32)?.to_vec1::<f32>())
             .map_err(|e| format!("tensor projection: {}", first_line(&e.to_string())))?;
         if projection.len() != meta.components * meta.hidden_dim {
-            return Err(format!("tensor projection has {} values, expected {}", projection.len(), meta.components * meta.hidden_dim));
+            return Err(format!(
+                "tensor projection has {} values, expected {}",
+                projection.len(),
+                meta.components * meta.hidden_dim
+            ));
         }
-        let features = Features { mean, std, projection, components: meta.components };
+        let features = Features {
+            mean,
+            std,
+            projection,
+            components: meta.components,
+        };
         let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
-        let net = Net::new(&vb, meta.components, meta.mlp_width).map_err(|e| format!("bad probe weights ({})", first_line(&e.to_string())))?;
-        Ok(Self { meta, net, features, tensors })
+        let net = Net::new(&vb, meta.components, meta.mlp_width)
+            .map_err(|e| format!("bad probe weights ({})", first_line(&e.to_string())))?;
+        Ok(Self {
+            meta,
+            net,
+            features,
+            tensors,
+        })
     }
 }
 
@@ -597,26 +838,52 @@ mod tests {
         // Rows spread 10x along (1,1,0,0)/sqrt2, 3x along (0,0,1,0), a little elsewhere.
         let z: Vec<Vec<f64>> = (0..400)
             .map(|i| {
-                let (a, b, c) = (((i * 37) % 101) as f64 / 50.0 - 1.0, ((i * 53) % 97) as f64 / 48.0 - 1.0, ((i * 11) % 89) as f64 / 44.0 - 1.0);
-                vec![10.0 * a / 2f64.sqrt(), 10.0 * a / 2f64.sqrt() + 0.1 * c, 3.0 * b, 0.1 * c]
+                let (a, b, c) = (
+                    ((i * 37) % 101) as f64 / 50.0 - 1.0,
+                    ((i * 53) % 97) as f64 / 48.0 - 1.0,
+                    ((i * 11) % 89) as f64 / 44.0 - 1.0,
+                );
+                vec![
+                    10.0 * a / 2f64.sqrt(),
+                    10.0 * a / 2f64.sqrt() + 0.1 * c,
+                    3.0 * b,
+                    0.1 * c,
+                ]
             })
             .collect();
         let p = principal_components(&z, 2);
         let first: Vec<f64> = p[..4].iter().map(|&x| f64::from(x)).collect();
-        let cos = (first[0] + first[1]) / 2f64.sqrt() / first.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let cos =
+            (first[0] + first[1]) / 2f64.sqrt() / first.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!(cos.abs() > 0.999, "{first:?}");
         // Whitened: projections have unit variance.
         for c in 0..2 {
-            let var = z.iter().map(|r| r.iter().zip(&p[c * 4..c * 4 + 4]).map(|(x, w)| x * f64::from(*w)).sum::<f64>().powi(2)).sum::<f64>() / z.len() as f64;
+            let var = z
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .zip(&p[c * 4..c * 4 + 4])
+                        .map(|(x, w)| x * f64::from(*w))
+                        .sum::<f64>()
+                        .powi(2)
+                })
+                .sum::<f64>()
+                / z.len() as f64;
             assert!((var - 1.0).abs() < 0.05, "component {c}: variance {var}");
         }
     }
 
     #[test]
     fn bad_probe_bytes_are_a_clear_error() {
-        assert!(Probe::from_bytes(b"garbage").err().unwrap().contains("not a safetensors file"));
+        assert!(Probe::from_bytes(b"garbage")
+            .err()
+            .unwrap()
+            .contains("not a safetensors file"));
         let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
         let plain = safetensors::serialize([("x", &t)], None).unwrap();
-        assert!(Probe::from_bytes(&plain).err().unwrap().contains("no ttc_probe"));
+        assert!(Probe::from_bytes(&plain)
+            .err()
+            .unwrap()
+            .contains("no ttc_probe"));
     }
 }

@@ -14,7 +14,12 @@ pub fn user_message(question: &str, instruction: Option<&str>) -> String {
 }
 
 /// Token ids of the chat-templated question.
-pub fn encode(engine: &Engine, question: &str, instruction: Option<&str>, system: Option<&str>) -> ttc_engine::Result<Vec<u32>> {
+pub fn encode(
+    engine: &Engine,
+    question: &str,
+    instruction: Option<&str>,
+    system: Option<&str>,
+) -> ttc_engine::Result<Vec<u32>> {
     let mut messages = Vec::new();
     if let Some(system) = system {
         messages.push(Message::new("system", system.to_string()));

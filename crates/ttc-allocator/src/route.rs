@@ -19,8 +19,10 @@ use crate::Result;
 /// Probes shipped in the repository's `models/` folder, compiled in: (the GGUF file name the
 /// probe was trained on, the probe file). Matched by file name, so an alias and a path to the
 /// same file both find it.
-const SHIPPED_PROBES: &[(&str, &[u8])] =
-    &[("SmolLM2-135M-Instruct.Q4_1.gguf", include_bytes!("../../../models/smollm2-135m.probe.safetensors"))];
+const SHIPPED_PROBES: &[(&str, &[u8])] = &[(
+    "SmolLM2-135M-Instruct.Q4_1.gguf",
+    include_bytes!("../../../models/smollm2-135m.probe.safetensors"),
+)];
 
 /// Where the allocator's parts came from, for messages and `--explain`.
 #[derive(Debug, Clone, Serialize)]
@@ -70,7 +72,13 @@ impl Allocator {
             }
         };
         let (probe, probe_source) = load_probe(engine, probe_path, &mut notice);
-        Ok((Self::new(profile, probe), Sources { profile: path.display().to_string(), probe: probe_source }))
+        Ok((
+            Self::new(profile, probe),
+            Sources {
+                profile: path.display().to_string(),
+                probe: probe_source,
+            },
+        ))
     }
 
     /// Saves the profile (with its refined correction) where `for_engine` finds it.
@@ -79,9 +87,16 @@ impl Allocator {
     }
 }
 
-fn load_probe(engine: &Engine, explicit: Option<&Path>, notice: &mut impl FnMut(&str)) -> (Option<Probe>, Option<String>) {
+fn load_probe(
+    engine: &Engine,
+    explicit: Option<&Path>,
+    notice: &mut impl FnMut(&str),
+) -> (Option<Probe>, Option<String>) {
     let hidden = engine.config().hidden_size;
-    let usable = |p: Probe, from: String, notice: &mut dyn FnMut(&str)| -> Option<(Probe, String)> {
+    let usable = |p: Probe,
+                  from: String,
+                  notice: &mut dyn FnMut(&str)|
+     -> Option<(Probe, String)> {
         if p.meta.hidden_dim != hidden {
             notice(&format!("probe {from} was trained on another model (hidden size {}, this model has {hidden}); ignoring it", p.meta.hidden_dim));
             return None;
@@ -105,12 +120,19 @@ fn load_probe(engine: &Engine, explicit: Option<&Path>, notice: &mut impl FnMut(
             Err(e) => notice(&format!("{e}; not using it")),
         }
     }
-    let file = engine.resolved.paths.first().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = engine
+        .resolved
+        .paths
+        .first()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for (gguf, bytes) in SHIPPED_PROBES {
         if *gguf == file {
             match Probe::from_bytes(bytes) {
                 Ok(p) => {
-                    if let Some((p, from)) = usable(p, format!("shipped probe for {gguf}"), notice) {
+                    if let Some((p, from)) = usable(p, format!("shipped probe for {gguf}"), notice)
+                    {
                         return (Some(p), Some(from));
                     }
                 }
@@ -148,7 +170,12 @@ pub struct Decision {
 }
 
 /// Answers the prompt `ids` (template applied) through the allocator.
-pub fn answer(engine: &Engine, alloc: &Allocator, ids: &[u32], req: &Request) -> Result<(MethodResult, Decision)> {
+pub fn answer(
+    engine: &Engine,
+    alloc: &Allocator,
+    ids: &[u32],
+    req: &Request,
+) -> Result<(MethodResult, Decision)> {
     let t0 = Instant::now();
     let max_tokens = req.base.max_tokens;
     // Only configurations whose KV cache fits are on the menu.
@@ -156,12 +183,21 @@ pub fn answer(engine: &Engine, alloc: &Allocator, ids: &[u32], req: &Request) ->
     let width_of = |c: &Config| c.method_config(&req.base).width();
     let widest = match req.forced {
         Some(c) => width_of(&c),
-        None => alloc.menu.iter().map(width_of).filter(|&w| w <= fits).max().unwrap_or(1),
+        None => alloc
+            .menu
+            .iter()
+            .map(width_of)
+            .filter(|&w| w <= fits)
+            .max()
+            .unwrap_or(1),
     };
     let mut session = engine.session(ids.len(), widest, req.base.session_options())?;
     let root = session.prefill(ids)?;
     let t_decide = Instant::now();
-    let hidden = session.prompt_hidden(root)?.map(|h| h.to_vec1::<f32>()).transpose()?;
+    let hidden = session
+        .prompt_hidden(root)?
+        .map(|h| h.to_vec1::<f32>())
+        .transpose()?;
     let mut menu = match (&hidden, &alloc.probe) {
         (Some(h), Some(_)) => alloc.predict(h, ids.len())?,
         _ => Vec::new(),
@@ -169,8 +205,14 @@ pub fn answer(engine: &Engine, alloc: &Allocator, ids: &[u32], req: &Request) ->
     menu.retain(|p| width_of(&p.config) <= widest);
     let mut lambdas = req.lambdas;
     let (predicted, fallback) = match req.forced {
-        Some(c) => (predict_one(alloc, hidden.as_deref(), ids.len(), &c, max_tokens)?, false),
-        None if menu.is_empty() => (alloc.predict_without_probe(&fallback_config(), ids.len(), max_tokens), true),
+        Some(c) => (
+            predict_one(alloc, hidden.as_deref(), ids.len(), &c, max_tokens)?,
+            false,
+        ),
+        None if menu.is_empty() => (
+            alloc.predict_without_probe(&fallback_config(), ids.len(), max_tokens),
+            true,
+        ),
         None => {
             if let Some(t) = req.target {
                 lambdas = solve(std::slice::from_ref(&menu), t, lambdas);
@@ -181,17 +223,39 @@ pub fn answer(engine: &Engine, alloc: &Allocator, ids: &[u32], req: &Request) ->
     let cfg = predicted.config.method_config(&req.base);
     let decision_s = t_decide.elapsed().as_secs_f64();
     let result = ttc_methods::run_prefilled(session, root, ids.len(), &cfg, t0)?;
-    Ok((result, Decision { menu, predicted, lambdas, fallback, forced: req.forced.is_some(), decision_s }))
+    Ok((
+        result,
+        Decision {
+            menu,
+            predicted,
+            lambdas,
+            fallback,
+            forced: req.forced.is_some(),
+            decision_s,
+        },
+    ))
 }
 
 /// The prediction for one configuration, on the menu or not.
-fn predict_one(alloc: &Allocator, hidden: Option<&[f32]>, prompt_len: usize, c: &Config, max_tokens: usize) -> Result<Prediction> {
+fn predict_one(
+    alloc: &Allocator,
+    hidden: Option<&[f32]>,
+    prompt_len: usize,
+    c: &Config,
+    max_tokens: usize,
+) -> Result<Prediction> {
     match (hidden, &alloc.probe) {
         (Some(h), Some(probe)) => {
             let accuracy = probe.accuracy(h, prompt_len, std::slice::from_ref(c))?[0];
             let sample = probe.sample_tokens(h, prompt_len)?;
             let work = probe.meta.tokens.work_nearest(c, sample, prompt_len);
-            Ok(Prediction { config: *c, accuracy: Some(accuracy), tokens: work.tokens, latency_s: alloc.profile.latency_s(&work), work })
+            Ok(Prediction {
+                config: *c,
+                accuracy: Some(accuracy),
+                tokens: work.tokens,
+                latency_s: alloc.profile.latency_s(&work),
+                work,
+            })
         }
         _ => Ok(alloc.predict_without_probe(c, prompt_len, max_tokens)),
     }

@@ -11,7 +11,14 @@ use ttc_e2e::{default_model_path, scratch_dir};
 fn chat(extra: &[&str]) -> expectrl::session::OsSession {
     let model = default_model_path();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ttc-run"));
-    cmd.args(["chat", "--model", model.to_str().unwrap(), "--temperature", "0"]).args(extra);
+    cmd.args([
+        "chat",
+        "--model",
+        model.to_str().unwrap(),
+        "--temperature",
+        "0",
+    ])
+    .args(extra);
     // The history file goes to the cache dir: keep it out of the user's.
     cmd.env("TTC_CACHE_DIR", scratch_dir("chat-cache"));
     let mut p = Session::spawn(cmd).expect("spawn ttc-run chat in a pty");
@@ -30,21 +37,27 @@ fn exit_code(p: &expectrl::session::OsSession) -> i32 {
 fn a_conversation_with_method_switching_ctrl_c_and_quit() {
     let mut p = chat(&["--max-tokens", "300"]);
     p.expect(">>> ").unwrap();
-    p.send_line("What is 12 + 35? Answer with just the number.").unwrap();
+    p.send_line("What is 12 + 35? Answer with just the number.")
+        .unwrap();
     p.expect("12 + 35 = 50").unwrap();
-    p.expect(Regex(r"\[plain \| \d+ tokens \| [0-9.]+ s \| [0-9.]+ tok/s\]")).unwrap();
+    p.expect(Regex(
+        r"\[plain \| \d+ tokens \| [0-9.]+ s \| [0-9.]+ tok/s\]",
+    ))
+    .unwrap();
 
     p.send_line("/method majority").unwrap();
     p.expect("method: majority n=4").unwrap();
     p.send_line("/n 3").unwrap();
     p.expect("n = 3").unwrap();
     p.send_line("What is 2 + 3?").unwrap();
-    p.expect(Regex(r"\[majority n=3 \| \d+ tokens \| [0-9.]+ s")).unwrap();
+    p.expect(Regex(r"\[majority n=3 \| \d+ tokens \| [0-9.]+ s"))
+        .unwrap();
 
     // A long answer, stopped by Ctrl-C: back at the prompt, the session goes on.
     p.send_line("/method plain").unwrap();
     p.expect("method: plain").unwrap();
-    p.send_line("Write a very long story about a dragon who learns to cook.").unwrap();
+    p.send_line("Write a very long story about a dragon who learns to cook.")
+        .unwrap();
     // Ctrl-C as soon as the answer streams: on a fast CPU all 300 tokens take about a second,
     // so waiting a fixed time could find the answer already over.
     p.expect("cook.").unwrap();
@@ -72,7 +85,14 @@ fn ctrl_d_leaves_with_status_zero() {
 fn piped_stdin_answers_one_line_per_prompt() {
     let model = default_model_path();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ttc-run"))
-        .args(["--model", model.to_str().unwrap(), "--temperature", "0", "--max-tokens", "24"])
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -85,10 +105,18 @@ fn piped_stdin_answers_one_line_per_prompt() {
         .write_all(b"What is 12 + 35? Answer with just the number.\n\nList three primary colors.\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text:?}");
     assert_eq!(lines[0], "12 + 35 = 50");
-    assert!(lines[1].starts_with("The primary colors are:"), "{:?}", lines[1]);
+    assert!(
+        lines[1].starts_with("The primary colors are:"),
+        "{:?}",
+        lines[1]
+    );
 }

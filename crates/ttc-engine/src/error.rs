@@ -20,11 +20,21 @@ pub enum EngineError {
     #[error("could not get model '{alias}': {tried}")]
     Download { alias: String, tried: String },
     #[error("the prompt has {prompt_tokens} tokens, more than the context of {context} tokens leaves room for")]
-    PromptTooLong { prompt_tokens: usize, context: usize },
+    PromptTooLong {
+        prompt_tokens: usize,
+        context: usize,
+    },
     #[error("the KV cache is full: {needed_blocks} more blocks of {block_bytes} bytes needed, {free_blocks} free (raise --kv-memory, or lower the width or --max-tokens)")]
-    KvCacheFull { needed_blocks: usize, free_blocks: usize, block_bytes: usize },
+    KvCacheFull {
+        needed_blocks: usize,
+        free_blocks: usize,
+        block_bytes: usize,
+    },
     #[error("the request needs {needed_bytes} bytes of KV cache, more than the budget of {budget_bytes} bytes (raise --kv-memory, or lower the width or --max-tokens)")]
-    OverKvBudget { needed_bytes: usize, budget_bytes: usize },
+    OverKvBudget {
+        needed_bytes: usize,
+        budget_bytes: usize,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]
@@ -50,7 +60,9 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 pub fn candle_message(e: &candle_core::Error) -> String {
     match e {
         candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
-        candle_core::Error::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
         other => other.to_string(),
     }
 }

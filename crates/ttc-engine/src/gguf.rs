@@ -69,20 +69,27 @@ impl GgufModel {
 
     /// Reads one tensor onto `device`, still quantized.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
-        let idx = *self.tensor_part.get(name).ok_or_else(|| EngineError::CorruptGguf {
-            path: self.path().to_path_buf(),
-            reason: format!("tensor '{name}' is missing"),
-        })?;
+        let idx = *self
+            .tensor_part
+            .get(name)
+            .ok_or_else(|| EngineError::CorruptGguf {
+                path: self.path().to_path_buf(),
+                reason: format!("tensor '{name}' is missing"),
+            })?;
         let part = &self.parts[idx];
         let mut reader = BufReader::new(File::open(&part.path)?);
-        part.content.tensor(&mut reader, name, device).map_err(|e| EngineError::CorruptGguf {
-            path: part.path.clone(),
-            reason: format!("tensor '{name}': {}", candle_message(&e)),
-        })
+        part.content
+            .tensor(&mut reader, name, device)
+            .map_err(|e| EngineError::CorruptGguf {
+                path: part.path.clone(),
+                reason: format!("tensor '{name}': {}", candle_message(&e)),
+            })
     }
 
     fn value(&self, key: &str) -> Result<&Value> {
-        self.metadata().get(key).ok_or_else(|| EngineError::MissingMetadata(key.to_string()))
+        self.metadata()
+            .get(key)
+            .ok_or_else(|| EngineError::MissingMetadata(key.to_string()))
     }
 
     fn typed<T>(&self, key: &str, f: impl Fn(&Value) -> candle_core::Result<T>) -> Result<T> {
@@ -132,7 +139,9 @@ impl GgufModel {
     }
 
     pub fn get_str_array(&self, key: &str) -> Result<Vec<String>> {
-        self.typed(key, |v| v.to_vec()?.iter().map(|x| x.to_string().cloned()).collect())
+        self.typed(key, |v| {
+            v.to_vec()?.iter().map(|x| x.to_string().cloned()).collect()
+        })
     }
 
     pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>> {
@@ -144,7 +153,10 @@ fn open_part(path: &Path) -> Result<Part> {
     if !path.exists() {
         return Err(EngineError::ModelNotFound(path.to_path_buf()));
     }
-    let not_gguf = |reason: String| EngineError::NotGguf { path: path.to_path_buf(), reason };
+    let not_gguf = |reason: String| EngineError::NotGguf {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut file = File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut magic = [0u8; 4];
@@ -152,14 +164,20 @@ fn open_part(path: &Path) -> Result<Part> {
         return Err(not_gguf(format!("only {file_len} bytes long")));
     }
     if &magic != GGUF_MAGIC {
-        return Err(not_gguf(format!("starts with {magic:02x?}, not the GGUF magic")));
+        return Err(not_gguf(format!(
+            "starts with {magic:02x?}, not the GGUF magic"
+        )));
     }
     let mut reader = BufReader::new(File::open(path)?);
     let content = Content::read(&mut reader).map_err(|e| EngineError::CorruptGguf {
         path: path.to_path_buf(),
         reason: format!("header: {}", candle_message(&e)),
     })?;
-    let part = Part { path: path.to_path_buf(), content, file_len };
+    let part = Part {
+        path: path.to_path_buf(),
+        content,
+        file_len,
+    };
     check_tensor_extents(&part)?;
     Ok(part)
 }

@@ -25,7 +25,9 @@ pub fn weight_type(dtype: GgmlDType) -> Option<WeightType> {
 /// `t`'s bytes as a kernel matrix for `isa`'s kernels, when it is a CPU tensor of a covered
 /// format.
 pub fn qmatrix(t: &QTensor, isa: Isa) -> candle_core::Result<Option<QMatrix>> {
-    let Some(ty) = weight_type(t.dtype()) else { return Ok(None) };
+    let Some(ty) = weight_type(t.dtype()) else {
+        return Ok(None);
+    };
     if !t.device().is_cpu() {
         return Ok(None);
     }
@@ -33,12 +35,15 @@ pub fn qmatrix(t: &QTensor, isa: Isa) -> candle_core::Result<Option<QMatrix>> {
     if ty.check_row_len(cols).is_err() {
         return Ok(None);
     }
-    let m = QMatrix::new_for(isa, ty, rows, cols, t.data()?.into_owned()).map_err(candle_core::Error::wrap)?;
+    let m = QMatrix::new_for(isa, ty, rows, cols, t.data()?.into_owned())
+        .map_err(candle_core::Error::wrap)?;
     Ok(Some(m))
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else { candle_core::bail!("{what} must be f32") };
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{what} must be f32")
+    };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{what} must be contiguous"),
@@ -58,11 +63,16 @@ impl CustomOp1 for QMatMulOp {
         let dims = l.shape().dims();
         let k = *dims.last().unwrap_or(&0);
         if k != self.0.cols() {
-            candle_core::bail!("matmul input has {k} columns, the weights {}", self.0.cols());
+            candle_core::bail!(
+                "matmul input has {k} columns, the weights {}",
+                self.0.cols()
+            );
         }
         let m = x.len() / k.max(1);
         let mut y = vec![0f32; m * self.0.rows()];
-        self.0.matmul(x, m, &mut y).map_err(candle_core::Error::wrap)?;
+        self.0
+            .matmul(x, m, &mut y)
+            .map_err(candle_core::Error::wrap)?;
         let mut out = dims.to_vec();
         *out.last_mut().expect("dims") = self.0.rows();
         Ok((CpuStorage::F32(y), Shape::from(out)))
@@ -121,10 +131,20 @@ impl candle_core::InplaceOp2 for WriteKvOp<'_> {
         "ttc-write-kv"
     }
 
-    fn cpu_fwd(&self, pool: &mut CpuStorage, pl: &Layout, qkv: &CpuStorage, ql: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        pool: &mut CpuStorage,
+        pl: &Layout,
+        qkv: &CpuStorage,
+        ql: &Layout,
+    ) -> candle_core::Result<()> {
         let src = f32_slice(qkv, ql, "projections")?;
-        let CpuStorage::F32(dst) = pool else { candle_core::bail!("the KV pool must be f32") };
-        let Some((p0, p1)) = pl.contiguous_offsets() else { candle_core::bail!("the KV pool must be contiguous") };
+        let CpuStorage::F32(dst) = pool else {
+            candle_core::bail!("the KV pool must be f32")
+        };
+        let Some((p0, p1)) = pl.contiguous_offsets() else {
+            candle_core::bail!("the KV pool must be contiguous")
+        };
         let dst = &mut dst[p0..p1];
         let l = &self.layout;
         let (w, kvd) = (l.width(), l.n_kv_heads * l.head_dim);
@@ -133,10 +153,18 @@ impl candle_core::InplaceOp2 for WriteKvOp<'_> {
             KvPart::Values => (l.n_heads + l.n_kv_heads) * l.head_dim,
         };
         if src.len() != self.slots.len() * w || self.positions.len() != self.slots.len() {
-            candle_core::bail!("{} new tokens need {} projection values", self.slots.len(), self.slots.len() * w);
+            candle_core::bail!(
+                "{} new tokens need {} projection values",
+                self.slots.len(),
+                self.slots.len() * w
+            );
         }
         for (t, (&slot, &pos)) in self.slots.iter().zip(self.positions).enumerate() {
-            let row = &mut dst.get_mut(slot as usize * kvd..(slot as usize + 1) * kvd).ok_or_else(|| candle_core::Error::Msg(format!("slot {slot} is outside the pool")))?;
+            let row = &mut dst
+                .get_mut(slot as usize * kvd..(slot as usize + 1) * kvd)
+                .ok_or_else(|| {
+                    candle_core::Error::Msg(format!("slot {slot} is outside the pool"))
+                })?;
             row.copy_from_slice(&src[t * w + offset..t * w + offset + kvd]);
             if self.part == KvPart::Keys {
                 let (cos, sin) = self.tables.at(pos);
@@ -190,10 +218,24 @@ impl CustomOp3 for QkvAttentionOp<'_> {
             let (cos, sin) = self.tables.at(pos);
             ttc_kernels::rope::rotate_heads(row, l.head_dim, l.rope_dim, l.rope, cos, sin);
         }
-        let dims = AttentionDims { n_heads: l.n_heads, n_kv_heads: l.n_kv_heads, head_dim: l.head_dim };
+        let dims = AttentionDims {
+            n_heads: l.n_heads,
+            n_kv_heads: l.n_kv_heads,
+            head_dim: l.head_dim,
+        };
         let mut out = vec![0f32; t * qd];
-        ttc_kernels::attention::attend_on(self.isa, dims, self.scale, &q, k, v, self.rows, self.share_prefixes, &mut out)
-            .map_err(candle_core::Error::wrap)?;
+        ttc_kernels::attention::attend_on(
+            self.isa,
+            dims,
+            self.scale,
+            &q,
+            k,
+            v,
+            self.rows,
+            self.share_prefixes,
+            &mut out,
+        )
+        .map_err(candle_core::Error::wrap)?;
         Ok((CpuStorage::F32(out), Shape::from((t, qd))))
     }
 }
@@ -223,7 +265,10 @@ impl CustomOp1 for SwiGluOp {
         ttc_kernels::threads::parallel_for(t * runs, &|task| {
             let (row, c0) = (task / runs, task % runs * RUN);
             let c1 = (c0 + RUN).min(f);
-            let (gate, up) = (&x[row * two_f + c0..row * two_f + c1], &x[row * two_f + f + c0..row * two_f + f + c1]);
+            let (gate, up) = (
+                &x[row * two_f + c0..row * two_f + c1],
+                &x[row * two_f + f + c0..row * two_f + f + c1],
+            );
             let out_ptr = &out_ptr;
             // SAFETY: tasks write disjoint runs of `out`.
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * f + c0), c1 - c0) };

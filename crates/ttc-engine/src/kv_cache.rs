@@ -34,7 +34,11 @@ pub struct BlockAllocator {
 
 impl BlockAllocator {
     pub fn new(num_blocks: usize) -> Self {
-        Self { ref_counts: vec![0; num_blocks], free: (0..num_blocks as u32).rev().collect(), peak_in_use: 0 }
+        Self {
+            ref_counts: vec![0; num_blocks],
+            free: (0..num_blocks as u32).rev().collect(),
+            peak_in_use: 0,
+        }
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -99,9 +103,16 @@ pub struct KvCache {
 
 impl KvCache {
     /// A pool of `num_blocks` blocks of `block_size` tokens for `config`'s layers, on `device`.
-    pub fn new(config: &ModelConfig, num_blocks: usize, block_size: usize, device: &Device) -> Result<Self> {
+    pub fn new(
+        config: &ModelConfig,
+        num_blocks: usize,
+        block_size: usize,
+        device: &Device,
+    ) -> Result<Self> {
         if num_blocks == 0 || block_size == 0 {
-            return Err(EngineError::InvalidArgument("the KV cache needs at least one block".into()));
+            return Err(EngineError::InvalidArgument(
+                "the KV cache needs at least one block".into(),
+            ));
         }
         let kv_dim = config.n_kv_heads * config.head_dim;
         let rows = num_blocks * block_size;
@@ -182,7 +193,10 @@ impl KvCache {
 
     /// The blocks of `seq`, in order.
     pub fn blocks(&self, seq: SeqId) -> &[u32] {
-        self.tables.get(&seq).map(|t| t.blocks.as_slice()).unwrap_or(&[])
+        self.tables
+            .get(&seq)
+            .map(|t| t.blocks.as_slice())
+            .unwrap_or(&[])
     }
 
     /// A new sequence holding every block of `parent` (no K/V is copied).
@@ -217,8 +231,9 @@ impl KvCache {
             return Ok(());
         }
         let first_written = table.len / bs;
-        let shared: Vec<usize> =
-            (first_written..table.blocks.len()).filter(|&i| self.alloc.ref_count(table.blocks[i]) > 1).collect();
+        let shared: Vec<usize> = (first_written..table.blocks.len())
+            .filter(|&i| self.alloc.ref_count(table.blocks[i]) > 1)
+            .collect();
         let needed = Self::blocks_for(table.len + n, bs).saturating_sub(table.blocks.len());
         if needed + shared.len() > self.alloc.num_free() {
             return Err(EngineError::KvCacheFull {
@@ -231,7 +246,11 @@ impl KvCache {
             let old = table.blocks[i];
             let new = self.alloc.allocate().expect("checked above");
             // Only the block holding the sequence's end has rows of it to keep.
-            let rows = if i == first_written { table.len % bs } else { 0 };
+            let rows = if i == first_written {
+                table.len % bs
+            } else {
+                0
+            };
             if rows > 0 {
                 self.copy_block(old, new, rows)?;
             }
@@ -239,7 +258,9 @@ impl KvCache {
             table.blocks[i] = new;
         }
         for _ in 0..needed {
-            table.blocks.push(self.alloc.allocate().expect("checked above"));
+            table
+                .blocks
+                .push(self.alloc.allocate().expect("checked above"));
         }
         self.tables.insert(seq, table);
         Ok(())
@@ -250,7 +271,9 @@ impl KvCache {
         let bs = self.block_size;
         let t = self.tables.get_mut(&seq).ok_or_else(|| unknown(seq))?;
         if t.len + n > t.blocks.len() * bs {
-            return Err(EngineError::InvalidArgument(format!("commit past the reserved blocks of {seq:?}")));
+            return Err(EngineError::InvalidArgument(format!(
+                "commit past the reserved blocks of {seq:?}"
+            )));
         }
         t.len += n;
         Ok(())
@@ -262,9 +285,13 @@ impl KvCache {
         let t = self.table(seq)?;
         let bs = self.block_size;
         if range.end > t.blocks.len() * bs {
-            return Err(EngineError::InvalidArgument(format!("positions {range:?} of {seq:?} are not reserved")));
+            return Err(EngineError::InvalidArgument(format!(
+                "positions {range:?} of {seq:?} are not reserved"
+            )));
         }
-        Ok(range.map(|p| t.blocks[p / bs] * bs as u32 + (p % bs) as u32).collect())
+        Ok(range
+            .map(|p| t.blocks[p / bs] * bs as u32 + (p % bs) as u32)
+            .collect())
     }
 
     fn table(&self, seq: SeqId) -> Result<&BlockTable> {
@@ -331,7 +358,11 @@ mod tests {
             c.free(k);
         }
         c.free(p);
-        assert_eq!(c.allocator().num_free(), 16, "the pool is exactly as it was");
+        assert_eq!(
+            c.allocator().num_free(),
+            16,
+            "the pool is exactly as it was"
+        );
     }
 
     #[test]
@@ -354,8 +385,16 @@ mod tests {
         let k = c.fork(p).unwrap();
         assert_eq!(c.blocks(k), c.blocks(p));
         filled(&mut c, k, 1);
-        assert_eq!(c.blocks(k)[0], c.blocks(p)[0], "the full block stays shared");
-        assert_ne!(c.blocks(k)[1], c.blocks(p)[1], "the child writes into a block of its own");
+        assert_eq!(
+            c.blocks(k)[0],
+            c.blocks(p)[0],
+            "the full block stays shared"
+        );
+        assert_ne!(
+            c.blocks(k)[1],
+            c.blocks(p)[1],
+            "the child writes into a block of its own"
+        );
     }
 
     #[test]
@@ -364,8 +403,22 @@ mod tests {
         let s = c.new_sequence();
         filled(&mut c, s, 6);
         let err = c.reserve(s, 5).unwrap_err();
-        assert!(matches!(err, EngineError::KvCacheFull { needed_blocks: 1, free_blocks: 0, .. }), "{err}");
-        assert_eq!((c.len(s), c.blocks(s).len()), (6, 2), "a failed reserve changes nothing");
+        assert!(
+            matches!(
+                err,
+                EngineError::KvCacheFull {
+                    needed_blocks: 1,
+                    free_blocks: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            (c.len(s), c.blocks(s).len()),
+            (6, 2),
+            "a failed reserve changes nothing"
+        );
     }
 
     #[test]
@@ -375,7 +428,14 @@ mod tests {
         c.reserve(p, 2).unwrap();
         let slots = c.slots(p, 0..2).unwrap();
         let rows = Tensor::new(&[[1f32, 2., 3., 4.], [5., 6., 7., 8.]], &Device::Cpu).unwrap();
-        let idx = Tensor::new(slots.as_slice(), &Device::Cpu).unwrap().unsqueeze(1).unwrap().broadcast_as((2, 4)).unwrap().contiguous().unwrap();
+        let idx = Tensor::new(slots.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(1)
+            .unwrap()
+            .broadcast_as((2, 4))
+            .unwrap()
+            .contiguous()
+            .unwrap();
         c.layer(1).0.scatter_set(&idx, &rows, 0).unwrap();
         c.commit(p, 2).unwrap();
         let k = c.fork(p).unwrap();
@@ -383,7 +443,13 @@ mod tests {
         let kid_slots = c.slots(k, 0..2).unwrap();
         assert_ne!(kid_slots, slots);
         let idx = Tensor::new(kid_slots.as_slice(), &Device::Cpu).unwrap();
-        let copied = c.layer(1).0.index_select(&idx, 0).unwrap().to_vec2::<f32>().unwrap();
+        let copied = c
+            .layer(1)
+            .0
+            .index_select(&idx, 0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(copied, rows.to_vec2::<f32>().unwrap());
     }
 }

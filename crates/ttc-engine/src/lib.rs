@@ -14,15 +14,15 @@ pub mod kernel_ops;
 pub mod kv_cache;
 pub mod models;
 pub mod registry;
+pub mod reward_model;
 pub mod sampler;
 pub mod session;
 pub mod tokenizer;
 pub mod weights;
-pub mod reward_model;
 
-/// ttc's CPU kernels, for their thread pool and instruction-set report.
-pub use ttc_kernels as kernels;
 pub use engine::{Engine, GenerateRequest, Generation, LoadOptions, StopReason};
+pub use error::{EngineError, Result};
 pub use kv_cache::SeqId;
 pub use session::{Counters, Session, SessionOptions, StepEvent};
-pub use error::{EngineError, Result};
+/// ttc's CPU kernels, for their thread pool and instruction-set report.
+pub use ttc_kernels as kernels;

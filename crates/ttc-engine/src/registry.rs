@@ -7,13 +7,34 @@ use crate::error::{EngineError, Result};
 
 /// The registry files, embedded at build time.
 const REGISTRY_FILES: &[(&str, &str)] = &[
-    ("smollm2-135m.toml", include_str!("../../../models/smollm2-135m.toml")),
-    ("qwen2.5-0.5b.toml", include_str!("../../../models/qwen2.5-0.5b.toml")),
-    ("qwen2.5-1.5b.toml", include_str!("../../../models/qwen2.5-1.5b.toml")),
-    ("qwen2.5-3b.toml", include_str!("../../../models/qwen2.5-3b.toml")),
-    ("qwen2.5-7b.toml", include_str!("../../../models/qwen2.5-7b.toml")),
-    ("llama-3.2-1b.toml", include_str!("../../../models/llama-3.2-1b.toml")),
-    ("llama-3.2-3b.toml", include_str!("../../../models/llama-3.2-3b.toml")),
+    (
+        "smollm2-135m.toml",
+        include_str!("../../../models/smollm2-135m.toml"),
+    ),
+    (
+        "qwen2.5-0.5b.toml",
+        include_str!("../../../models/qwen2.5-0.5b.toml"),
+    ),
+    (
+        "qwen2.5-1.5b.toml",
+        include_str!("../../../models/qwen2.5-1.5b.toml"),
+    ),
+    (
+        "qwen2.5-3b.toml",
+        include_str!("../../../models/qwen2.5-3b.toml"),
+    ),
+    (
+        "qwen2.5-7b.toml",
+        include_str!("../../../models/qwen2.5-7b.toml"),
+    ),
+    (
+        "llama-3.2-1b.toml",
+        include_str!("../../../models/llama-3.2-1b.toml"),
+    ),
+    (
+        "llama-3.2-3b.toml",
+        include_str!("../../../models/llama-3.2-3b.toml"),
+    ),
 ];
 
 pub const DEFAULT_ALIAS: &str = "smollm2-135m";
@@ -52,12 +73,15 @@ pub fn entries() -> Result<Vec<ModelEntry>> {
     REGISTRY_FILES
         .iter()
         .map(|(file, text)| {
-            let entry: ModelEntry = toml::from_str(text)
-                .map_err(|e| EngineError::Registry { file: (*file).to_string(), reason: e.to_string() })?;
+            let entry: ModelEntry = toml::from_str(text).map_err(|e| EngineError::Registry {
+                file: (*file).to_string(),
+                reason: e.to_string(),
+            })?;
             if format!("{}.toml", entry.alias) != *file || entry.files.is_empty() {
                 return Err(EngineError::Registry {
                     file: (*file).to_string(),
-                    reason: "the alias must equal the file name, and files must not be empty".into(),
+                    reason: "the alias must equal the file name, and files must not be empty"
+                        .into(),
                 });
             }
             Ok(entry)
@@ -67,11 +91,18 @@ pub fn entries() -> Result<Vec<ModelEntry>> {
 
 pub fn lookup(alias: &str) -> Result<ModelEntry> {
     let all = entries()?;
-    let known = all.iter().map(|e| e.alias.as_str()).collect::<Vec<_>>().join(", ");
+    let known = all
+        .iter()
+        .map(|e| e.alias.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     all.iter()
         .find(|e| e.alias.eq_ignore_ascii_case(alias))
         .cloned()
-        .ok_or_else(|| EngineError::UnknownAlias { alias: alias.to_string(), known })
+        .ok_or_else(|| EngineError::UnknownAlias {
+            alias: alias.to_string(),
+            known,
+        })
 }
 
 #[cfg(test)]
@@ -84,9 +115,19 @@ mod tests {
         assert_eq!(all.len(), REGISTRY_FILES.len());
         let default = lookup(DEFAULT_ALIAS).unwrap();
         assert_eq!(default.architecture, "llama");
-        assert!(default.pypi.is_some(), "the default model needs an offline source");
+        assert!(
+            default.pypi.is_some(),
+            "the default model needs an offline source"
+        );
         assert_eq!(default.sha256.as_deref().map(str::len), Some(64));
-        for a in ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "llama-3.2-1b", "llama-3.2-3b"] {
+        for a in [
+            "qwen2.5-0.5b",
+            "qwen2.5-1.5b",
+            "qwen2.5-3b",
+            "qwen2.5-7b",
+            "llama-3.2-1b",
+            "llama-3.2-3b",
+        ] {
             let e = lookup(a).unwrap();
             assert!(e.files.iter().all(|f| f.ends_with(".gguf")), "{a}");
         }
@@ -95,6 +136,9 @@ mod tests {
     #[test]
     fn unknown_alias_lists_the_known_ones() {
         let err = lookup("gpt-5").unwrap_err().to_string();
-        assert!(err.contains("unknown model alias 'gpt-5'") && err.contains("qwen2.5-1.5b"), "{err}");
+        assert!(
+            err.contains("unknown model alias 'gpt-5'") && err.contains("qwen2.5-1.5b"),
+            "{err}"
+        );
     }
 }

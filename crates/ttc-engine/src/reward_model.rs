@@ -45,12 +45,19 @@ impl RewardModel {
         }
         let config = config_from_hf(&dir.join("config.json"))?;
         if config.architecture != Architecture::Qwen2 {
-            return Err(EngineError::UnsupportedArchitecture(format!("{} (reward models: qwen2)", config.architecture.name())));
+            return Err(EngineError::UnsupportedArchitecture(format!(
+                "{} (reward models: qwen2)",
+                config.architecture.name()
+            )));
         }
         let weights = SafetensorsWeights::load(dir)?;
         let linear = |name: &str| -> Result<candle_nn::Linear> {
             let w = weights.raw(&format!("{name}.weight"), device)?;
-            let b = if weights.has_raw(&format!("{name}.bias")) { Some(weights.raw(&format!("{name}.bias"), device)?) } else { None };
+            let b = if weights.has_raw(&format!("{name}.bias")) {
+                Some(weights.raw(&format!("{name}.bias"), device)?)
+            } else {
+                None
+            };
             Ok(candle_nn::Linear::new(w, b))
         };
         let head_hidden = linear("score.0")?;
@@ -59,15 +66,26 @@ impl RewardModel {
         let tokenizer = Tokenizer::from_json(&dir.join("tokenizer.json"), None, Vec::new())?;
         let sep = tokenizer.encode(STEP_SEPARATOR, true)?;
         let [separator_id] = sep[..] else {
-            return Err(EngineError::Tokenizer(format!("the reward model's vocabulary has no single {STEP_SEPARATOR} token")));
+            return Err(EngineError::Tokenizer(format!(
+                "the reward model's vocabulary has no single {STEP_SEPARATOR} token"
+            )));
         };
-        Ok(Self { model, tokenizer, head_hidden, head_out, separator_id })
+        Ok(Self {
+            model,
+            tokenizer,
+            head_hidden,
+            head_out,
+            separator_id,
+        })
     }
 
     /// Rewards of each of `steps` of a solution to `question`.
     pub fn score_steps(&self, question: &str, steps: &[&str]) -> Result<StepRewards> {
         if steps.is_empty() {
-            return Ok(StepRewards { rewards: Vec::new(), tokens: 0 });
+            return Ok(StepRewards {
+                rewards: Vec::new(),
+                tokens: 0,
+            });
         }
         let mut text = format!("<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n");
         for s in steps {
@@ -77,31 +95,58 @@ impl RewardModel {
         let ids = self.tokenizer.encode(&text, true)?;
         let ctx = self.model.config().context_length;
         if ids.len() > ctx {
-            return Err(EngineError::PromptTooLong { prompt_tokens: ids.len(), context: ctx });
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: ids.len(),
+                context: ctx,
+            });
         }
         // One forward pass per step, each ending at its separator: the hidden state there is
         // what the head reads.
-        let mut cache = KvCache::new(self.model.config(), ids.len().div_ceil(16) + 1, 16, self.model.device())?;
+        let mut cache = KvCache::new(
+            self.model.config(),
+            ids.len().div_ceil(16) + 1,
+            16,
+            self.model.device(),
+        )?;
         let seq = cache.new_sequence();
         let mut rewards = Vec::with_capacity(steps.len());
         let mut start = 0;
-        for (i, _) in ids.iter().enumerate().filter(|(_, &t)| t == self.separator_id) {
+        for (i, _) in ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == self.separator_id)
+        {
             let chunk = &ids[start..=i];
             cache.reserve(seq, chunk.len())?;
             let slots = cache.slots(seq, 0..i + 1)?;
-            let out = self.model.forward_batch(&[BatchEntry { tokens: chunk, slots: &slots, want_output: true }], &cache)?;
+            let out = self.model.forward_batch(
+                &[BatchEntry {
+                    tokens: chunk,
+                    slots: &slots,
+                    want_output: true,
+                }],
+                &cache,
+            )?;
             cache.commit(seq, chunk.len())?;
             let hidden = out.hidden.expect("asked for output");
             rewards.push(self.head(&hidden)?);
             start = i + 1;
         }
-        Ok(StepRewards { rewards, tokens: ids.len() })
+        Ok(StepRewards {
+            rewards,
+            tokens: ids.len(),
+        })
     }
 
     fn head(&self, hidden: &Tensor) -> Result<f32> {
         let h = self.head_hidden.forward(hidden)?.relu()?;
         let logits = self.head_out.forward(&h)?;
-        let p = candle_nn::ops::softmax_last_dim(&logits)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        p.get(1).copied().ok_or_else(|| EngineError::InvalidArgument("the reward head must have 2 outputs".into()))
+        let p = candle_nn::ops::softmax_last_dim(&logits)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        p.get(1).copied().ok_or_else(|| {
+            EngineError::InvalidArgument("the reward head must have 2 outputs".into())
+        })
     }
 }

@@ -21,18 +21,31 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05 }
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+        }
     }
 }
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+        }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(format!("temperature must be >= 0, got {}", self.temperature));
+            return Err(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top-p must be in (0, 1], got {}", self.top_p));
@@ -65,7 +78,11 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: SamplingParams, seed: u64) -> Self {
-        Self { params, rng: ChaCha8Rng::seed_from_u64(seed), weights: Vec::new() }
+        Self {
+            params,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            weights: Vec::new(),
+        }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -73,9 +90,17 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
-        let token = if self.params.temperature <= 0.0 { argmax(logits) } else { self.sample_filtered(logits) };
+        let token = if self.params.temperature <= 0.0 {
+            argmax(logits)
+        } else {
+            self.sample_filtered(logits)
+        };
         let lse = log_sum_exp(logits);
-        Sampled { token, logprob: logits[token as usize] - lse, self_certainty: self_certainty(logits, lse) }
+        Sampled {
+            token,
+            logprob: logits[token as usize] - lse,
+            self_certainty: self_certainty(logits, lse),
+        }
     }
 
     fn sample_filtered(&mut self, logits: &[f32]) -> u32 {
@@ -84,9 +109,17 @@ impl Sampler {
             // No filter needs the candidates in order: sample the whole distribution.
             return self.draw_all(logits);
         }
-        let mut cands: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let mut cands: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
         // Sorted by logit, descending; ties by id so that the order never depends on the sort.
-        let k = if p.top_k > 0 { p.top_k.min(cands.len()) } else { cands.len() };
+        let k = if p.top_k > 0 {
+            p.top_k.min(cands.len())
+        } else {
+            cands.len()
+        };
         let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if k < cands.len() {
             cands.select_nth_unstable_by(k - 1, cmp);
@@ -119,7 +152,12 @@ impl Sampler {
     fn draw_all(&mut self, logits: &[f32]) -> u32 {
         let (max, _) = ttc_kernels::math::max_and_sum(logits);
         self.weights.resize(logits.len(), 0.0);
-        let total = ttc_kernels::math::exp_into(logits, max, 1.0 / self.params.temperature, &mut self.weights);
+        let total = ttc_kernels::math::exp_into(
+            logits,
+            max,
+            1.0 / self.params.temperature,
+            &mut self.weights,
+        );
         let target = self.rng.random::<f32>() * total;
         let mut cum = 0.0;
         for (i, &w) in self.weights.iter().enumerate() {
@@ -134,7 +172,10 @@ impl Sampler {
 
     /// Draws one of `cands` (id, logit) with probability softmax(logit / temperature).
     fn draw(&mut self, cands: &[(u32, f32)]) -> u32 {
-        let probs = softmax(&cands.iter().map(|c| c.1).collect::<Vec<_>>(), self.params.temperature);
+        let probs = softmax(
+            &cands.iter().map(|c| c.1).collect::<Vec<_>>(),
+            self.params.temperature,
+        );
         let r: f32 = self.rng.random();
         let mut cum = 0.0;
         for (c, q) in cands.iter().zip(&probs) {
@@ -159,7 +200,10 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|&l| ttc_kernels::math::exp((l - max) / temperature)).collect();
+    let exps: Vec<f32> = logits
+        .iter()
+        .map(|&l| ttc_kernels::math::exp((l - max) / temperature))
+        .collect();
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
 }
@@ -201,17 +245,31 @@ mod tests {
         assert!(self_certainty(&flat, log_sum_exp(&flat)).abs() < 1e-6);
         let peaked = [5.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
         let sharper = [9.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-        let (a, b) = (self_certainty(&peaked, log_sum_exp(&peaked)), self_certainty(&sharper, log_sum_exp(&sharper)));
+        let (a, b) = (
+            self_certainty(&peaked, log_sum_exp(&peaked)),
+            self_certainty(&sharper, log_sum_exp(&sharper)),
+        );
         assert!(a > 0.5 && b > a, "{a} {b}");
         // Direct definition: sum_i (1/V) log((1/V) / p_i).
-        let p: Vec<f32> = peaked.iter().map(|&l| (l - log_sum_exp(&peaked)).exp()).collect();
-        let kl: f32 = p.iter().map(|&pi| (1.0 / 8.0) * ((1.0 / 8.0) / pi).ln()).sum();
+        let p: Vec<f32> = peaked
+            .iter()
+            .map(|&l| (l - log_sum_exp(&peaked)).exp())
+            .collect();
+        let kl: f32 = p
+            .iter()
+            .map(|&pi| (1.0 / 8.0) * ((1.0 / 8.0) / pi).ln())
+            .sum();
         assert!((kl - a).abs() < 1e-4, "{kl} {a}");
     }
 
     #[test]
     fn top_k_one_is_greedy() {
-        let params = SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, min_p: 0.0 };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            min_p: 0.0,
+        };
         let mut s = Sampler::new(params, 7);
         for _ in 0..20 {
             assert_eq!(s.sample(&[0.5, 0.1, 3.0, 2.9]).token, 2);
@@ -221,7 +279,12 @@ mod tests {
     #[test]
     fn min_p_removes_unlikely_tokens() {
         // p(0) ~ 0.98, p(1) ~ 0.018: min-p 0.1 keeps only token 0.
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.1 };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.1,
+        };
         let mut s = Sampler::new(params, 3);
         for _ in 0..50 {
             assert_eq!(s.sample(&[5.0, 1.0]).token, 0);
@@ -231,7 +294,12 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_and_seeds_differ() {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+        };
         let run = |seed| {
             let mut s = Sampler::new(params.clone(), seed);
             (0..32).map(|_| s.sample(&logits).token).collect::<Vec<_>>()
@@ -243,10 +311,17 @@ mod tests {
     #[test]
     fn temperature_sampling_follows_the_distribution() {
         // logits ln(3), 0 -> p = 0.75, 0.25.
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+        };
         let mut s = Sampler::new(params, 11);
         let n = 4000;
-        let zeros = (0..n).filter(|_| s.sample(&[3f32.ln(), 0.0]).token == 0).count();
+        let zeros = (0..n)
+            .filter(|_| s.sample(&[3f32.ln(), 0.0]).token == 0)
+            .count();
         let frac = zeros as f64 / n as f64;
         assert!((frac - 0.75).abs() < 0.03, "{frac}");
     }

@@ -86,15 +86,36 @@ pub struct Session<'e> {
 
 impl<'e> Session<'e> {
     pub(crate) fn new(engine: &'e Engine, opts: SessionOptions) -> Result<Self> {
-        opts.params.validate().map_err(EngineError::InvalidArgument)?;
-        let cache = KvCache::new(engine.config(), opts.kv_blocks, engine.block_size(), engine.model.device())?;
-        let stops = engine.stop_strings().iter().chain(&opts.stop).filter(|s| !s.is_empty()).cloned().collect();
-        Ok(Self { engine, cache, seqs: BTreeMap::new(), opts, stops, counters: Counters::default() })
+        opts.params
+            .validate()
+            .map_err(EngineError::InvalidArgument)?;
+        let cache = KvCache::new(
+            engine.config(),
+            opts.kv_blocks,
+            engine.block_size(),
+            engine.model.device(),
+        )?;
+        let stops = engine
+            .stop_strings()
+            .iter()
+            .chain(&opts.stop)
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect();
+        Ok(Self {
+            engine,
+            cache,
+            seqs: BTreeMap::new(),
+            opts,
+            stops,
+            counters: Counters::default(),
+        })
     }
 
     fn sampler_for(&self, seq: SeqId) -> Sampler {
         // splitmix-style mixing, so neighbouring ids get unrelated streams.
-        let mixed = (self.opts.seed ^ (u64::from(seq.0) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(17);
+        let mixed = (self.opts.seed ^ (u64::from(seq.0) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .rotate_left(17);
         Sampler::new(self.opts.params.clone(), mixed)
     }
 
@@ -121,7 +142,10 @@ impl<'e> Session<'e> {
             return Err(EngineError::InvalidArgument("empty prompt".into()));
         }
         if prompt.len() >= ctx {
-            return Err(EngineError::PromptTooLong { prompt_tokens: prompt.len(), context: ctx });
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                context: ctx,
+            });
         }
         let t0 = Instant::now();
         let seq = self.cache.new_sequence();
@@ -134,7 +158,14 @@ impl<'e> Session<'e> {
                 let slots = self.cache.slots(seq, 0..start + chunk.len())?;
                 // Only the last chunk's logits and hidden state are needed.
                 let want_output = i + 1 == chunks.len();
-                let out = self.engine.model.forward_batch(&[BatchEntry { tokens: chunk, slots: &slots, want_output }], &self.cache)?;
+                let out = self.engine.model.forward_batch(
+                    &[BatchEntry {
+                        tokens: chunk,
+                        slots: &slots,
+                        want_output,
+                    }],
+                    &self.cache,
+                )?;
                 self.cache.commit(seq, chunk.len())?;
                 self.counters.forward_passes += 1;
                 last = Some(out);
@@ -148,7 +179,12 @@ impl<'e> Session<'e> {
                 return Err(e);
             }
         };
-        let logits = out.logits.expect("asked for output").squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let logits = out
+            .logits
+            .expect("asked for output")
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         let state = SeqState {
             prompt_len: prompt.len(),
             generated: Vec::new(),
@@ -199,10 +235,14 @@ impl<'e> Session<'e> {
         for (i, &seq) in seqs.iter().enumerate() {
             let st = self.state(seq)?;
             if st.finished.is_some() || st.logits.is_none() {
-                return Err(EngineError::InvalidArgument(format!("{seq:?} has finished")));
+                return Err(EngineError::InvalidArgument(format!(
+                    "{seq:?} has finished"
+                )));
             }
             if seqs[..i].contains(&seq) {
-                return Err(EngineError::InvalidArgument(format!("{seq:?} is listed twice")));
+                return Err(EngineError::InvalidArgument(format!(
+                    "{seq:?} is listed twice"
+                )));
             }
         }
         for &seq in seqs {
@@ -213,8 +253,12 @@ impl<'e> Session<'e> {
         // parallel, one task per sequence. Each has its own RNG, so order changes nothing.
         let mut sampled: std::collections::HashMap<SeqId, Sampled> = {
             use rayon::prelude::*;
-            let states: Vec<(SeqId, &mut SeqState)> =
-                self.seqs.iter_mut().filter(|(k, _)| seqs.contains(k)).map(|(k, st)| (*k, st)).collect();
+            let states: Vec<(SeqId, &mut SeqState)> = self
+                .seqs
+                .iter_mut()
+                .filter(|(k, _)| seqs.contains(k))
+                .map(|(k, st)| (*k, st))
+                .collect();
             states
                 .into_par_iter()
                 .map(|(k, st)| {
@@ -240,7 +284,12 @@ impl<'e> Session<'e> {
                 st.text.push_str(&rest);
                 let piece = st.text[st.emitted..].to_string();
                 st.emitted = st.text.len();
-                events.push(StepEvent { seq, token: None, piece, finished: st.finished });
+                events.push(StepEvent {
+                    seq,
+                    token: None,
+                    piece,
+                    finished: st.finished,
+                });
                 continue;
             }
             st.generated.push(s.token);
@@ -260,14 +309,22 @@ impl<'e> Session<'e> {
                     st.finished = Some(StopReason::MaxTokens);
                 } else if kv_len + 1 >= ctx {
                     st.finished = Some(StopReason::ContextFull);
-                } else if st.step_stop.as_deref().is_some_and(|x| st.text[st.step_start..].contains(x)) {
+                } else if st
+                    .step_stop
+                    .as_deref()
+                    .is_some_and(|x| st.text[st.step_start..].contains(x))
+                {
                     st.finished = Some(StopReason::StepEnd);
                 }
                 if st.finished.is_some_and(|r| r != StopReason::StepEnd) {
                     let rest = st.decoder.finish();
                     st.text.push_str(&rest);
                 }
-                let safe = if st.finished.is_some() { st.text.len() } else { safe_emit_len(&st.text, stops) };
+                let safe = if st.finished.is_some() {
+                    st.text.len()
+                } else {
+                    safe_emit_len(&st.text, stops)
+                };
                 if safe > st.emitted {
                     piece = st.text[st.emitted..safe].to_string();
                     st.emitted = safe;
@@ -277,7 +334,12 @@ impl<'e> Session<'e> {
             if st.finished.is_none() || st.finished == Some(StopReason::StepEnd) {
                 go_on.push((seq, s.token));
             }
-            events.push(StepEvent { seq, token: Some(s.token), piece, finished: st.finished });
+            events.push(StepEvent {
+                seq,
+                token: Some(s.token),
+                piece,
+                finished: st.finished,
+            });
         }
         self.counters.decode_tokens += events.iter().filter(|e| e.token.is_some()).count();
         if !go_on.is_empty() {
@@ -294,11 +356,22 @@ impl<'e> Session<'e> {
             slots.push(self.cache.slots(seq, 0..len + 1)?); // reserved by `step`
         }
         let toks: Vec<[u32; 1]> = go_on.iter().map(|&(_, t)| [t]).collect();
-        let entries: Vec<BatchEntry> =
-            toks.iter().zip(&slots).map(|(t, s)| BatchEntry { tokens: t, slots: s, want_output: true }).collect();
+        let entries: Vec<BatchEntry> = toks
+            .iter()
+            .zip(&slots)
+            .map(|(t, s)| BatchEntry {
+                tokens: t,
+                slots: s,
+                want_output: true,
+            })
+            .collect();
         let out = self.engine.model.forward_batch(&entries, &self.cache)?;
         self.counters.forward_passes += 1;
-        let logits = out.logits.expect("asked for output").to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let logits = out
+            .logits
+            .expect("asked for output")
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
         for (&(seq, _), row) in go_on.iter().zip(logits) {
             self.cache.commit(seq, 1)?;
             self.seqs.get_mut(&seq).expect("stepped").logits = Some(row);
@@ -336,7 +409,10 @@ impl<'e> Session<'e> {
 
     /// Those of `seqs` that have not finished, in order.
     pub fn live(&self, seqs: &[SeqId]) -> Vec<SeqId> {
-        seqs.iter().copied().filter(|&q| !self.is_finished(q)).collect()
+        seqs.iter()
+            .copied()
+            .filter(|&q| !self.is_finished(q))
+            .collect()
     }
 
     pub fn is_finished(&self, seq: SeqId) -> bool {

@@ -89,11 +89,19 @@ impl Tokenizer {
         }
         let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
         let merges = gguf.get_str_array("tokenizer.ggml.merges")?;
-        let types = gguf.get_i32_array("tokenizer.ggml.token_type").unwrap_or_default();
-        let pre = gguf.get_opt_str("tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
+        let types = gguf
+            .get_i32_array("tokenizer.ggml.token_type")
+            .unwrap_or_default();
+        let pre = gguf
+            .get_opt_str("tokenizer.ggml.pre")
+            .unwrap_or_else(|| "default".into());
         let (regexes, ignore_merges) = pre_tokenizer_spec(&pre)?;
 
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let merges = merges
             .iter()
             .map(|m| {
@@ -110,12 +118,18 @@ impl Tokenizer {
         let mut pre_tokenizers: Vec<PreTokenizerWrapper> = regexes
             .iter()
             .map(|r| {
-                Split::new(SplitPattern::Regex((*r).to_string()), SplitDelimiterBehavior::Isolated, false)
-                    .map(PreTokenizerWrapper::Split)
-                    .map_err(|e| EngineError::Tokenizer(format!("pre-tokenizer regex: {e}")))
+                Split::new(
+                    SplitPattern::Regex((*r).to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map(PreTokenizerWrapper::Split)
+                .map_err(|e| EngineError::Tokenizer(format!("pre-tokenizer regex: {e}")))
             })
             .collect::<Result<_>>()?;
-        pre_tokenizers.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
+        pre_tokenizers.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+            false, false, false,
+        )));
         let mut tk = tokenizers::Tokenizer::new(bpe);
         tk.with_pre_tokenizer(Some(Sequence::new(pre_tokenizers)));
         tk.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
@@ -141,24 +155,44 @@ impl Tokenizer {
                 if special[i] {
                     return t.as_bytes().to_vec();
                 }
-                t.chars().map(|c| decode_map.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_else(|| t.as_bytes().to_vec())
+                t.chars()
+                    .map(|c| decode_map.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .unwrap_or_else(|| t.as_bytes().to_vec())
             })
             .collect();
 
-        let bos_id = gguf.get_opt_usize("tokenizer.ggml.bos_token_id").map(|x| x as u32);
-        let mut eos_ids: Vec<u32> = gguf.get_opt_usize("tokenizer.ggml.eos_token_id").map(|x| x as u32).into_iter().collect();
+        let bos_id = gguf
+            .get_opt_usize("tokenizer.ggml.bos_token_id")
+            .map(|x| x as u32);
+        let mut eos_ids: Vec<u32> = gguf
+            .get_opt_usize("tokenizer.ggml.eos_token_id")
+            .map(|x| x as u32)
+            .into_iter()
+            .collect();
         if let Some(eot) = gguf.get_opt_usize("tokenizer.ggml.eot_token_id") {
             eos_ids.push(eot as u32);
         }
-        let add_bos = gguf.get_opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
+        let add_bos = gguf
+            .get_opt_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(false);
         let mut plain = tk.clone();
         plain.set_encode_special_tokens(true);
-        Ok(Self { with_special: tk, plain, token_bytes, special, bos_id, eos_ids, add_bos })
+        Ok(Self {
+            with_special: tk,
+            plain,
+            token_bytes,
+            special,
+            bos_id,
+            eos_ids,
+            add_bos,
+        })
     }
 
     /// Reads a `tokenizer.json` instead (a model whose GGUF lacks a usable vocabulary).
     pub fn from_json(path: &Path, bos_id: Option<u32>, eos_ids: Vec<u32>) -> Result<Self> {
-        let tk = tokenizers::Tokenizer::from_file(path).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let tk = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let decode_map = byte_level_decode_map();
         let vocab_size = tk.get_vocab_size(true);
         let added = tk.get_added_tokens_decoder();
@@ -172,13 +206,24 @@ impl Tokenizer {
                     token_bytes.push(text.into_bytes());
                 }
                 None => token_bytes.push(
-                    text.chars().map(|c| decode_map.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_else(|| text.into_bytes()),
+                    text.chars()
+                        .map(|c| decode_map.get(&c).copied())
+                        .collect::<Option<Vec<u8>>>()
+                        .unwrap_or_else(|| text.into_bytes()),
                 ),
             }
         }
         let mut plain = tk.clone();
         plain.set_encode_special_tokens(true);
-        Ok(Self { with_special: tk, plain, token_bytes, special, bos_id, eos_ids, add_bos: false })
+        Ok(Self {
+            with_special: tk,
+            plain,
+            token_bytes,
+            special,
+            bos_id,
+            eos_ids,
+            add_bos: false,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -194,7 +239,8 @@ impl Tokenizer {
             }
         }
         let token = AddedToken::from(text.to_string(), true).normalized(false);
-        self.with_special.add_special_tokens(std::slice::from_ref(&token));
+        self.with_special
+            .add_special_tokens(std::slice::from_ref(&token));
         self.plain.add_special_tokens(&[token]);
         let id = self.token_bytes.len() as u32;
         self.token_bytes.push(text.as_bytes().to_vec());
@@ -204,14 +250,22 @@ impl Tokenizer {
 
     /// Writes the tokenizer as a Hugging Face `tokenizer.json`.
     pub fn save_json(&self, path: &Path) -> Result<()> {
-        self.with_special.save(path, false).map_err(|e| EngineError::Tokenizer(e.to_string()))
+        self.with_special
+            .save(path, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
     /// Token ids of `text`, without BOS. With `parse_special`, control tokens written in the
     /// text (`<|im_start|>`) become their ids; otherwise they are tokenized as text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let tk = if parse_special { &self.with_special } else { &self.plain };
-        let enc = tk.encode(text, false).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let tk = if parse_special {
+            &self.with_special
+        } else {
+            &self.plain
+        };
+        let enc = tk
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -237,7 +291,10 @@ impl Tokenizer {
 
     /// The raw bytes of one token (may be part of a UTF-8 character).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.token_bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     pub fn token_text(&self, id: u32) -> String {

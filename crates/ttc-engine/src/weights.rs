@@ -43,8 +43,12 @@ pub fn hf_name(gguf_name: &str) -> String {
         "output.weight" => return "lm_head.weight".into(),
         _ => {}
     }
-    let Some(rest) = gguf_name.strip_prefix("blk.") else { return gguf_name.to_string() };
-    let Some((layer, rest)) = rest.split_once('.') else { return gguf_name.to_string() };
+    let Some(rest) = gguf_name.strip_prefix("blk.") else {
+        return gguf_name.to_string();
+    };
+    let Some((layer, rest)) = rest.split_once('.') else {
+        return gguf_name.to_string();
+    };
     let (part, suffix) = rest.split_once('.').unwrap_or((rest, ""));
     let module = match part {
         "attn_norm" => "input_layernorm",
@@ -65,7 +69,9 @@ impl SafetensorsWeights {
     /// Reads `dir/model.safetensors` (or every `*.safetensors` in `dir`) onto the CPU.
     pub fn load(dir: &Path) -> Result<Self> {
         let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| EngineError::InvalidArgument(format!("cannot read {}: {e}", dir.display())))?
+            .map_err(|e| {
+                EngineError::InvalidArgument(format!("cannot read {}: {e}", dir.display()))
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
@@ -75,19 +81,29 @@ impl SafetensorsWeights {
         }
         let mut tensors = HashMap::new();
         for f in &files {
-            let t = candle_core::safetensors::load(f, &Device::Cpu)
-                .map_err(|e| EngineError::CorruptGguf { path: f.clone(), reason: candle_message(&e) })?;
+            let t = candle_core::safetensors::load(f, &Device::Cpu).map_err(|e| {
+                EngineError::CorruptGguf {
+                    path: f.clone(),
+                    reason: candle_message(&e),
+                }
+            })?;
             tensors.extend(t);
         }
-        Ok(Self { tensors, path: dir.to_path_buf() })
+        Ok(Self {
+            tensors,
+            path: dir.to_path_buf(),
+        })
     }
 
     /// A tensor by its own (Hugging Face) name, as f32 on `device`.
     pub fn raw(&self, hf: &str, device: &Device) -> Result<Tensor> {
-        let t = self.tensors.get(hf).ok_or_else(|| EngineError::CorruptGguf {
-            path: self.path.clone(),
-            reason: format!("tensor '{hf}' is missing"),
-        })?;
+        let t = self
+            .tensors
+            .get(hf)
+            .ok_or_else(|| EngineError::CorruptGguf {
+                path: self.path.clone(),
+                reason: format!("tensor '{hf}' is missing"),
+            })?;
         Ok(t.to_dtype(DType::F32)?.to_device(device)?)
     }
 
@@ -122,9 +138,12 @@ struct HfConfig {
 
 /// Hyper-parameters from a Hugging Face `config.json` (llama or qwen2 model types).
 pub fn config_from_hf(path: &Path) -> Result<ModelConfig> {
-    let text = std::fs::read_to_string(path).map_err(|_| EngineError::ModelNotFound(path.to_path_buf()))?;
-    let c: HfConfig = serde_json::from_str(&text)
-        .map_err(|e| EngineError::CorruptGguf { path: path.to_path_buf(), reason: e.to_string() })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|_| EngineError::ModelNotFound(path.to_path_buf()))?;
+    let c: HfConfig = serde_json::from_str(&text).map_err(|e| EngineError::CorruptGguf {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let architecture = Architecture::from_gguf_name(&c.model_type)?;
     let head_dim = c.hidden_size / c.num_attention_heads;
     Ok(ModelConfig {
@@ -149,9 +168,18 @@ mod tests {
     #[test]
     fn gguf_names_map_to_hugging_face_names() {
         assert_eq!(hf_name("token_embd.weight"), "model.embed_tokens.weight");
-        assert_eq!(hf_name("blk.3.attn_q.bias"), "model.layers.3.self_attn.q_proj.bias");
-        assert_eq!(hf_name("blk.12.ffn_down.weight"), "model.layers.12.mlp.down_proj.weight");
-        assert_eq!(hf_name("blk.0.ffn_norm.weight"), "model.layers.0.post_attention_layernorm.weight");
+        assert_eq!(
+            hf_name("blk.3.attn_q.bias"),
+            "model.layers.3.self_attn.q_proj.bias"
+        );
+        assert_eq!(
+            hf_name("blk.12.ffn_down.weight"),
+            "model.layers.12.mlp.down_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight"),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
         assert_eq!(hf_name("output_norm.weight"), "model.norm.weight");
     }
 }

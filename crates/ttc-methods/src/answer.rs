@@ -5,7 +5,8 @@
 //! is ...", GSM8K's `#### ...`, else the last number in the text.
 
 /// The instruction appended to a question so that the answer comes in a form `extract` reads.
-pub const DEFAULT_INSTRUCTION: &str = "End your reply with \"The answer is N.\" where N is the final answer.";
+pub const DEFAULT_INSTRUCTION: &str =
+    "End your reply with \"The answer is N.\" where N is the final answer.";
 
 /// The final answer in `text`, normalized; None when there is none.
 pub fn extract(text: &str) -> Option<String> {
@@ -54,7 +55,10 @@ fn format_number(x: f64) -> String {
 
 /// `a/b` or `\frac{a}{b}` (also `\dfrac`) with integer parts.
 fn parse_fraction(s: &str) -> Option<String> {
-    let (a, b) = if let Some(rest) = s.strip_prefix("\\frac{").or_else(|| s.strip_prefix("\\dfrac{")) {
+    let (a, b) = if let Some(rest) = s
+        .strip_prefix("\\frac{")
+        .or_else(|| s.strip_prefix("\\dfrac{"))
+    {
         let (a, rest) = rest.split_once("}{")?;
         (a.to_string(), rest.strip_suffix('}')?.to_string())
     } else {
@@ -72,7 +76,11 @@ fn parse_fraction(s: &str) -> Option<String> {
         a = -a;
         b = -b;
     }
-    Some(if b == 1 { a.to_string() } else { format!("{a}/{b}") })
+    Some(if b == 1 {
+        a.to_string()
+    } else {
+        format!("{a}/{b}")
+    })
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -108,7 +116,11 @@ fn after_last(text: &str, marker: &str) -> Option<String> {
     let lower = text.to_lowercase();
     let pos = lower.rfind(marker)? + marker.len();
     // Lower-casing can change byte lengths outside ASCII; fall back to the original if so.
-    let rest = if lower.len() == text.len() { &text[pos..] } else { &lower[pos..] };
+    let rest = if lower.len() == text.len() {
+        &text[pos..]
+    } else {
+        &lower[pos..]
+    };
     let rest = rest.trim_start_matches([':', ' ', '\t']);
     if let Some(b) = last_boxed(rest) {
         return Some(b);
@@ -127,7 +139,9 @@ fn numbers(text: &str) -> Vec<String> {
     let mut i = 0;
     while i < chars.len() {
         let starts = chars[i].is_ascii_digit()
-            || (chars[i] == '-' && chars.get(i + 1).is_some_and(|c| c.is_ascii_digit()) && (i == 0 || !chars[i - 1].is_ascii_alphanumeric()));
+            || (chars[i] == '-'
+                && chars.get(i + 1).is_some_and(|c| c.is_ascii_digit())
+                && (i == 0 || !chars[i - 1].is_ascii_alphanumeric()));
         if !starts {
             i += 1;
             continue;
@@ -162,11 +176,23 @@ mod tests {
 
     #[test]
     fn extraction_forms() {
-        assert_eq!(extract("so \\boxed{\\frac{6}{4}} is it"), Some("3/2".into()));
-        assert_eq!(extract("x \\boxed{12} then \\boxed{1{,}000}"), Some("1{,}000".into()));
-        assert_eq!(extract("First 3, then 4. The answer is 1,234."), Some("1234".into()));
+        assert_eq!(
+            extract("so \\boxed{\\frac{6}{4}} is it"),
+            Some("3/2".into())
+        );
+        assert_eq!(
+            extract("x \\boxed{12} then \\boxed{1{,}000}"),
+            Some("1{,}000".into())
+        );
+        assert_eq!(
+            extract("First 3, then 4. The answer is 1,234."),
+            Some("1234".into())
+        );
         assert_eq!(extract("The answer is: $18.00"), Some("18".into()));
-        assert_eq!(extract("Natalia sold 48/2 = 24 clips.\n#### 72"), Some("72".into()));
+        assert_eq!(
+            extract("Natalia sold 48/2 = 24 clips.\n#### 72"),
+            Some("72".into())
+        );
         assert_eq!(extract("7 + 4 equals 11"), Some("11".into()));
         assert_eq!(extract("I owe -5 dollars"), Some("-5".into()));
         assert_eq!(extract("The answer is Paris."), Some("paris".into()));

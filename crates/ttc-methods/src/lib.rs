@@ -38,7 +38,9 @@ impl std::str::FromStr for Method {
             "weighted" => Ok(Self::Weighted),
             "beam" => Ok(Self::Beam),
             "dvts" => Ok(Self::Dvts),
-            other => Err(format!("unknown method '{other}' (greedy, best-of-n, majority, weighted, beam, dvts)")),
+            other => Err(format!(
+                "unknown method '{other}' (greedy, best-of-n, majority, weighted, beam, dvts)"
+            )),
         }
     }
 }
@@ -90,8 +92,11 @@ impl MethodConfig {
             return Err("--n and --max-tokens must be at least 1".into());
         }
         if self.method.is_search() {
-            if self.beam_width == 0 || self.n % self.beam_width != 0 {
-                return Err(format!("--n ({}) must be a multiple of --beam-width ({})", self.n, self.beam_width));
+            if self.beam_width == 0 || !self.n.is_multiple_of(self.beam_width) {
+                return Err(format!(
+                    "--n ({}) must be a multiple of --beam-width ({})",
+                    self.n, self.beam_width
+                ));
             }
             if self.max_iters == 0 {
                 return Err("--max-iters must be at least 1".into());
@@ -147,7 +152,11 @@ pub struct MethodResult {
 }
 
 /// Runs `cfg` on `prompt` (token ids, template applied).
-pub fn run(engine: &Engine, prompt: &[u32], cfg: &MethodConfig) -> ttc_engine::Result<MethodResult> {
+pub fn run(
+    engine: &Engine,
+    prompt: &[u32],
+    cfg: &MethodConfig,
+) -> ttc_engine::Result<MethodResult> {
     cfg.validate().map_err(EngineError::InvalidArgument)?;
     let t0 = Instant::now();
     let mut session = engine.session(prompt.len(), cfg.width(), cfg.session_options())?;
@@ -175,18 +184,41 @@ impl MethodConfig {
     }
 
     pub fn session_options(&self) -> SessionOptions {
-        SessionOptions { params: self.sampling(), seed: self.seed, max_tokens: self.max_tokens, stop: self.stop.clone(), ignore_eos: false, kv_blocks: 0 }
+        SessionOptions {
+            params: self.sampling(),
+            seed: self.seed,
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ignore_eos: false,
+            kv_blocks: 0,
+        }
     }
 }
 
 /// Runs `cfg` from `root`, a prompt already prefilled in `session` (which must have room for
 /// `cfg.width()` sequences): how the allocator decides after the prefill without redoing it.
 /// `t0` is when the request started; the total time is measured from it.
-pub fn run_prefilled(mut session: Session<'_>, root: SeqId, prompt_len: usize, cfg: &MethodConfig, t0: Instant) -> ttc_engine::Result<MethodResult> {
+pub fn run_prefilled(
+    mut session: Session<'_>,
+    root: SeqId,
+    prompt_len: usize,
+    cfg: &MethodConfig,
+    t0: Instant,
+) -> ttc_engine::Result<MethodResult> {
     cfg.validate().map_err(EngineError::InvalidArgument)?;
     session.set_sampling(cfg.sampling())?;
-    let prompt_hidden = session.prompt_hidden(root)?.map(|h| h.to_vec1::<f32>()).transpose()?;
-    let mut run = Run { session, scorer: cfg.scorer.clone(), steps: 0, scoring_s: 0.0, scorer_tokens: 0, cancel: cfg.cancel.clone() };
+    let prompt_hidden = session
+        .prompt_hidden(root)?
+        .map(|h| h.to_vec1::<f32>())
+        .transpose()?;
+    let mut run = Run {
+        session,
+        scorer: cfg.scorer.clone(),
+        steps: 0,
+        scoring_s: 0.0,
+        scorer_tokens: 0,
+        cancel: cfg.cancel.clone(),
+    };
     let (candidates, chosen) = match cfg.method {
         Method::Greedy => {
             run.until_done(&[root])?;
@@ -196,8 +228,17 @@ pub fn run_prefilled(mut session: Session<'_>, root: SeqId, prompt_len: usize, c
             let samples = run.session.fork(root, cfg.n)?;
             run.session.free(root);
             run.until_done(&samples)?;
-            let cands = samples.iter().map(|&s| run.candidate(s)).collect::<ttc_engine::Result<Vec<_>>>()?;
-            let ballots: Vec<vote::Ballot> = cands.iter().map(|c| vote::Ballot { answer: c.answer.as_deref(), score: c.score }).collect();
+            let cands = samples
+                .iter()
+                .map(|&s| run.candidate(s))
+                .collect::<ttc_engine::Result<Vec<_>>>()?;
+            let ballots: Vec<vote::Ballot> = cands
+                .iter()
+                .map(|c| vote::Ballot {
+                    answer: c.answer.as_deref(),
+                    score: c.score,
+                })
+                .collect();
             let chosen = match cfg.method {
                 Method::BestOfN => vote::best_of_n(&ballots),
                 Method::Majority => vote::majority(&ballots),
@@ -208,11 +249,22 @@ pub fn run_prefilled(mut session: Session<'_>, root: SeqId, prompt_len: usize, c
         Method::Beam | Method::Dvts => run.search(root, cfg)?,
     };
     let c = run.session.counters().clone();
-    let chosen_c = candidates.get(chosen).cloned().ok_or_else(|| EngineError::InvalidArgument("no candidate was generated".into()))?;
+    let chosen_c = candidates
+        .get(chosen)
+        .cloned()
+        .ok_or_else(|| EngineError::InvalidArgument("no candidate was generated".into()))?;
     Ok(MethodResult {
         method: cfg.method,
-        n: if cfg.method == Method::Greedy { 1 } else { cfg.n },
-        beam_width: if cfg.method.is_search() { cfg.beam_width } else { 1 },
+        n: if cfg.method == Method::Greedy {
+            1
+        } else {
+            cfg.n
+        },
+        beam_width: if cfg.method.is_search() {
+            cfg.beam_width
+        } else {
+            1
+        },
         scorer: cfg.scorer.name(),
         text: chosen_c.text,
         answer: chosen_c.answer,
@@ -224,7 +276,12 @@ pub fn run_prefilled(mut session: Session<'_>, root: SeqId, prompt_len: usize, c
         scorer_tokens: run.scorer_tokens,
         steps: run.steps,
         forward_passes: c.forward_passes,
-        timing: Timing { prefill_s: c.prefill_s, decode_s: c.decode_s, scoring_s: run.scoring_s, total_s: t0.elapsed().as_secs_f64() },
+        timing: Timing {
+            prefill_s: c.prefill_s,
+            decode_s: c.decode_s,
+            scoring_s: run.scoring_s,
+            total_s: t0.elapsed().as_secs_f64(),
+        },
         prompt_hidden,
     })
 }
@@ -247,7 +304,11 @@ impl Run<'_> {
             if live.is_empty() {
                 return Ok(());
             }
-            if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            if self
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
                 return Err(EngineError::Cancelled);
             }
             self.session.step(&live)?;
@@ -271,24 +332,38 @@ impl Run<'_> {
             text,
             score,
             tokens: self.session.generated(seq)?.len(),
-            finish: self.session.finish_reason(seq).unwrap_or(StopReason::MaxTokens),
+            finish: self
+                .session
+                .finish_reason(seq)
+                .unwrap_or(StopReason::MaxTokens),
         })
     }
 
     /// Beam search (global top n/m kept each iteration) and DVTS (n/m independent subtrees,
     /// the best of each subtree's m children kept), expanding by steps that end at "\n\n".
-    fn search(&mut self, root: SeqId, cfg: &MethodConfig) -> ttc_engine::Result<(Vec<Candidate>, usize)> {
+    fn search(
+        &mut self,
+        root: SeqId,
+        cfg: &MethodConfig,
+    ) -> ttc_engine::Result<(Vec<Candidate>, usize)> {
         let m = cfg.beam_width;
         let keep = cfg.n / m;
         // (sequence, subtree): DVTS keeps one beam per subtree; beam search ignores subtrees.
-        let mut active: Vec<(SeqId, usize)> = self.session.fork(root, cfg.n)?.into_iter().enumerate().map(|(i, s)| (s, i / m)).collect();
+        let mut active: Vec<(SeqId, usize)> = self
+            .session
+            .fork(root, cfg.n)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (s, i / m))
+            .collect();
         self.session.free(root);
         let mut completed: Vec<Candidate> = Vec::new();
         for iter in 0..cfg.max_iters {
             let last = iter + 1 == cfg.max_iters;
             for &(s, _) in &active {
                 self.session.resume(s)?;
-                self.session.set_step_stop(s, (!last).then(|| STEP_STOP.to_string()))?;
+                self.session
+                    .set_step_stop(s, (!last).then(|| STEP_STOP.to_string()))?;
             }
             let seqs: Vec<SeqId> = active.iter().map(|a| a.0).collect();
             self.until_done(&seqs)?;
@@ -296,7 +371,9 @@ impl Run<'_> {
             let mut going: Vec<(SeqId, usize, f32)> = Vec::new();
             for &(s, tree) in &active {
                 if self.session.finish_reason(s) == Some(StopReason::StepEnd) {
-                    let dup = going.iter().any(|g| self.session.text(g.0).ok() == self.session.text(s).ok());
+                    let dup = going
+                        .iter()
+                        .any(|g| self.session.text(g.0).ok() == self.session.text(s).ok());
                     if dup {
                         self.session.free(s);
                     } else {
@@ -314,7 +391,12 @@ impl Run<'_> {
             // Selection: the best `keep` overall (beam) or the best of each subtree (DVTS);
             // ties go to the earlier sequence.
             let mut order: Vec<usize> = (0..going.len()).collect();
-            order.sort_by(|&a, &b| going[b].2.total_cmp(&going[a].2).then(going[a].0.cmp(&going[b].0)));
+            order.sort_by(|&a, &b| {
+                going[b]
+                    .2
+                    .total_cmp(&going[a].2)
+                    .then(going[a].0.cmp(&going[b].0))
+            });
             let mut selected: Vec<usize> = Vec::new();
             for &i in &order {
                 let take = match cfg.method {
@@ -336,9 +418,17 @@ impl Run<'_> {
             active = next;
         }
         if completed.is_empty() {
-            return Err(EngineError::InvalidArgument("beam search produced no finished beam".into()));
+            return Err(EngineError::InvalidArgument(
+                "beam search produced no finished beam".into(),
+            ));
         }
-        let ballots: Vec<vote::Ballot> = completed.iter().map(|c| vote::Ballot { answer: c.answer.as_deref(), score: c.score }).collect();
+        let ballots: Vec<vote::Ballot> = completed
+            .iter()
+            .map(|c| vote::Ballot {
+                answer: c.answer.as_deref(),
+                score: c.score,
+            })
+            .collect();
         let chosen = vote::best_of_n(&ballots).unwrap_or(0);
         Ok((completed, chosen))
     }

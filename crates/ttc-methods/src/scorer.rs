@@ -23,7 +23,9 @@ impl std::str::FromStr for ScorerSpec {
             "self-certainty" => Ok(Self::SelfCertainty),
             other => match other.strip_prefix("prm:") {
                 Some(dir) if !dir.is_empty() => Ok(Self::Prm(PathBuf::from(dir))),
-                _ => Err(format!("unknown scorer '{other}' (logprob, self-certainty, prm:DIR)")),
+                _ => Err(format!(
+                    "unknown scorer '{other}' (logprob, self-certainty, prm:DIR)"
+                )),
             },
         }
     }
@@ -37,7 +39,10 @@ pub enum Scorer {
     /// generated tokens (Kang et al. 2025).
     SelfCertainty,
     /// A process reward model's reward for the last step (steps end at blank lines).
-    Prm { model: Arc<RewardModel>, question: Arc<str> },
+    Prm {
+        model: Arc<RewardModel>,
+        question: Arc<str>,
+    },
 }
 
 impl std::fmt::Debug for Scorer {
@@ -58,7 +63,13 @@ impl Scorer {
     /// The score of everything `seq` has generated (-inf for nothing), and the tokens a reward
     /// model read to give it.
     pub fn score(&self, session: &Session, seq: SeqId) -> ttc_engine::Result<(f32, usize)> {
-        let mean = |v: &[f32]| if v.is_empty() { f32::NEG_INFINITY } else { v.iter().sum::<f32>() / v.len() as f32 };
+        let mean = |v: &[f32]| {
+            if v.is_empty() {
+                f32::NEG_INFINITY
+            } else {
+                v.iter().sum::<f32>() / v.len() as f32
+            }
+        };
         match self {
             Self::Logprob => Ok((mean(session.logprobs(seq)?), 0)),
             Self::SelfCertainty => Ok((mean(session.self_certainties(seq)?), 0)),
@@ -66,7 +77,10 @@ impl Scorer {
                 let text = session.text(seq)?;
                 let steps = split_steps(text);
                 let r = model.score_steps(question, &steps)?;
-                Ok((r.rewards.last().copied().unwrap_or(f32::NEG_INFINITY), r.tokens))
+                Ok((
+                    r.rewards.last().copied().unwrap_or(f32::NEG_INFINITY),
+                    r.tokens,
+                ))
             }
         }
     }
@@ -74,7 +88,10 @@ impl Scorer {
 
 /// A solution's steps: its paragraphs (the beam-search step boundary), trimmed.
 pub fn split_steps(text: &str) -> Vec<&str> {
-    text.split(crate::STEP_STOP).map(str::trim).filter(|s| !s.is_empty()).collect()
+    text.split(crate::STEP_STOP)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -84,8 +101,14 @@ mod tests {
     #[test]
     fn specs_parse() {
         assert_eq!("logprob".parse::<ScorerSpec>(), Ok(ScorerSpec::Logprob));
-        assert_eq!("self-certainty".parse::<ScorerSpec>(), Ok(ScorerSpec::SelfCertainty));
-        assert_eq!("prm:/models/prm".parse::<ScorerSpec>(), Ok(ScorerSpec::Prm("/models/prm".into())));
+        assert_eq!(
+            "self-certainty".parse::<ScorerSpec>(),
+            Ok(ScorerSpec::SelfCertainty)
+        );
+        assert_eq!(
+            "prm:/models/prm".parse::<ScorerSpec>(),
+            Ok(ScorerSpec::Prm("/models/prm".into()))
+        );
         assert!("prm:".parse::<ScorerSpec>().is_err());
         assert!("vibes".parse::<ScorerSpec>().is_err());
     }

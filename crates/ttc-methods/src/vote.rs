@@ -33,8 +33,15 @@ pub fn majority(ballots: &[Ballot]) -> Option<usize> {
 /// Index of a candidate carrying the answer with the largest summed score. Scores are shifted
 /// to be positive first (log-probability scores are negative), so that more votes never hurt.
 pub fn weighted(ballots: &[Ballot]) -> Option<usize> {
-    let min = ballots.iter().map(|b| b.score).fold(f32::INFINITY, f32::min);
-    let shift = if min.is_finite() && min <= 0.0 { 1.0 - min } else { 0.0 };
+    let min = ballots
+        .iter()
+        .map(|b| b.score)
+        .fold(f32::INFINITY, f32::min);
+    let shift = if min.is_finite() && min <= 0.0 {
+        1.0 - min
+    } else {
+        0.0
+    };
     tally(ballots, |b| b.score + shift)
 }
 
@@ -50,7 +57,9 @@ fn tally(ballots: &[Ballot], weight: impl Fn(&Ballot) -> f32) -> Option<usize> {
             e.0 += weight(b);
         }
     }
-    let winner = totals.values().max_by(|x, y| x.0.total_cmp(&y.0).then(y.1.cmp(&x.1)));
+    let winner = totals
+        .values()
+        .max_by(|x, y| x.0.total_cmp(&y.0).then(y.1.cmp(&x.1)));
     Some(winner.map(|w| w.1).unwrap_or(0))
 }
 
@@ -59,19 +68,39 @@ mod tests {
     use super::*;
 
     fn ballots(v: &[(Option<&'static str>, f32)]) -> Vec<Ballot<'static>> {
-        v.iter().map(|&(answer, score)| Ballot { answer, score }).collect()
+        v.iter()
+            .map(|&(answer, score)| Ballot { answer, score })
+            .collect()
     }
 
     #[test]
     fn majority_counts_answers_and_breaks_ties_by_first_appearance() {
-        let b = ballots(&[(Some("3"), 0.0), (Some("5"), 0.0), (Some("5"), 0.0), (Some("3"), 0.0), (Some("7"), 0.0)]);
-        assert_eq!(majority(&b), Some(0), "3 and 5 tie at two votes; 3 appeared first");
+        let b = ballots(&[
+            (Some("3"), 0.0),
+            (Some("5"), 0.0),
+            (Some("5"), 0.0),
+            (Some("3"), 0.0),
+            (Some("7"), 0.0),
+        ]);
+        assert_eq!(
+            majority(&b),
+            Some(0),
+            "3 and 5 tie at two votes; 3 appeared first"
+        );
         let b = ballots(&[(Some("3"), 0.0), (Some("5"), 0.0), (Some("5"), 0.0)]);
         assert_eq!(majority(&b), Some(1));
         let b = ballots(&[(None, 0.0), (None, 0.0), (Some("4"), 0.0)]);
-        assert_eq!(majority(&b), Some(2), "candidates without answers do not vote");
+        assert_eq!(
+            majority(&b),
+            Some(2),
+            "candidates without answers do not vote"
+        );
         let b = ballots(&[(None, 0.0), (None, 0.0)]);
-        assert_eq!(majority(&b), Some(0), "no answers at all: the first candidate");
+        assert_eq!(
+            majority(&b),
+            Some(0),
+            "no answers at all: the first candidate"
+        );
         assert_eq!(majority(&[]), None);
     }
 

@@ -55,7 +55,12 @@ pub(crate) unsafe fn packed_range<const T: u8, const MR: usize>(
 ) {
     let mut tile = [0f32; 4];
     for j in j0..j1 {
-        packed::<T, MR>(data.get_unchecked(j * stride..(j + 1) * stride), a, i0, &mut tile);
+        packed::<T, MR>(
+            data.get_unchecked(j * stride..(j + 1) * stride),
+            a,
+            i0,
+            &mut tile,
+        );
         for r in 0..MR {
             *out.add((i0 + r) * n + j) = tile[r];
         }
@@ -65,7 +70,12 @@ pub(crate) unsafe fn packed_range<const T: u8, const MR: usize>(
 /// `T` is one of [`Q4_0`], [`Q4_1`], [`Q8_0`]; `MR` activation rows (1..=4); `w` one packed row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn packed<const T: u8, const MR: usize>(w: &[u8], a: &PackedActs, i0: usize, out: &mut [f32; 4]) {
+pub(crate) unsafe fn packed<const T: u8, const MR: usize>(
+    w: &[u8],
+    a: &PackedActs,
+    i0: usize,
+    out: &mut [f32; 4],
+) {
     let gb = if T == Q8_0 { 2 } else { 4 };
     let qlen = if T == Q8_0 { 32 } else { 16 };
     let (nb, groups) = (a.nb, a.nbp / gb);
@@ -94,16 +104,30 @@ pub(crate) unsafe fn packed<const T: u8, const MR: usize>(w: &[u8], a: &PackedAc
             _mm512_maskz_loadu_epi8((1u64 << (present * qlen)) - 1, wq.add(64 * g) as *const i8)
         };
         let (q0, q1) = if T == Q8_0 {
-            (_mm512_xor_si512(raw, _mm512_set1_epi8(-128)), _mm512_setzero_si512())
+            (
+                _mm512_xor_si512(raw, _mm512_set1_epi8(-128)),
+                _mm512_setzero_si512(),
+            )
         } else {
-            (_mm512_and_si512(raw, low), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low))
+            (
+                _mm512_and_si512(raw, low),
+                _mm512_and_si512(_mm512_srli_epi16(raw, 4), low),
+            )
         };
         let d = group_f16::<T>(wd.add(2 * gb * g), present, full);
-        let m = if T == Q4_1 { group_f16::<T>(wm.add(2 * gb * g), present, full) } else { _mm_setzero_ps() };
+        let m = if T == Q4_1 {
+            group_f16::<T>(wm.add(2 * gb * g), present, full)
+        } else {
+            _mm_setzero_ps()
+        };
         for r in 0..MR {
             let row = i0 + r;
             let x = a.qs.as_ptr().add(row * a.kp + 32 * gb * g);
-            let mut p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q0, _mm512_loadu_si512(x as *const _));
+            let mut p = _mm512_dpbusd_epi32(
+                _mm512_setzero_si512(),
+                q0,
+                _mm512_loadu_si512(x as *const _),
+            );
             if T != Q8_0 {
                 p = _mm512_dpbusd_epi32(p, q1, _mm512_loadu_si512(x.add(64) as *const _));
             }
@@ -119,8 +143,16 @@ pub(crate) unsafe fn packed<const T: u8, const MR: usize>(w: &[u8], a: &PackedAc
                 } else {
                     _mm_loadu_si128(a.isum.as_ptr().add(blk) as *const __m128i)
                 };
-                let c = _mm512_maskz_permutexvar_epi32(first_lanes, spread, _mm512_castsi128_si512(isum));
-                let c = if offset_shift == 7 { _mm512_slli_epi32(c, 7) } else { _mm512_slli_epi32(c, 3) };
+                let c = _mm512_maskz_permutexvar_epi32(
+                    first_lanes,
+                    spread,
+                    _mm512_castsi128_si512(isum),
+                );
+                let c = if offset_shift == 7 {
+                    _mm512_slli_epi32(c, 7)
+                } else {
+                    _mm512_slli_epi32(c, 3)
+                };
                 p = _mm512_sub_epi32(p, c);
             }
             let s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(d, xd)));

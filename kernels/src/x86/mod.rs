@@ -21,7 +21,9 @@ macro_rules! row_kernels {
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn f16(p: *const u8) -> f32 {
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u16) as i32)))
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                std::ptr::read_unaligned(p as *const u16) as i32,
+            )))
         }
 
         #[inline]
@@ -37,7 +39,10 @@ macro_rules! row_kernels {
         #[target_feature(enable = $features)]
         unsafe fn nibbles(p: *const u8) -> __m256i {
             let raw = _mm_loadu_si128(p as *const __m128i);
-            _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F))
+            _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
+                _mm256_set1_epi8(0x0F),
+            )
         }
 
         #[inline]
@@ -50,7 +55,12 @@ macro_rules! row_kernels {
         /// as |w| * (x with w's sign) to fit the u8 x i8 instruction.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn signed_blocks<const MR: usize, const Q8: bool>(w: &[u8], a: &QuantizedActs, i0: usize, out: &mut [f32; 4]) {
+        unsafe fn signed_blocks<const MR: usize, const Q8: bool>(
+            w: &[u8],
+            a: &QuantizedActs,
+            i0: usize,
+            out: &mut [f32; 4],
+        ) {
             let nb = a.k / 32;
             let bb = if Q8 { 34 } else { 18 };
             let mut acc = [_mm256_setzero_ps(); MR];
@@ -68,7 +78,11 @@ macro_rules! row_kernels {
                 for r in 0..MR {
                     let x = _mm256_sign_epi8(load(xq.add(r * a.k + 32 * b)), w);
                     let p = $dot(aw, x);
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * *xd.add(r * nb + b)), _mm256_cvtepi32_ps(p), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(d * *xd.add(r * nb + b)),
+                        _mm256_cvtepi32_ps(p),
+                        acc[r],
+                    );
                 }
             }
             for r in 0..MR {
@@ -77,19 +91,34 @@ macro_rules! row_kernels {
         }
 
         #[target_feature(enable = $features)]
-        pub(crate) unsafe fn q4_0<const MR: usize>(w: &[u8], a: &QuantizedActs, i0: usize, out: &mut [f32; 4]) {
+        pub(crate) unsafe fn q4_0<const MR: usize>(
+            w: &[u8],
+            a: &QuantizedActs,
+            i0: usize,
+            out: &mut [f32; 4],
+        ) {
             signed_blocks::<MR, false>(w, a, i0, out)
         }
 
         #[target_feature(enable = $features)]
-        pub(crate) unsafe fn q8_0<const MR: usize>(w: &[u8], a: &QuantizedActs, i0: usize, out: &mut [f32; 4]) {
+        pub(crate) unsafe fn q8_0<const MR: usize>(
+            w: &[u8],
+            a: &QuantizedActs,
+            i0: usize,
+            out: &mut [f32; 4],
+        ) {
             signed_blocks::<MR, true>(w, a, i0, out)
         }
 
         /// Q4_1: unsigned nibbles straight into the u8 x i8 product; the min term uses the
         /// activation block's `d * sum(q)`.
         #[target_feature(enable = $features)]
-        pub(crate) unsafe fn q4_1<const MR: usize>(w: &[u8], a: &QuantizedActs, i0: usize, out: &mut [f32; 4]) {
+        pub(crate) unsafe fn q4_1<const MR: usize>(
+            w: &[u8],
+            a: &QuantizedActs,
+            i0: usize,
+            out: &mut [f32; 4],
+        ) {
             let w = w.as_ptr();
             let nb = a.k / 32;
             let mut acc = [_mm256_setzero_ps(); MR];
@@ -103,7 +132,11 @@ macro_rules! row_kernels {
                 let q = nibbles(blk.add(4));
                 for r in 0..MR {
                     let p = $dot(q, load(xq.add(r * a.k + 32 * b)));
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * *xd.add(r * nb + b)), _mm256_cvtepi32_ps(p), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(d * *xd.add(r * nb + b)),
+                        _mm256_cvtepi32_ps(p),
+                        acc[r],
+                    );
                     summ[r] += m * *xs.add(r * nb + b);
                 }
             }
@@ -116,7 +149,12 @@ macro_rules! row_kernels {
         /// sub-block); each row's integer sums are scaled per sub-block, and the mins are
         /// applied through the activation's sums of 16.
         #[target_feature(enable = $features)]
-        pub(crate) unsafe fn q4_k<const MR: usize>(w: &[u8], a: &QuantizedActs, i0: usize, out: &mut [f32; 4]) {
+        pub(crate) unsafe fn q4_k<const MR: usize>(
+            w: &[u8],
+            a: &QuantizedActs,
+            i0: usize,
+            out: &mut [f32; 4],
+        ) {
             let w = w.as_ptr();
             let nb = a.k / 256;
             let mut acc = [_mm256_setzero_ps(); MR];
@@ -144,7 +182,10 @@ macro_rules! row_kernels {
                     let x = a.qs.as_ptr().add(row * a.k + 256 * b);
                     let mut sumi = _mm256_setzero_si256();
                     for j in 0..8 {
-                        sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32($dot(q[j], load(x.add(32 * j))), sc[j]));
+                        sumi = _mm256_add_epi32(
+                            sumi,
+                            _mm256_mullo_epi32($dot(q[j], load(x.add(32 * j))), sc[j]),
+                        );
                     }
                     let xd = *a.d.get_unchecked(row * nb + b);
                     let bs = a.bsums.as_ptr().add((row * nb + b) * 16);
@@ -152,7 +193,8 @@ macro_rules! row_kernels {
                     for j in 0..8 {
                         summ += mn[j] * (*bs.add(2 * j) as i32 + *bs.add(2 * j + 1) as i32);
                     }
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * xd), _mm256_cvtepi32_ps(sumi), acc[r]);
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * xd), _mm256_cvtepi32_ps(sumi), acc[r]);
                     mins[r] += dmin * xd * summ as f32;
                 }
             }
@@ -164,7 +206,12 @@ macro_rules! row_kernels {
         /// Q6_K: the 6-bit values are unpacked once per super-block as unsigned (0..64); each
         /// row subtracts 32 * its sums of 16, scaled per sub-block of 16.
         #[target_feature(enable = $features)]
-        pub(crate) unsafe fn q6_k<const MR: usize>(w: &[u8], a: &QuantizedActs, i0: usize, out: &mut [f32; 4]) {
+        pub(crate) unsafe fn q6_k<const MR: usize>(
+            w: &[u8],
+            a: &QuantizedActs,
+            i0: usize,
+            out: &mut [f32; 4],
+        ) {
             let w = w.as_ptr();
             let nb = a.k / 256;
             let mut acc = [_mm256_setzero_ps(); MR];
@@ -180,33 +227,46 @@ macro_rules! row_kernels {
                     let l1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
                     let h = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
                     let h0 = _mm256_slli_epi16(_mm256_and_si256(h, two_bits), 4);
-                    let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), two_bits), 4);
-                    let h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), two_bits), 4);
-                    let h6 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), two_bits), 4);
+                    let h2 =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), two_bits), 4);
+                    let h4 =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), two_bits), 4);
+                    let h6 =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), two_bits), 4);
                     q[4 * half] = _mm256_or_si256(_mm256_and_si256(l0, low), h0);
                     q[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(l1, low), h2);
-                    q[4 * half + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), h4);
-                    q[4 * half + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low), h6);
+                    q[4 * half + 2] =
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), h4);
+                    q[4 * half + 3] =
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low), h6);
                 }
                 let mut scv = [_mm256_setzero_si256(); 8];
                 for v in 0..8 {
-                    scv[v] = _mm256_set_m128i(_mm_set1_epi32(sc[2 * v + 1] as i32), _mm_set1_epi32(sc[2 * v] as i32));
+                    scv[v] = _mm256_set_m128i(
+                        _mm_set1_epi32(sc[2 * v + 1] as i32),
+                        _mm_set1_epi32(sc[2 * v] as i32),
+                    );
                 }
                 for r in 0..MR {
                     let row = i0 + r;
                     let x = a.qs.as_ptr().add(row * a.k + 256 * b);
                     let mut sumi = _mm256_setzero_si256();
                     for v in 0..8 {
-                        sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32($dot(q[v], load(x.add(32 * v))), scv[v]));
+                        sumi = _mm256_add_epi32(
+                            sumi,
+                            _mm256_mullo_epi32($dot(q[v], load(x.add(32 * v))), scv[v]),
+                        );
                     }
                     let bs = a.bsums.as_ptr().add((row * nb + b) * 16);
                     let mut offset = 0i32;
                     for g in 0..16 {
                         offset += sc[g] as i32 * *bs.add(g) as i32;
                     }
-                    let sumi = _mm256_sub_epi32(sumi, _mm256_set_epi32(0, 0, 0, 0, 0, 0, 0, 32 * offset));
+                    let sumi =
+                        _mm256_sub_epi32(sumi, _mm256_set_epi32(0, 0, 0, 0, 0, 0, 0, 32 * offset));
                     let xd = *a.d.get_unchecked(row * nb + b);
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * xd), _mm256_cvtepi32_ps(sumi), acc[r]);
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * xd), _mm256_cvtepi32_ps(sumi), acc[r]);
                 }
             }
             for r in 0..MR {
@@ -219,7 +279,10 @@ macro_rules! row_kernels {
 pub(crate) mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_u8i8(u: std::arch::x86_64::__m256i, s: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+    unsafe fn dot_u8i8(
+        u: std::arch::x86_64::__m256i,
+        s: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
         _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
     }
@@ -229,7 +292,10 @@ pub(crate) mod avx2 {
 pub(crate) mod avxvnni {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn dot_u8i8(u: std::arch::x86_64::__m256i, s: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+    unsafe fn dot_u8i8(
+        u: std::arch::x86_64::__m256i,
+        s: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
         _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
     }
@@ -240,7 +306,10 @@ pub(crate) mod avxvnni {
 pub(crate) mod avx512vl {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    unsafe fn dot_u8i8(u: std::arch::x86_64::__m256i, s: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+    unsafe fn dot_u8i8(
+        u: std::arch::x86_64::__m256i,
+        s: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
     }

@@ -66,9 +66,13 @@ pub struct ModelArgs {
 /// "1024", "512KiB", "512MiB", "2GiB", "1.5GB" -> bytes.
 pub fn parse_bytes(s: &str) -> Result<usize, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 2GiB)"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 2GiB)"))?;
     let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" | "kib" => 1024.0,
@@ -77,7 +81,7 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
         other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
     };
     let bytes = value * scale;
-    if !(bytes >= 1.0) {
+    if bytes.is_nan() || bytes < 1.0 {
         return Err(format!("'{s}' is not a positive size"));
     }
     Ok(bytes as usize)
@@ -165,7 +169,10 @@ impl std::str::FromStr for MethodChoice {
         match s {
             "auto" => Ok(Self::Auto),
             "plain" | "none" => Ok(Self::Plain),
-            other => other.parse().map(Self::Fixed).map_err(|e: String| e.replace("(greedy,", "(auto, plain, greedy,")),
+            other => other
+                .parse()
+                .map(Self::Fixed)
+                .map_err(|e: String| e.replace("(greedy,", "(auto, plain, greedy,")),
         }
     }
 }
@@ -225,9 +232,13 @@ impl AllocatorArgs {
     pub fn validate(&self) -> Result<(), String> {
         let ok = |x: f64| x.is_finite() && x >= 0.0;
         if !ok(self.lambda_tokens) || !ok(self.lambda_latency) {
-            return Err("--lambda-tokens and --lambda-latency must be finite and at least 0".into());
+            return Err(
+                "--lambda-tokens and --lambda-latency must be finite and at least 0".into(),
+            );
         }
-        if self.target_latency.is_some_and(|t| !(t > 0.0)) || self.target_tokens.is_some_and(|t| !(t > 0.0)) {
+        if self.target_latency.is_some_and(|t| t.is_nan() || t <= 0.0)
+            || self.target_tokens.is_some_and(|t| t.is_nan() || t <= 0.0)
+        {
             return Err("--target-latency and --target-tokens must be positive".into());
         }
         Ok(())

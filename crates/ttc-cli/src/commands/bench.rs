@@ -34,24 +34,62 @@ struct BenchRow {
 #[derive(Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum SuiteRow {
-    Prefill { prompt_len: usize, prefill_s: f64, prefill_tok_s: f64 },
-    Decode { width: usize, context: usize, gen_len: usize, step_ms: f64, decode_tok_s: f64, kv_bytes_peak: usize },
-    Method { method: String, n: usize, beam_width: usize, latency_s: f64, tokens: usize, steps: usize, answer: Option<String> },
+    Prefill {
+        prompt_len: usize,
+        prefill_s: f64,
+        prefill_tok_s: f64,
+    },
+    Decode {
+        width: usize,
+        context: usize,
+        gen_len: usize,
+        step_ms: f64,
+        decode_tok_s: f64,
+        kv_bytes_peak: usize,
+    },
+    Method {
+        method: String,
+        n: usize,
+        beam_width: usize,
+        latency_s: f64,
+        tokens: usize,
+        steps: usize,
+        answer: Option<String>,
+    },
 }
 
 fn random_prompt(engine: &Engine, len: usize, seed: u64) -> Vec<u32> {
     let vocab = engine.tokenizer.vocab_size() as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    std::iter::repeat_with(|| rng.random_range(0..vocab)).filter(|&t| !engine.tokenizer.is_special(t)).take(len).collect()
+    std::iter::repeat_with(|| rng.random_range(0..vocab))
+        .filter(|&t| !engine.tokenizer.is_special(t))
+        .take(len)
+        .collect()
 }
 
 /// Prefills `prompt` once, forks it into `width` sequences and decodes `gen_len` tokens each.
 fn measure(engine: &Engine, prompt: &[u32], width: usize, gen_len: usize) -> Result<BenchRow> {
-    let params = SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0, min_p: 0.0 };
-    let opts = SessionOptions { params, seed: 1, max_tokens: gen_len, stop: vec![], ignore_eos: true, kv_blocks: 0 };
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
+    let opts = SessionOptions {
+        params,
+        seed: 1,
+        max_tokens: gen_len,
+        stop: vec![],
+        ignore_eos: true,
+        kv_blocks: 0,
+    };
     let mut session = engine.session(prompt.len(), width, opts)?;
     let root = session.prefill(prompt)?;
-    let seqs: Vec<SeqId> = if width == 1 { vec![root] } else { session.fork(root, width)? };
+    let seqs: Vec<SeqId> = if width == 1 {
+        vec![root]
+    } else {
+        session.fork(root, width)?
+    };
     if width > 1 {
         session.free(root);
     }
@@ -77,8 +115,14 @@ fn measure(engine: &Engine, prompt: &[u32], width: usize, gen_len: usize) -> Res
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    anyhow::ensure!(args.prompt_len > 0 && args.gen_len > 0 && args.reps > 0, "--prompt-len, --gen-len and --reps must be positive");
-    anyhow::ensure!(!args.widths.is_empty() && args.widths.iter().all(|&w| w > 0), "--widths must be positive");
+    anyhow::ensure!(
+        args.prompt_len > 0 && args.gen_len > 0 && args.reps > 0,
+        "--prompt-len, --gen-len and --reps must be positive"
+    );
+    anyhow::ensure!(
+        !args.widths.is_empty() && args.widths.iter().all(|&w| w > 0),
+        "--widths must be positive"
+    );
     let mut engine = super::load_engine(&args.model)?;
     engine.model.set_cascade(!args.no_cascade);
     if args.suite {
@@ -89,7 +133,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     measure(&engine, &prompt, 1, 2)?;
     let mut rows = Vec::new();
     for &width in &args.widths {
-        let reps: Vec<BenchRow> = (0..args.reps).map(|_| measure(&engine, &prompt, width, args.gen_len)).collect::<Result<_>>()?;
+        let reps: Vec<BenchRow> = (0..args.reps)
+            .map(|_| measure(&engine, &prompt, width, args.gen_len))
+            .collect::<Result<_>>()?;
         let mean = |f: fn(&BenchRow) -> f64| reps.iter().map(f).sum::<f64>() / reps.len() as f64;
         let row = BenchRow {
             prefill_s: mean(|r| r.prefill_s),
@@ -100,7 +146,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         };
         if !args.json {
             if rows.is_empty() {
-                println!("model: {}  threads: {}", engine.name, super::threads_in_use());
+                println!(
+                    "model: {}  threads: {}",
+                    engine.name,
+                    super::threads_in_use()
+                );
                 println!("|  width |      P |      G | prefill_s |  pp t/s | decode_s |  tg t/s (all) | kv_bytes_peak | kv_bytes/token |");
                 println!("| -----: | -----: | -----: | --------: | ------: | -------: | ------------: | ------------: | -------------: |");
             }
@@ -120,16 +170,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 fn suite(engine: &Engine, args: &BenchArgs) -> Result<()> {
     let ctx = engine.context_limit();
     let bar = indicatif::ProgressBar::new(3 + 2 * args.widths.len() as u64 + 4);
-    bar.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let mut rows = Vec::new();
     measure(engine, &random_prompt(engine, 16, 0), 1, 2)?; // warm-up
     for p in [32usize, 128, 512].into_iter().filter(|&p| p < ctx) {
         bar.set_message(format!("prefill {p}"));
         let r = measure(engine, &random_prompt(engine, p, p as u64), 1, 1)?;
-        rows.push(SuiteRow::Prefill { prompt_len: p, prefill_s: r.prefill_s, prefill_tok_s: r.prefill_tok_s });
+        rows.push(SuiteRow::Prefill {
+            prompt_len: p,
+            prefill_s: r.prefill_s,
+            prefill_tok_s: r.prefill_tok_s,
+        });
         bar.inc(1);
     }
-    for context in [128usize, 512].into_iter().filter(|&c| c + args.gen_len < ctx) {
+    for context in [128usize, 512]
+        .into_iter()
+        .filter(|&c| c + args.gen_len < ctx)
+    {
         let prompt = random_prompt(engine, context, context as u64);
         for &w in &args.widths {
             bar.set_message(format!("decode width {w} context {context}"));
@@ -145,9 +205,17 @@ fn suite(engine: &Engine, args: &BenchArgs) -> Result<()> {
             bar.inc(1);
         }
     }
-    let question = format!("What is 7 + 4?\n{}", ttc_methods::answer::DEFAULT_INSTRUCTION);
+    let question = format!(
+        "What is 7 + 4?\n{}",
+        ttc_methods::answer::DEFAULT_INSTRUCTION
+    );
     let ids = engine.encode_chat(&[Message::new("user", question)])?;
-    for (method, n, m) in [(Method::Greedy, 1, 1), (Method::Majority, 4, 1), (Method::Majority, 16, 1), (Method::Beam, 4, 2)] {
+    for (method, n, m) in [
+        (Method::Greedy, 1, 1),
+        (Method::Majority, 4, 1),
+        (Method::Majority, 16, 1),
+        (Method::Beam, 4, 2),
+    ] {
         bar.set_message(format!("{} n={n}", method.name()));
         let cfg = MethodConfig {
             method,
@@ -178,23 +246,55 @@ fn suite(engine: &Engine, args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
     }
-    println!("model: {}  device: {}  threads: {}", engine.name, args.model.device.name(), super::threads_in_use());
+    println!(
+        "model: {}  device: {}  threads: {}",
+        engine.name,
+        args.model.device.name(),
+        super::threads_in_use()
+    );
     println!("\nprefill\n| prompt tokens | seconds | tok/s |\n| ---: | ---: | ---: |");
     for r in &rows {
-        if let SuiteRow::Prefill { prompt_len, prefill_s, prefill_tok_s } = r {
+        if let SuiteRow::Prefill {
+            prompt_len,
+            prefill_s,
+            prefill_tok_s,
+        } = r
+        {
             println!("| {prompt_len} | {prefill_s:.3} | {prefill_tok_s:.1} |");
         }
     }
     println!("\ndecode (one shared prompt of `context` tokens, forked)\n| width | context | ms/step | tok/s (all) | kv bytes peak |\n| ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
-        if let SuiteRow::Decode { width, context, step_ms, decode_tok_s, kv_bytes_peak, .. } = r {
-            println!("| {width} | {context} | {step_ms:.1} | {decode_tok_s:.1} | {kv_bytes_peak} |");
+        if let SuiteRow::Decode {
+            width,
+            context,
+            step_ms,
+            decode_tok_s,
+            kv_bytes_peak,
+            ..
+        } = r
+        {
+            println!(
+                "| {width} | {context} | {step_ms:.1} | {decode_tok_s:.1} | {kv_bytes_peak} |"
+            );
         }
     }
     println!("\nmethods (\"What is 7 + 4?\", up to 64 tokens each)\n| method | n | m | latency s | tokens | steps | answer |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in &rows {
-        if let SuiteRow::Method { method, n, beam_width, latency_s, tokens, steps, answer } = r {
-            println!("| {method} | {n} | {beam_width} | {latency_s:.2} | {tokens} | {steps} | {} |", answer.as_deref().unwrap_or("-"));
+        if let SuiteRow::Method {
+            method,
+            n,
+            beam_width,
+            latency_s,
+            tokens,
+            steps,
+            answer,
+        } = r
+        {
+            println!(
+                "| {method} | {n} | {beam_width} | {latency_s:.2} | {tokens} | {steps} | {} |",
+                answer.as_deref().unwrap_or("-")
+            );
         }
     }
     Ok(())

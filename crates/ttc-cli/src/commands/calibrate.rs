@@ -23,13 +23,23 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         problems.extend(p);
     }
     let engine = super::load_engine(&args.model)?;
-    let out = args.out.clone().unwrap_or_else(|| ttc_allocator::probe::default_path(&engine.name));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| ttc_allocator::probe::default_path(&engine.name));
     if args.train_only {
         anyhow::ensure!(!args.labels.is_empty(), "--train-only needs --labels FILE");
         return super::train::train_and_save(&engine, &args.labels, &out);
     }
-    anyhow::ensure!(args.labels.len() <= 1, "give one --labels file to label into");
-    let labels_path = args.labels.first().cloned().unwrap_or_else(|| labels_path_for(&out));
+    anyhow::ensure!(
+        args.labels.len() <= 1,
+        "give one --labels file to label into"
+    );
+    let labels_path = args
+        .labels
+        .first()
+        .cloned()
+        .unwrap_or_else(|| labels_path_for(&out));
     let s = &args.sampling;
     let header = LabelHeader {
         ttc_labels: 1,
@@ -41,15 +51,36 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         top_p: s.top_p,
         min_p: s.min_p,
         instruction: args.instruction.clone(),
-        search: menu::default_menu().into_iter().filter(|c| c.method.is_search()).collect(),
+        search: menu::default_menu()
+            .into_iter()
+            .filter(|c| c.method.is_search())
+            .collect(),
         seed: s.seed,
     };
-    eprintln!("labelling {} questions into {} ({} samples each, and each search configuration run)", problems.len(), labels_path.display(), args.samples);
+    eprintln!(
+        "labelling {} questions into {} ({} samples each, and each search configuration run)",
+        problems.len(),
+        labels_path.display(),
+        args.samples
+    );
     let bar = ProgressBar::new(problems.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} questions, {elapsed} elapsed, ETA {eta}").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} questions, {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
     bar.set_prefix("calibrate");
-    label_dataset(&engine, &problems, &header, &labels_path, None, |done, _| bar.set_position(done as u64))
-        .with_context(|| format!("labelling into {}", labels_path.display()))?;
+    label_dataset(
+        &engine,
+        &problems,
+        &header,
+        &labels_path,
+        None,
+        |done, _| bar.set_position(done as u64),
+    )
+    .with_context(|| format!("labelling into {}", labels_path.display()))?;
     bar.finish();
     if args.label_only {
         return Ok(());
@@ -59,7 +90,10 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
 
 /// `PATH.labels.jsonl` beside the probe.
 pub fn labels_path_for(out: &std::path::Path) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".labels.jsonl");
     out.with_file_name(name)
 }

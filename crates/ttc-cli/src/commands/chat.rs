@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rustyline::error::ReadlineError;
-use ttc_engine::chat_template::Message;
-use ttc_engine::sampler::SamplingParams;
-use ttc_engine::{Engine, EngineError, GenerateRequest, StopReason};
 use ttc_allocator::policy::{Allocator, Lambdas};
 use ttc_allocator::route::{self, Request};
 use ttc_allocator::{AllocatorError, Config};
+use ttc_engine::chat_template::Message;
+use ttc_engine::sampler::SamplingParams;
+use ttc_engine::{Engine, EngineError, GenerateRequest, StopReason};
 use ttc_methods::{Method, MethodConfig};
 
 use crate::args::{ChatArgs, MethodChoice};
@@ -72,7 +72,10 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         method: args.gen.method.method.unwrap_or(MethodChoice::Plain),
         n: args.gen.method.n,
         allocator: None,
-        lambdas: Lambdas { tokens: args.gen.method.allocator.lambda_tokens, latency: args.gen.method.allocator.lambda_latency },
+        lambdas: Lambdas {
+            tokens: args.gen.method.allocator.lambda_tokens,
+            latency: args.gen.method.allocator.lambda_latency,
+        },
         cancel,
         totals: (0, 0, 0.0),
     };
@@ -89,7 +92,11 @@ impl Chat<'_> {
         let history = ttc_engine::download::cache_dir().join("chat_history.txt");
         let _ = std::fs::create_dir_all(history.parent().expect("cache dir"));
         let _ = editor.load_history(&history);
-        println!("ttc chat with {} ({}). /help for commands, Ctrl-D to leave.", self.engine.name, self.method_label());
+        println!(
+            "ttc chat with {} ({}). /help for commands, Ctrl-D to leave.",
+            self.engine.name,
+            self.method_label()
+        );
         loop {
             match editor.readline(">>> ") {
                 Ok(line) => {
@@ -140,13 +147,20 @@ impl Chat<'_> {
             println!("{}", turn_text.replace(['\n', '\r'], " ").trim());
             std::io::stdout().flush()?;
         }
-        anyhow::ensure!(any, "no prompt given: pass PROMPT, pipe prompts on stdin, or run in a terminal to chat");
+        anyhow::ensure!(
+            any,
+            "no prompt given: pass PROMPT, pipe prompts on stdin, or run in a terminal to chat"
+        );
         Ok(())
     }
 
     fn answer_text(&mut self, user: &str) -> Result<String> {
         self.answer(user, false)?;
-        Ok(self.messages.last().map(|m| m.content.clone()).unwrap_or_default())
+        Ok(self
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default())
     }
 
     fn method_label(&self) -> String {
@@ -154,7 +168,10 @@ impl Chat<'_> {
             MethodChoice::Fixed(m) if m != Method::Greedy => format!("{} n={}", m.name(), self.n),
             MethodChoice::Fixed(m) => m.name().to_string(),
             MethodChoice::Plain => "plain".to_string(),
-            MethodChoice::Auto => format!("auto, lambda_latency={} lambda_tokens={}", self.lambdas.latency, self.lambdas.tokens),
+            MethodChoice::Auto => format!(
+                "auto, lambda_latency={} lambda_tokens={}",
+                self.lambdas.latency, self.lambdas.tokens
+            ),
         }
     }
 
@@ -170,7 +187,12 @@ impl Chat<'_> {
 
     fn params(&self) -> SamplingParams {
         let s = &self.args.gen.sampling;
-        SamplingParams { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p }
+        SamplingParams {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+        }
     }
 
     /// Answers `user` in the conversation; streams when `show` and the method is plain.
@@ -183,7 +205,13 @@ impl Chat<'_> {
             MethodChoice::Plain => self.stream(&ids, show)?,
             choice => {
                 if self.allocator.is_none() {
-                    self.allocator = Some(super::run::load_allocator(self.engine, self.args.gen.method.allocator.probe.as_deref())?.0);
+                    self.allocator = Some(
+                        super::run::load_allocator(
+                            self.engine,
+                            self.args.gen.method.allocator.probe.as_deref(),
+                        )?
+                        .0,
+                    );
                 }
                 let alloc = self.allocator.as_ref().expect("loaded above");
                 let spinner = show.then(|| {
@@ -193,7 +221,10 @@ impl Chat<'_> {
                     s
                 });
                 let forced = match choice {
-                    MethodChoice::Fixed(m) => Some(Config { n: self.n, ..super::run::forced_config(m, &self.args.gen.method) }),
+                    MethodChoice::Fixed(m) => Some(Config {
+                        n: self.n,
+                        ..super::run::forced_config(m, &self.args.gen.method)
+                    }),
                     _ => None,
                 };
                 let base = MethodConfig {
@@ -204,11 +235,21 @@ impl Chat<'_> {
                     scorer: super::run::scorer(&self.args.gen.method.scorer, self.engine, user)?,
                     params: self.params(),
                     seed: self.args.gen.sampling.seed + self.totals.0 as u64,
-                    max_tokens: self.args.gen.max_tokens.or(alloc.max_tokens()).unwrap_or(512),
+                    max_tokens: self
+                        .args
+                        .gen
+                        .max_tokens
+                        .or(alloc.max_tokens())
+                        .unwrap_or(512),
                     stop: Vec::new(),
                     cancel: Some(self.cancel.clone()),
                 };
-                let req = Request { lambdas: self.lambdas, target: None, forced, base };
+                let req = Request {
+                    lambdas: self.lambdas,
+                    target: None,
+                    forced,
+                    base,
+                };
                 let result = route::answer(self.engine, alloc, &ids, &req);
                 if let Some(s) = spinner {
                     s.finish_and_clear();
@@ -233,8 +274,17 @@ impl Chat<'_> {
             self.messages.push(Message::new("user", user));
             self.messages.push(Message::new("assistant", text));
         }
-        self.totals = (self.totals.0 + 1, self.totals.1 + tokens, self.totals.2 + seconds);
-        Ok(Turn { label, tokens, seconds, stopped })
+        self.totals = (
+            self.totals.0 + 1,
+            self.totals.1 + tokens,
+            self.totals.2 + seconds,
+        );
+        Ok(Turn {
+            label,
+            tokens,
+            seconds,
+            stopped,
+        })
     }
 
     /// Plain sampling, streamed token by token; Ctrl-C stops it.
@@ -257,12 +307,19 @@ impl Chat<'_> {
         if show {
             println!();
         }
-        Ok((g.text, g.tokens.len(), g.stop_reason == StopReason::Cancelled))
+        Ok((
+            g.text,
+            g.tokens.len(),
+            g.stop_reason == StopReason::Cancelled,
+        ))
     }
 
     /// Runs a slash command; false to quit.
     fn command(&mut self, cmd: &str) -> bool {
-        let (name, arg) = cmd.split_once(' ').map(|(a, b)| (a, b.trim())).unwrap_or((cmd, ""));
+        let (name, arg) = cmd
+            .split_once(' ')
+            .map(|(a, b)| (a, b.trim()))
+            .unwrap_or((cmd, ""));
         match name {
             "quit" | "exit" | "bye" => return false,
             "help" => println!("{HELP}"),
@@ -275,13 +332,15 @@ impl Chat<'_> {
                 self.messages.clear();
                 println!("system prompt set; conversation cleared");
             }
-            "method" => match (if arg.is_empty() { "plain" } else { arg }).parse::<MethodChoice>() {
-                Ok(m) => {
-                    self.method = m;
-                    println!("method: {}", self.method_label());
+            "method" => {
+                match (if arg.is_empty() { "plain" } else { arg }).parse::<MethodChoice>() {
+                    Ok(m) => {
+                        self.method = m;
+                        println!("method: {}", self.method_label());
+                    }
+                    Err(e) => println!("error: {e}"),
                 }
-                Err(e) => println!("error: {e}"),
-            },
+            }
             "n" => match arg.parse::<usize>() {
                 Ok(n) if n > 0 => {
                     self.n = n;
@@ -290,7 +349,15 @@ impl Chat<'_> {
                 _ => println!("error: /n takes a positive number"),
             },
             "lambda" => {
-                let parsed = arg.split_once(' ').and_then(|(k, v)| Some((k, v.trim().parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0)?)));
+                let parsed = arg.split_once(' ').and_then(|(k, v)| {
+                    Some((
+                        k,
+                        v.trim()
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|x| x.is_finite() && *x >= 0.0)?,
+                    ))
+                });
                 match parsed {
                     Some(("latency", x)) => self.lambdas.latency = x,
                     Some(("tokens", x)) => self.lambdas.tokens = x,
@@ -299,7 +366,10 @@ impl Chat<'_> {
                         return true;
                     }
                 }
-                println!("lambda_latency = {}, lambda_tokens = {} (used by /method auto)", self.lambdas.latency, self.lambdas.tokens);
+                println!(
+                    "lambda_latency = {}, lambda_tokens = {} (used by /method auto)",
+                    self.lambdas.latency, self.lambdas.tokens
+                );
             }
             "stats" => {
                 let (turns, tokens, secs) = self.totals;

@@ -24,10 +24,19 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if let Some(k) = args.limit {
         problems.truncate(k);
     }
-    anyhow::ensure!(!problems.is_empty(), "{} has no questions in that split", args.dataset);
+    anyhow::ensure!(
+        !problems.is_empty(),
+        "{} has no questions in that split",
+        args.dataset
+    );
     let engine = super::load_engine(&args.model)?;
     let (alloc, sources) = super::run::load_allocator(&engine, args.probe.as_deref())?;
-    let probe = alloc.probe.as_ref().ok_or_else(|| anyhow::anyhow!("eval needs an accuracy probe for {}: run `ttc-run calibrate` first", engine.name))?;
+    let probe = alloc.probe.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "eval needs an accuracy probe for {}: run `ttc-run calibrate` first",
+            engine.name
+        )
+    })?;
     let s = &args.sampling;
     let header = LabelHeader {
         ttc_labels: 1,
@@ -39,10 +48,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         top_p: s.top_p,
         min_p: s.min_p,
         instruction: probe.meta.instruction.clone(),
-        search: alloc.menu.iter().filter(|c| c.method.is_search()).copied().collect(),
+        search: alloc
+            .menu
+            .iter()
+            .filter(|c| c.method.is_search())
+            .copied()
+            .collect(),
         seed: s.seed,
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let labels_path = args.out.join("labels.jsonl");
     let cancel = Arc::new(AtomicBool::new(false));
     {
@@ -50,22 +65,59 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed))?;
     }
     let bar = ProgressBar::new(problems.len() as u64);
-    bar.set_style(ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} questions, {elapsed} elapsed, ETA {eta}").expect("valid template").progress_chars("=> "));
-    let complete = label_dataset(&engine, &problems, &header, &labels_path, Some(&cancel), |done, _| bar.set_position(done as u64))?;
+    bar.set_style(
+        ProgressStyle::with_template(
+            "eval [{bar:30}] {pos}/{len} questions, {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let complete = label_dataset(
+        &engine,
+        &problems,
+        &header,
+        &labels_path,
+        Some(&cancel),
+        |done, _| bar.set_position(done as u64),
+    )?;
     bar.finish_and_clear();
     if !complete {
-        eprintln!("ttc: stopped; the questions finished so far are kept in {} and reported below", labels_path.display());
+        eprintln!(
+            "ttc: stopped; the questions finished so far are kept in {} and reported below",
+            labels_path.display()
+        );
     }
     let wanted: std::collections::HashSet<&str> = problems.iter().map(|p| p.id.as_str()).collect();
-    let questions: Vec<_> = read_labels(&labels_path)?.questions.into_iter().filter(|q| wanted.contains(q.id.as_str())).collect();
+    let questions: Vec<_> = read_labels(&labels_path)?
+        .questions
+        .into_iter()
+        .filter(|q| wanted.contains(q.id.as_str()))
+        .collect();
     anyhow::ensure!(!questions.is_empty(), "no question was labelled");
-    let configs = args.configs.as_ref().map(|l| l.0.clone()).unwrap_or_else(|| alloc.menu.clone());
+    let configs = args
+        .configs
+        .as_ref()
+        .map(|l| l.0.clone())
+        .unwrap_or_else(|| alloc.menu.clone());
     let sweep: Vec<Lambdas> = if args.lambdas.is_empty() && args.token_lambdas.is_empty() {
         default_sweep()
     } else {
         let ok = |x: &f64| x.is_finite() && *x >= 0.0;
-        anyhow::ensure!(args.lambdas.iter().all(ok) && args.token_lambdas.iter().all(ok), "lambdas must be finite and at least 0");
-        args.lambdas.iter().map(|&l| Lambdas { tokens: 0.0, latency: l }).chain(args.token_lambdas.iter().map(|&t| Lambdas { tokens: t, latency: 0.0 })).collect()
+        anyhow::ensure!(
+            args.lambdas.iter().all(ok) && args.token_lambdas.iter().all(ok),
+            "lambdas must be finite and at least 0"
+        );
+        args.lambdas
+            .iter()
+            .map(|&l| Lambdas {
+                tokens: 0.0,
+                latency: l,
+            })
+            .chain(args.token_lambdas.iter().map(|&t| Lambdas {
+                tokens: t,
+                latency: 0.0,
+            }))
+            .collect()
     };
     let ev = evaluate(&alloc, &questions, &configs, &sweep)?;
     write_outputs(&args.out, &ev)?;
@@ -73,7 +125,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&ev)?);
         return Ok(());
     }
-    println!("{} questions of {} ({:?} split); probe: {}; latency profile: {}", questions.len(), args.dataset, args.split, sources.probe.as_deref().unwrap_or("-"), sources.profile);
+    println!(
+        "{} questions of {} ({:?} split); probe: {}; latency profile: {}",
+        questions.len(),
+        args.dataset,
+        args.split,
+        sources.probe.as_deref().unwrap_or("-"),
+        sources.profile
+    );
     print!("{}", tables(&ev));
     println!("wrote {}", args.out.display());
     Ok(())
@@ -82,30 +141,58 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 /// Markdown tables of the static and adaptive rows, and the target check.
 pub fn tables(ev: &Evaluation) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| configuration | accuracy | mean tokens | mean latency | p50 | p95 | latency |");
+    let _ = writeln!(
+        s,
+        "| configuration | accuracy | mean tokens | mean latency | p50 | p95 | latency |"
+    );
     let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in &ev.static_rows {
         let _ = writeln!(
             s,
             "| {} | {:.3} | {:.0} | {:.2} s | {:.2} s | {:.2} s | {} |",
-            r.config, r.accuracy, r.mean_tokens, r.mean_latency_s, r.p50_latency_s, r.p95_latency_s, r.latency_source
+            r.config,
+            r.accuracy,
+            r.mean_tokens,
+            r.mean_latency_s,
+            r.p50_latency_s,
+            r.p95_latency_s,
+            r.latency_source
         );
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "| lambda_T | lambda_L | accuracy | mean tokens | mean latency | p50 | p95 | chosen |");
-    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    let _ = writeln!(
+        s,
+        "| lambda_T | lambda_L | accuracy | mean tokens | mean latency | p50 | p95 | chosen |"
+    );
+    let _ = writeln!(
+        s,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
     for r in &ev.adaptive {
         let mut chosen: Vec<(&String, &f64)> = r.chosen.iter().collect();
         chosen.sort_by(|a, b| b.1.total_cmp(a.1));
-        let chosen: Vec<String> = chosen.iter().map(|(c, f)| format!("{c} {:.0}%", **f * 100.0)).collect();
+        let chosen: Vec<String> = chosen
+            .iter()
+            .map(|(c, f)| format!("{c} {:.0}%", **f * 100.0))
+            .collect();
         let _ = writeln!(
             s,
             "| {} | {} | {:.3} | {:.0} | {:.2} s | {:.2} s | {:.2} s | {} |",
-            r.lambda_tokens, r.lambda_latency, r.accuracy, r.mean_tokens, r.mean_latency_s, r.p50_latency_s, r.p95_latency_s, chosen.join(", ")
+            r.lambda_tokens,
+            r.lambda_latency,
+            r.accuracy,
+            r.mean_tokens,
+            r.mean_latency_s,
+            r.p50_latency_s,
+            r.p95_latency_s,
+            chosen.join(", ")
         );
     }
     let t = &ev.target;
-    let pct = |x: Option<f64>| x.map(|v| format!("{:.0}%", v * 100.0)).unwrap_or_else(|| "-".into());
+    let pct = |x: Option<f64>| {
+        x.map(|v| format!("{:.0}%", v * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
     let _ = writeln!(
         s,
         "\ntarget: best static {} at {:.3}; allocator at no more latency: {}; cheapest allocator point within 2 points: {} of its latency, {} of its tokens; met: {}",
@@ -122,27 +209,86 @@ pub fn tables(ev: &Evaluation) -> String {
 fn write_outputs(dir: &Path, ev: &Evaluation) -> Result<()> {
     let mut csv = String::from("config,accuracy,mean_tokens,mean_latency_s,p50_latency_s,p95_latency_s,latency_source,questions\n");
     for r in &ev.static_rows {
-        let _ = writeln!(csv, "{},{},{},{},{},{},{},{}", r.config, r.accuracy, r.mean_tokens, r.mean_latency_s, r.p50_latency_s, r.p95_latency_s, r.latency_source, r.questions);
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{}",
+            r.config,
+            r.accuracy,
+            r.mean_tokens,
+            r.mean_latency_s,
+            r.p50_latency_s,
+            r.p95_latency_s,
+            r.latency_source,
+            r.questions
+        );
     }
     std::fs::write(dir.join("static.csv"), csv)?;
     let mut csv = String::from("lambda_tokens,lambda_latency,accuracy,mean_tokens,mean_latency_s,p50_latency_s,p95_latency_s,questions,chosen\n");
     for r in &ev.adaptive {
-        let chosen: Vec<String> = r.chosen.iter().map(|(c, f)| format!("{c}={f:.3}")).collect();
-        let _ = writeln!(csv, "{},{},{},{},{},{},{},{},\"{}\"", r.lambda_tokens, r.lambda_latency, r.accuracy, r.mean_tokens, r.mean_latency_s, r.p50_latency_s, r.p95_latency_s, r.questions, chosen.join(" "));
+        let chosen: Vec<String> = r
+            .chosen
+            .iter()
+            .map(|(c, f)| format!("{c}={f:.3}"))
+            .collect();
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},\"{}\"",
+            r.lambda_tokens,
+            r.lambda_latency,
+            r.accuracy,
+            r.mean_tokens,
+            r.mean_latency_s,
+            r.p50_latency_s,
+            r.p95_latency_s,
+            r.questions,
+            chosen.join(" ")
+        );
     }
     std::fs::write(dir.join("adaptive.csv"), csv)?;
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(ev)?)?;
-    plot(&dir.join("accuracy_vs_tokens.svg"), ev, "mean generated tokens per question", |r| r.0, |a| a.0)?;
-    plot(&dir.join("accuracy_vs_latency.svg"), ev, "mean latency per question (s)", |r| r.1, |a| a.1)?;
+    plot(
+        &dir.join("accuracy_vs_tokens.svg"),
+        ev,
+        "mean generated tokens per question",
+        |r| r.0,
+        |a| a.0,
+    )?;
+    plot(
+        &dir.join("accuracy_vs_latency.svg"),
+        ev,
+        "mean latency per question (s)",
+        |r| r.1,
+        |a| a.1,
+    )?;
     Ok(())
 }
 
 /// Static points (labelled), the allocator's sweep points and its frontier (the points no
 /// cheaper point is as accurate as), cost on a log axis.
-fn plot(path: &Path, ev: &Evaluation, x_label: &str, static_x: impl Fn((f64, f64)) -> f64, adaptive_x: impl Fn((f64, f64)) -> f64) -> Result<()> {
-    let statics: Vec<(f64, f64, String)> =
-        ev.static_rows.iter().map(|r| (static_x((r.mean_tokens, r.mean_latency_s)), r.accuracy, r.config.to_string())).collect();
-    let mut points: Vec<(f64, f64)> = ev.adaptive.iter().map(|a| (adaptive_x((a.mean_tokens, a.mean_latency_s)), a.accuracy)).filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+fn plot(
+    path: &Path,
+    ev: &Evaluation,
+    x_label: &str,
+    static_x: impl Fn((f64, f64)) -> f64,
+    adaptive_x: impl Fn((f64, f64)) -> f64,
+) -> Result<()> {
+    let statics: Vec<(f64, f64, String)> = ev
+        .static_rows
+        .iter()
+        .map(|r| {
+            (
+                static_x((r.mean_tokens, r.mean_latency_s)),
+                r.accuracy,
+                r.config.to_string(),
+            )
+        })
+        .collect();
+    let mut points: Vec<(f64, f64)> = ev
+        .adaptive
+        .iter()
+        .map(|a| (adaptive_x((a.mean_tokens, a.mean_latency_s)), a.accuracy))
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
     // The frontier: the sweep points no cheaper point is as accurate as.
     let mut frontier: Vec<(f64, f64)> = Vec::new();
@@ -153,30 +299,72 @@ fn plot(path: &Path, ev: &Evaluation, x_label: &str, static_x: impl Fn((f64, f64
     }
     let frontier_line = frontier.clone();
     let frontier = points;
-    let xs = statics.iter().map(|p| p.0).chain(frontier.iter().map(|p| p.0)).filter(|x| x.is_finite() && *x > 0.0);
-    let (x_min, x_max) = xs.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
-    let y_max = statics.iter().map(|p| p.1).chain(frontier.iter().map(|p| p.1)).fold(0.0f64, f64::max);
+    let xs = statics
+        .iter()
+        .map(|p| p.0)
+        .chain(frontier.iter().map(|p| p.0))
+        .filter(|x| x.is_finite() && *x > 0.0);
+    let (x_min, x_max) = xs.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    });
+    let y_max = statics
+        .iter()
+        .map(|p| p.1)
+        .chain(frontier.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max);
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("accuracy against cost: static configurations and the allocator", ("sans-serif", 20))
+            .caption(
+                "accuracy against cost: static configurations and the allocator",
+                ("sans-serif", 20),
+            )
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d((x_min * 0.8..x_max * 1.25).log_scale(), 0.0..(y_max * 1.15).max(0.05))?;
-        chart.configure_mesh().x_desc(x_label).y_desc("accuracy").draw()?;
+            .build_cartesian_2d(
+                (x_min * 0.8..x_max * 1.25).log_scale(),
+                0.0..(y_max * 1.15).max(0.05),
+            )?;
         chart
-            .draw_series(statics.iter().map(|(x, y, _)| Circle::new((*x, *y), 5, BLUE.filled())))?
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("accuracy")
+            .draw()?;
+        chart
+            .draw_series(
+                statics
+                    .iter()
+                    .map(|(x, y, _)| Circle::new((*x, *y), 5, BLUE.filled())),
+            )?
             .label("static configuration")
             .legend(|(x, y)| Circle::new((x, y), 5, BLUE.filled()));
-        chart.draw_series(statics.iter().map(|(x, y, name)| Text::new(name.clone(), (*x, *y), ("sans-serif", 11).into_font().color(&BLACK))))?;
+        chart.draw_series(statics.iter().map(|(x, y, name)| {
+            Text::new(
+                name.clone(),
+                (*x, *y),
+                ("sans-serif", 11).into_font().color(&BLACK),
+            )
+        }))?;
         chart
-            .draw_series(LineSeries::new(frontier_line.iter().copied(), RED.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                frontier_line.iter().copied(),
+                RED.stroke_width(2),
+            ))?
             .label("allocator: frontier of the lambda sweep (x: each point)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-        chart.draw_series(frontier.iter().map(|&(x, y)| Cross::new((x, y), 5, RED.stroke_width(2))))?;
-        chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        chart.draw_series(
+            frontier
+                .iter()
+                .map(|&(x, y)| Cross::new((x, y), 5, RED.stroke_width(2))),
+        )?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
         root.present()?;
         Ok(())
     };

@@ -24,7 +24,10 @@ pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
     }
     // Single-threaded here: nothing else has started the pool or reads the environment yet.
     ttc_engine::kernels::threads::init_threads(args.threads);
-    let opts = LoadOptions { device: args.device, show_progress: true };
+    let opts = LoadOptions {
+        device: args.device,
+        show_progress: true,
+    };
     let mut engine = Engine::load(&args.model, &opts)?;
     if let Some(bytes) = args.kv_memory {
         engine.set_kv_budget(bytes);

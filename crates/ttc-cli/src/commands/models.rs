@@ -5,8 +5,15 @@ use ttc_engine::registry;
 
 pub fn run() -> Result<()> {
     for e in registry::entries()? {
-        let default = if e.alias == registry::DEFAULT_ALIAS { " (default)" } else { "" };
-        println!("{:<14} {:<6} {}{}  [{}]", e.alias, e.architecture, e.description, default, e.repo);
+        let default = if e.alias == registry::DEFAULT_ALIAS {
+            " (default)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<14} {:<6} {}{}  [{}]",
+            e.alias, e.architecture, e.description, default, e.repo
+        );
     }
     Ok(())
 }

@@ -11,9 +11,17 @@ use crate::args::ProfileArgs;
 pub fn run(args: &ProfileArgs) -> Result<()> {
     let engine = super::load_engine(&args.model)?;
     let key = ProfileKey::for_engine(&engine, super::threads_in_use());
-    let grid = if args.brief { Grid::brief() } else { Grid::full() };
+    let grid = if args.brief {
+        Grid::brief()
+    } else {
+        Grid::full()
+    };
     let bar = ProgressBar::new(grid.measurements() as u64);
-    bar.set_style(ProgressStyle::with_template("profile [{bar:30}] {pos}/{len} {msg} ({elapsed})").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("profile [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     let profile = LatencyProfile::measure(&engine, key, &grid, |done, _, what| {
         bar.set_position(done as u64);
         bar.set_message(what.to_string());
@@ -27,7 +35,12 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     }
     println!("prefill (prompt tokens -> seconds, tokens/s)");
     for p in &profile.prefill {
-        println!("  {:>6} {:>8.3} s {:>8.1} t/s", p.prompt_len, p.seconds, p.prompt_len as f64 / p.seconds);
+        println!(
+            "  {:>6} {:>8.3} s {:>8.1} t/s",
+            p.prompt_len,
+            p.seconds,
+            p.prompt_len as f64 / p.seconds
+        );
     }
     println!("decode step (ms) by width (columns) and context (rows)");
     print!("  {:>7}", "context");
@@ -38,7 +51,12 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     for c in &grid.contexts {
         print!("  {c:>7}");
         for w in &grid.widths {
-            let ms = profile.decode.iter().find(|d| d.width == *w && d.context == *c).map(|d| d.seconds * 1e3).unwrap_or(f64::NAN);
+            let ms = profile
+                .decode
+                .iter()
+                .find(|d| d.width == *w && d.context == *c)
+                .map(|d| d.seconds * 1e3)
+                .unwrap_or(f64::NAN);
             print!(" {ms:>8.1}");
         }
         println!();

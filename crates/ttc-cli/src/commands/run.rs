@@ -10,9 +10,9 @@ use serde::Serialize;
 use ttc_allocator::policy::{Allocator, Lambdas, Prediction, Target};
 use ttc_allocator::route::{self, Request};
 use ttc_allocator::{prompt, Config};
+use ttc_engine::reward_model::RewardModel;
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, GenerateRequest, StopReason};
-use ttc_engine::reward_model::RewardModel;
 use ttc_methods::{Method, MethodConfig, Scorer, ScorerSpec, Timing};
 
 use crate::args::{MethodChoice, RunArgs};
@@ -76,7 +76,11 @@ struct Predicted {
 
 impl From<&Prediction> for Predicted {
     fn from(p: &Prediction) -> Self {
-        Self { accuracy: p.accuracy, tokens: p.tokens, latency_s: p.latency_s }
+        Self {
+            accuracy: p.accuracy,
+            tokens: p.tokens,
+            latency_s: p.latency_s,
+        }
     }
 }
 
@@ -104,15 +108,26 @@ struct MenuRow {
 pub fn run(args: &RunArgs) -> Result<()> {
     let Some(prompt) = args.prompt.as_deref() else {
         // No prompt: a chat on a terminal, one answer per line for piped input.
-        return super::chat::run(&crate::args::ChatArgs { gen: args.gen.clone() });
+        return super::chat::run(&crate::args::ChatArgs {
+            gen: args.gen.clone(),
+        });
     };
-    args.gen.method.allocator.validate().map_err(anyhow::Error::msg)?;
+    args.gen
+        .method
+        .allocator
+        .validate()
+        .map_err(anyhow::Error::msg)?;
     let mut engine = super::load_engine(&args.gen.model)?;
     if let Some(ctx) = args.context {
         engine.set_context_limit(ctx)?;
     }
     let s = &args.gen.sampling;
-    let params = SamplingParams { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p };
+    let params = SamplingParams {
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+    };
     // Bad sampling settings are refused before anything is measured or run.
     params.validate().map_err(anyhow::Error::msg)?;
     match args.gen.method.method.unwrap_or(MethodChoice::Auto) {
@@ -125,9 +140,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
 }
 
 /// The prompt's ids: through the chat template (with the system prompt) unless --raw.
-fn encode(args: &RunArgs, engine: &Engine, prompt: &str, instruction: Option<&str>) -> Result<Vec<u32>> {
+fn encode(
+    args: &RunArgs,
+    engine: &Engine,
+    prompt: &str,
+    instruction: Option<&str>,
+) -> Result<Vec<u32>> {
     Ok(if args.raw {
-        engine.tokenizer.encode_prompt(&prompt::user_message(prompt, instruction))?
+        engine
+            .tokenizer
+            .encode_prompt(&prompt::user_message(prompt, instruction))?
     } else {
         prompt::encode(engine, prompt, instruction, args.gen.system.as_deref())?
     })
@@ -143,9 +165,16 @@ pub fn forced_config(method: Method, m: &crate::args::MethodArgs) -> Config {
 }
 
 /// Loads the allocator for `engine`, with notices and a progress bar for a first profile.
-pub fn load_allocator(engine: &Engine, probe: Option<&std::path::Path>) -> Result<(Allocator, ttc_allocator::route::Sources)> {
+pub fn load_allocator(
+    engine: &Engine,
+    probe: Option<&std::path::Path>,
+) -> Result<(Allocator, ttc_allocator::route::Sources)> {
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template("profile [{bar:30}] {pos}/{len} {msg}").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("profile [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     let out = Allocator::for_engine(
         engine,
         super::threads_in_use(),
@@ -161,13 +190,23 @@ pub fn load_allocator(engine: &Engine, probe: Option<&std::path::Path>) -> Resul
     Ok(out)
 }
 
-fn run_allocated(args: &RunArgs, engine: &Engine, prompt: &str, choice: MethodChoice, params: SamplingParams) -> Result<()> {
+fn run_allocated(
+    args: &RunArgs,
+    engine: &Engine,
+    prompt: &str,
+    choice: MethodChoice,
+    params: SamplingParams,
+) -> Result<()> {
     let a = &args.gen.method.allocator;
     let instruction = (!args.no_instruction).then_some(args.instruction.as_str());
     let ids = encode(args, engine, prompt, instruction)?;
     // A prompt over the context is refused before a latency profile is measured for nothing.
     if ids.len() >= engine.context_limit() {
-        return Err(ttc_engine::EngineError::PromptTooLong { prompt_tokens: ids.len(), context: engine.context_limit() }.into());
+        return Err(ttc_engine::EngineError::PromptTooLong {
+            prompt_tokens: ids.len(),
+            context: engine.context_limit(),
+        }
+        .into());
     }
     let m = &args.gen.method;
     let forced = match choice {
@@ -187,28 +226,48 @@ fn run_allocated(args: &RunArgs, engine: &Engine, prompt: &str, choice: MethodCh
         cancel: None,
     };
     if let Some(c) = forced {
-        c.method_config(&base).validate().map_err(anyhow::Error::msg)?;
+        c.method_config(&base)
+            .validate()
+            .map_err(anyhow::Error::msg)?;
     }
     let (mut alloc, sources) = load_allocator(engine, a.probe.as_deref())?;
     base.max_tokens = args.gen.max_tokens.or(alloc.max_tokens()).unwrap_or(512);
-    let target = a.target_latency.map(Target::Latency).or(a.target_tokens.map(Target::Tokens));
-    let req = Request { lambdas: Lambdas { tokens: a.lambda_tokens, latency: a.lambda_latency }, target, forced, base };
+    let target = a
+        .target_latency
+        .map(Target::Latency)
+        .or(a.target_tokens.map(Target::Tokens));
+    let req = Request {
+        lambdas: Lambdas {
+            tokens: a.lambda_tokens,
+            latency: a.lambda_latency,
+        },
+        target,
+        forced,
+        base,
+    };
     let (r, d) = route::answer(engine, &alloc, &ids, &req)?;
-    alloc.profile.observe(&route::observed_work(&r), r.timing.total_s);
+    alloc
+        .profile
+        .observe(&route::observed_work(&r), r.timing.total_s);
     if let Err(e) = alloc.save_profile() {
         eprintln!("ttc: could not save the refined latency profile: {e}");
     }
     if d.fallback {
         eprintln!(
             "ttc: no accuracy probe for {}: auto runs {} (`ttc-run calibrate` builds one)",
-            engine.name,
-            d.predicted.config
+            engine.name, d.predicted.config
         );
     }
     let menu: Vec<MenuRow> = d
         .menu
         .iter()
-        .map(|p| MenuRow { config: p.config, accuracy: p.accuracy, tokens: p.tokens, latency_s: p.latency_s, utility: p.utility(d.lambdas) })
+        .map(|p| MenuRow {
+            config: p.config,
+            accuracy: p.accuracy,
+            tokens: p.tokens,
+            latency_s: p.latency_s,
+            utility: p.utility(d.lambdas),
+        })
         .collect();
     let mut stdout = std::io::stdout().lock();
     if args.json {
@@ -226,7 +285,12 @@ fn run_allocated(args: &RunArgs, engine: &Engine, prompt: &str, choice: MethodCh
             candidates: r
                 .candidates
                 .iter()
-                .map(|c| CandidateOutput { text: &c.text, answer: c.answer.as_deref(), score: c.score, tokens: c.tokens })
+                .map(|c| CandidateOutput {
+                    text: &c.text,
+                    answer: c.answer.as_deref(),
+                    score: c.score,
+                    tokens: c.tokens,
+                })
                 .collect(),
             steps: r.steps,
             scorer_tokens: r.scorer_tokens,
@@ -249,14 +313,43 @@ fn run_allocated(args: &RunArgs, engine: &Engine, prompt: &str, choice: MethodCh
     }
     if a.explain {
         let mut err = std::io::stderr().lock();
-        writeln!(err, "ttc: lambda_tokens={} lambda_latency={} probe={}", d.lambdas.tokens, d.lambdas.latency, sources.probe.as_deref().unwrap_or("none"))?;
-        writeln!(err, "  {:<16} {:>9} {:>9} {:>10} {:>9}", "config", "P(correct)", "tokens", "latency_s", "utility")?;
+        writeln!(
+            err,
+            "ttc: lambda_tokens={} lambda_latency={} probe={}",
+            d.lambdas.tokens,
+            d.lambdas.latency,
+            sources.probe.as_deref().unwrap_or("none")
+        )?;
+        writeln!(
+            err,
+            "  {:<16} {:>9} {:>9} {:>10} {:>9}",
+            "config", "P(correct)", "tokens", "latency_s", "utility"
+        )?;
         for row in &menu {
-            let mark = if row.config == d.predicted.config { " <- chosen" } else { "" };
-            let acc = row.accuracy.map(|a| format!("{a:.3}")).unwrap_or_else(|| "-".into());
-            writeln!(err, "  {:<16} {:>9} {:>9.0} {:>10.2} {:>9.4}{mark}", row.config.to_string(), acc, row.tokens, row.latency_s, row.utility)?;
+            let mark = if row.config == d.predicted.config {
+                " <- chosen"
+            } else {
+                ""
+            };
+            let acc = row
+                .accuracy
+                .map(|a| format!("{a:.3}"))
+                .unwrap_or_else(|| "-".into());
+            writeln!(
+                err,
+                "  {:<16} {:>9} {:>9.0} {:>10.2} {:>9.4}{mark}",
+                row.config.to_string(),
+                acc,
+                row.tokens,
+                row.latency_s,
+                row.utility
+            )?;
         }
-        writeln!(err, "  decision took {:.3} ms after the prefill", d.decision_s * 1e3)?;
+        writeln!(
+            err,
+            "  decision took {:.3} ms after the prefill",
+            d.decision_s * 1e3
+        )?;
     }
     writeln!(stdout, "{}", r.text)?;
     let p = &d.predicted;
@@ -267,7 +360,9 @@ fn run_allocated(args: &RunArgs, engine: &Engine, prompt: &str, choice: MethodCh
         r.generated_tokens,
         r.steps,
         r.timing.total_s,
-        p.accuracy.map(|a| format!("{a:.2}")).unwrap_or_else(|| "?".into()),
+        p.accuracy
+            .map(|a| format!("{a:.2}"))
+            .unwrap_or_else(|| "?".into()),
         p.tokens,
         p.latency_s
     );

@@ -22,13 +22,21 @@ pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result
             engine.name
         );
         if let Some(h) = &header {
-            anyhow::ensure!(file.header == *h, "{} was labelled with other settings than {}", path.display(), labels[0].display());
+            anyhow::ensure!(
+                file.header == *h,
+                "{} was labelled with other settings than {}",
+                path.display(),
+                labels[0].display()
+            );
         }
         header = Some(file.header);
         questions.extend(file.questions);
     }
     let header = header.ok_or_else(|| anyhow::anyhow!("no labels file given"))?;
-    let menu: Vec<_> = menu::default_menu().into_iter().filter(|c| questions.iter().any(|q| q.outcome(c).is_some())).collect();
+    let menu: Vec<_> = menu::default_menu()
+        .into_iter()
+        .filter(|c| questions.iter().any(|q| q.outcome(c).is_some()))
+        .collect();
     let base = ProbeMetaBase {
         model: engine.name.clone(),
         instruction: header.instruction.clone(),
@@ -36,15 +44,26 @@ pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result
         max_tokens: header.max_tokens,
         datasets: sources(&questions),
     };
-    eprintln!("training the probe on {} questions x {} configurations", questions.len(), menu.len());
+    eprintln!(
+        "training the probe on {} questions x {} configurations",
+        questions.len(),
+        menu.len()
+    );
     let probe = Probe::train(&questions, &menu, base, &TrainOptions::default())?;
     let r = &probe.meta.report;
     println!(
         "held-out log-loss: probe {:.4}, constant {:.4}, per-configuration mean {:.4} ({} held-out questions, {} trained on, best epoch {})",
         r.heldout_log_loss, r.constant_log_loss, r.per_config_log_loss, r.heldout_questions, r.train_questions, r.epochs
     );
-    println!("held-out answer length: mean |log error| {:.3} (x{:.2})", r.heldout_length_log_error, r.heldout_length_log_error.exp());
-    println!("platt: a={:.3} b={:.3}", probe.meta.platt[0], probe.meta.platt[1]);
+    println!(
+        "held-out answer length: mean |log error| {:.3} (x{:.2})",
+        r.heldout_length_log_error,
+        r.heldout_length_log_error.exp()
+    );
+    println!(
+        "platt: a={:.3} b={:.3}",
+        probe.meta.platt[0], probe.meta.platt[1]
+    );
     probe.save(out)?;
     println!("saved {}", out.display());
     Ok(())
@@ -54,8 +73,15 @@ pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result
 fn sources(questions: &[ttc_allocator::calibrate::QuestionLabels]) -> Vec<String> {
     let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for q in questions {
-        let source = q.id.rsplit_once(':').map(|(f, _)| f).or_else(|| q.id.rsplit_once('-').map(|(s, _)| s)).unwrap_or(&q.id);
+        let source =
+            q.id.rsplit_once(':')
+                .map(|(f, _)| f)
+                .or_else(|| q.id.rsplit_once('-').map(|(s, _)| s))
+                .unwrap_or(&q.id);
         *counts.entry(source).or_default() += 1;
     }
-    counts.into_iter().map(|(s, n)| format!("{s}: {n} questions")).collect()
+    counts
+        .into_iter()
+        .map(|(s, n)| format!("{s}: {n} questions"))
+        .collect()
 }

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use ttc_kernels::{Isa, QMatrix};
 use candle_core::{DType, Device, Module, Tensor, D};
+use ttc_kernels::{Isa, QMatrix};
 
 use super::{ModelConfig, RopeLayout};
 use crate::error::{EngineError, Result};
@@ -44,7 +44,9 @@ impl Weight {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::Kernel(m) => x.contiguous()?.apply_op1_no_bwd(&kernel_ops::QMatMulOp(m.clone())),
+            Self::Kernel(m) => x
+                .contiguous()?
+                .apply_op1_no_bwd(&kernel_ops::QMatMulOp(m.clone())),
             Self::Candle(m) => m.forward(x),
         }
     }
@@ -57,7 +59,13 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    pub(crate) fn load(w: &dyn WeightSource, name: &str, with_bias: bool, device: &Device, isa: Isa) -> Result<Self> {
+    pub(crate) fn load(
+        w: &dyn WeightSource,
+        name: &str,
+        with_bias: bool,
+        device: &Device,
+        isa: Isa,
+    ) -> Result<Self> {
         let weight = Weight::new(w.tensor(&format!("{name}.weight"), device)?, isa)?;
         let bias_name = format!("{name}.bias");
         let bias = if with_bias && w.has_tensor(&bias_name) {
@@ -88,15 +96,26 @@ impl Linear {
                 Weight::Candle(_) => return Ok(None),
             }
         }
-        let Ok(stacked) = QMatrix::stack(&mats) else { return Ok(None) };
+        let Ok(stacked) = QMatrix::stack(&mats) else {
+            return Ok(None);
+        };
         let bias = if parts.iter().all(|p| p.bias.is_some()) {
-            Some(Tensor::cat(&parts.iter().map(|p| p.bias.clone().expect("bias")).collect::<Vec<_>>(), 0)?)
+            Some(Tensor::cat(
+                &parts
+                    .iter()
+                    .map(|p| p.bias.clone().expect("bias"))
+                    .collect::<Vec<_>>(),
+                0,
+            )?)
         } else if parts.iter().all(|p| p.bias.is_none()) {
             None
         } else {
             return Ok(None);
         };
-        Ok(Some(Self { weight: Weight::Kernel(Arc::new(stacked)), bias }))
+        Ok(Some(Self {
+            weight: Weight::Kernel(Arc::new(stacked)),
+            bias,
+        }))
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -115,7 +134,10 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn load(w: &dyn WeightSource, name: &str, eps: f32, device: &Device) -> Result<Self> {
-        Ok(Self { weight: w.tensor(name, device)?.dequantize(device)?, eps })
+        Ok(Self {
+            weight: w.tensor(name, device)?.dequantize(device)?,
+            eps,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -143,7 +165,10 @@ enum Projections {
 
 impl Projections {
     fn new(parts: Vec<Linear>) -> Result<Self> {
-        let widths = parts.iter().map(|p| p.out_features()).collect::<Option<Vec<_>>>();
+        let widths = parts
+            .iter()
+            .map(|p| p.out_features())
+            .collect::<Option<Vec<_>>>();
         match (Linear::stack(&parts.iter().collect::<Vec<_>>())?, widths) {
             (Some(stacked), Some(widths)) => Ok(Self::Stacked(stacked, widths)),
             _ => Ok(Self::Separate(parts)),
@@ -226,9 +251,17 @@ impl Model {
 
     /// As [`load`](Self::load), with ttc's CPU kernels of `kernels` (one of
     /// [`Isa::available`]): the tests run the same model on every instruction set.
-    pub fn load_with_kernels(gguf: &dyn WeightSource, config: ModelConfig, device: &Device, kernels: Isa) -> Result<Self> {
+    pub fn load_with_kernels(
+        gguf: &dyn WeightSource,
+        config: ModelConfig,
+        device: &Device,
+        kernels: Isa,
+    ) -> Result<Self> {
         if !Isa::available().contains(&kernels) {
-            return Err(EngineError::InvalidArgument(format!("this CPU cannot run the {} kernels", kernels.name())));
+            return Err(EngineError::InvalidArgument(format!(
+                "this CPU cannot run the {} kernels",
+                kernels.name()
+            )));
         }
         let with_bias = config.architecture == super::Architecture::Qwen2;
         let embeddings = Arc::new(gguf.tensor("token_embd.weight", device)?);
@@ -263,12 +296,20 @@ impl Model {
         // Llama 3.x scales the rotary frequencies (long-context "llama3" rope); llama.cpp's
         // converter stores the per-frequency divisors as `rope_freqs.weight`.
         let freq_factors = if gguf.has_tensor("rope_freqs.weight") {
-            Some(gguf.tensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?.to_vec1::<f32>()?)
+            Some(
+                gguf.tensor("rope_freqs.weight", &Device::Cpu)?
+                    .dequantize(&Device::Cpu)?
+                    .to_vec1::<f32>()?,
+            )
         } else {
             None
         };
         let (rope_cos, rope_sin) = rope_tables(&config, freq_factors.as_deref(), device)?;
-        let host_rope = if device.is_cpu() { Some(host_rope_tables(&rope_cos, &rope_sin)?) } else { None };
+        let host_rope = if device.is_cpu() {
+            Some(host_rope_tables(&rope_cos, &rope_sin)?)
+        } else {
+            None
+        };
         Ok(Self {
             config,
             embeddings,
@@ -307,7 +348,11 @@ impl Model {
     /// Turns ttc's fused CPU attention on or off (for comparing it with candle's tensor
     /// path; matmuls of covered formats use ttc's kernels either way).
     pub fn set_cpu_kernels(&mut self, on: bool) -> Result<()> {
-        self.host_rope = if on && self.device.is_cpu() { Some(host_rope_tables(&self.rope_cos, &self.rope_sin)?) } else { None };
+        self.host_rope = if on && self.device.is_cpu() {
+            Some(host_rope_tables(&self.rope_cos, &self.rope_sin)?)
+        } else {
+            None
+        };
         Ok(())
     }
 
@@ -328,7 +373,12 @@ impl Model {
     /// finding where two kernel sets or two devices part. The points, all `(tokens, width)`:
     /// `attn_norm`, `attn_out` (after the output projection), `ffn_norm`, `ffn_out`, and
     /// `residual` (the layer's output).
-    pub fn forward_batch_observed(&self, batch: &[BatchEntry], cache: &KvCache, observe: &mut LayerObserver) -> Result<BatchOutput> {
+    pub fn forward_batch_observed(
+        &self,
+        batch: &[BatchEntry],
+        cache: &KvCache,
+        observe: &mut LayerObserver,
+    ) -> Result<BatchOutput> {
         if self.device.is_cpu() {
             ttc_kernels::threads::on_pool(|| self.forward_batch_here(batch, cache, Some(observe)))
         } else {
@@ -336,7 +386,12 @@ impl Model {
         }
     }
 
-    fn forward_batch_here(&self, batch: &[BatchEntry], cache: &KvCache, mut observe: Option<&mut LayerObserver>) -> Result<BatchOutput> {
+    fn forward_batch_here(
+        &self,
+        batch: &[BatchEntry],
+        cache: &KvCache,
+        mut observe: Option<&mut LayerObserver>,
+    ) -> Result<BatchOutput> {
         let mut seen = |l: usize, point: &str, t: &Tensor| {
             if let Some(f) = observe.as_mut() {
                 f(l, point, t)
@@ -350,11 +405,16 @@ impl Model {
         for e in batch {
             let n = e.tokens.len();
             if n == 0 || e.slots.len() < n {
-                return Err(EngineError::InvalidArgument("a batch entry needs tokens and their slots".into()));
+                return Err(EngineError::InvalidArgument(
+                    "a batch entry needs tokens and their slots".into(),
+                ));
             }
             let start = e.slots.len() - n;
             if start + n > self.config.context_length {
-                return Err(EngineError::PromptTooLong { prompt_tokens: start + n, context: self.config.context_length });
+                return Err(EngineError::PromptTooLong {
+                    prompt_tokens: start + n,
+                    context: self.config.context_length,
+                });
             }
             tokens.extend_from_slice(e.tokens);
             positions.extend((start..start + n).map(|p| p as u32));
@@ -365,7 +425,9 @@ impl Model {
         }
         let t = tokens.len();
         if t == 0 {
-            return Err(EngineError::InvalidArgument("forward over zero tokens".into()));
+            return Err(EngineError::InvalidArgument(
+                "forward over zero tokens".into(),
+            ));
         }
         let ids = Tensor::from_vec(tokens, t, dev)?;
         let mut x = self.embeddings.embedding(&ids)?;
@@ -377,7 +439,12 @@ impl Model {
                     let start = e.slots.len() - e.tokens.len();
                     rows.extend((1..=e.tokens.len()).map(|i| &e.slots[..start + i]));
                 }
-                let fused = FusedStep { positions: &positions, slots: &new_slots, rows: &rows, tables };
+                let fused = FusedStep {
+                    positions: &positions,
+                    slots: &new_slots,
+                    rows: &rows,
+                    tables,
+                };
                 for (l, layer) in self.layers.iter().enumerate() {
                     let (k_pool, v_pool) = cache.layer(l);
                     let h = layer.attn_norm.forward(&x)?;
@@ -405,13 +472,16 @@ impl Model {
                 let cos = self.rope_cos.index_select(&pos, 0)?.contiguous()?;
                 let sin = self.rope_sin.index_select(&pos, 0)?.contiguous()?;
                 let kv_dim = cache.kv_dim();
-                let write_idx = Tensor::from_vec(new_slots, (t, 1), dev)?.broadcast_as((t, kv_dim))?.contiguous()?;
+                let write_idx = Tensor::from_vec(new_slots, (t, 1), dev)?
+                    .broadcast_as((t, kv_dim))?
+                    .contiguous()?;
                 let plan = AttentionPlan::new(batch, self.cascade_min_prefix, dev)?;
                 for (l, layer) in self.layers.iter().enumerate() {
                     let (k_pool, v_pool) = cache.layer(l);
                     let h = layer.attn_norm.forward(&x)?;
                     seen(l, "attn_norm", &h);
-                    let h = self.attention(layer, &h, &cos, &sin, &plan, k_pool, v_pool, &write_idx)?;
+                    let h =
+                        self.attention(layer, &h, &cos, &sin, &plan, k_pool, v_pool, &write_idx)?;
                     seen(l, "attn_out", &h);
                     let x1 = (&x + h)?;
                     let h = layer.ffn_norm.forward(&x1)?;
@@ -426,13 +496,19 @@ impl Model {
             }
         }
         if output_rows.is_empty() {
-            return Ok(BatchOutput { logits: None, hidden: None });
+            return Ok(BatchOutput {
+                logits: None,
+                hidden: None,
+            });
         }
         let n_out = output_rows.len();
         let rows = x.index_select(&Tensor::from_vec(output_rows, n_out, dev)?, 0)?;
         let hidden = self.output_norm.forward(&rows)?;
         let logits = self.lm_head.forward(&hidden)?;
-        Ok(BatchOutput { logits: Some(logits), hidden: Some(hidden) })
+        Ok(BatchOutput {
+            logits: Some(logits),
+            hidden: Some(hidden),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -455,20 +531,38 @@ impl Model {
         let q = q.reshape((t, nh, hd))?.transpose(0, 1)?.contiguous()?;
         let k = k.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?;
         let q = self.rope(&q, cos, sin)?;
-        let k = self.rope(&k, cos, sin)?.transpose(0, 1)?.reshape((t, nkv * hd))?.contiguous()?;
+        let k = self
+            .rope(&k, cos, sin)?
+            .transpose(0, 1)?
+            .reshape((t, nkv * hd))?
+            .contiguous()?;
         k_pool.scatter_set(write_idx, &k, 0)?;
         v_pool.scatter_set(write_idx, &v.contiguous()?, 0)?;
         let mut outs: Vec<Tensor> = Vec::with_capacity(plan.units.len());
         for unit in &plan.units {
             outs.push(match unit {
-                AttentionUnit::Single { row, n, read_idx, mask } => {
-                    attend_one(&q.narrow(1, *row, *n)?, k_pool, v_pool, read_idx, mask.as_ref(), nkv)?
-                }
+                AttentionUnit::Single {
+                    row,
+                    n,
+                    read_idx,
+                    mask,
+                } => attend_one(
+                    &q.narrow(1, *row, *n)?,
+                    k_pool,
+                    v_pool,
+                    read_idx,
+                    mask.as_ref(),
+                    nkv,
+                )?,
                 AttentionUnit::Group(g) => attend_group(&q, k_pool, v_pool, g, nkv)?,
             });
         }
         // Units are in entry order except groups, whose rows `plan.order` puts back in place.
-        let out = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
+        let out = if outs.len() == 1 {
+            outs.pop().expect("one")
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
         let out = match &plan.order {
             Some(order) => out.index_select(order, 0)?,
             None => out,
@@ -478,7 +572,14 @@ impl Model {
 
     /// The attention block on ttc's CPU kernels: one stacked Q/K/V projection; K (rotated)
     /// and V written into the pools in place; queries rotated and attended in one fused op.
-    fn fused_attention(&self, layer: &Layer, x: &Tensor, step: &FusedStep, k_pool: &Tensor, v_pool: &Tensor) -> candle_core::Result<Tensor> {
+    fn fused_attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        step: &FusedStep,
+        k_pool: &Tensor,
+        v_pool: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let qkv = match layer.qkv.stacked(x)? {
             Some(y) => y,
             None => Tensor::cat(&layer.qkv.forward(x)?, 1)?,
@@ -495,8 +596,17 @@ impl Model {
                 RopeLayout::Halves => ttc_kernels::rope::RopeLayout::Halves,
             },
         };
-        for (pool, part) in [(k_pool, kernel_ops::KvPart::Keys), (v_pool, kernel_ops::KvPart::Values)] {
-            let op = kernel_ops::WriteKvOp { part, layout, positions: step.positions, slots: step.slots, tables: step.tables };
+        for (pool, part) in [
+            (k_pool, kernel_ops::KvPart::Keys),
+            (v_pool, kernel_ops::KvPart::Values),
+        ] {
+            let op = kernel_ops::WriteKvOp {
+                part,
+                layout,
+                positions: step.positions,
+                slots: step.slots,
+                tables: step.tables,
+            };
             pool.inplace_op2(&qkv, &op)?;
         }
         let op = kernel_ops::QkvAttentionOp {
@@ -533,10 +643,18 @@ impl Model {
 fn host_rope_tables(cos: &Tensor, sin: &Tensor) -> Result<kernel_ops::RopeTables> {
     let half = cos.dim(1)?;
     let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-    Ok(kernel_ops::RopeTables { cos: flat(cos)?, sin: flat(sin)?, half })
+    Ok(kernel_ops::RopeTables {
+        cos: flat(cos)?,
+        sin: flat(sin)?,
+        half,
+    })
 }
 
-fn rope_tables(c: &ModelConfig, freq_factors: Option<&[f32]>, device: &Device) -> Result<(Tensor, Tensor)> {
+fn rope_tables(
+    c: &ModelConfig,
+    freq_factors: Option<&[f32]>,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let half = c.rope_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| {
@@ -552,7 +670,10 @@ fn rope_tables(c: &ModelConfig, freq_factors: Option<&[f32]>, device: &Device) -
         .to_dtype(DType::F32)?
         .reshape((c.context_length, 1))?;
     let angles = positions.broadcast_mul(&inv_freq)?;
-    Ok((angles.cos()?.to_device(device)?, angles.sin()?.to_device(device)?))
+    Ok((
+        angles.cos()?.to_device(device)?,
+        angles.sin()?.to_device(device)?,
+    ))
 }
 
 /// Mask for `n` new tokens at positions `start..start+n` over `start+n` keys; None for one token.
@@ -562,14 +683,29 @@ fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Option<Tensor>
     }
     let total = start + n;
     let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Some(Tensor::from_vec(mask, (n, total), device)?))
 }
 
 /// Plain attention of one sequence's `n` query rows `(heads, n, head_dim)` over its own
 /// keys and values, read through its block table.
-fn attend_one(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, read_idx: &Tensor, mask: Option<&Tensor>, nkv: usize) -> candle_core::Result<Tensor> {
+fn attend_one(
+    q: &Tensor,
+    k_pool: &Tensor,
+    v_pool: &Tensor,
+    read_idx: &Tensor,
+    mask: Option<&Tensor>,
+    nkv: usize,
+) -> candle_core::Result<Tensor> {
     let (nh, _, hd) = q.dims3()?;
     let n = q.dim(1)?;
     let total = read_idx.dim(0)?;
@@ -580,24 +716,39 @@ fn attend_one(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, read_idx: &Tensor, m
     let qs = q.reshape((nkv, group * n, hd))?;
     let scores = (qs.matmul(&ks.t()?)? * (1.0 / (hd as f64).sqrt()))?;
     let scores = match mask {
-        Some(m) => scores.reshape((nkv, group, n, total))?.broadcast_add(m)?.reshape((nkv, group * n, total))?,
+        Some(m) => scores
+            .reshape((nkv, group, n, total))?
+            .broadcast_add(m)?
+            .reshape((nkv, group * n, total))?,
         None => scores,
     };
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = probs.matmul(&vs)?; // (nkv, group * n, hd)
-    out.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
+    out.reshape((nh, n, hd))?
+        .transpose(0, 1)?
+        .reshape((n, nh * hd))
 }
 
 /// Cascade attention for decode rows that share a prefix: the prefix K/V is read once and
 /// attended by every member's queries in one matmul; each member's own suffix is attended
 /// in one padded batched matmul; the two partial softmaxes merge by log-sum-exp.
-fn attend_group(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, g: &CascadeGroup, nkv: usize) -> candle_core::Result<Tensor> {
+fn attend_group(
+    q: &Tensor,
+    k_pool: &Tensor,
+    v_pool: &Tensor,
+    g: &CascadeGroup,
+    nkv: usize,
+) -> candle_core::Result<Tensor> {
     let (nh, _, hd) = q.dims3()?;
     let group = nh / nkv;
     let w = g.width;
     let scale = 1.0 / (hd as f64).sqrt();
     // (nh, W, hd) -> (nkv, W, group, hd): rows of one KV head, member-major.
-    let qg = q.index_select(&g.rows, 1)?.reshape((nkv, group, w, hd))?.transpose(1, 2)?.contiguous()?;
+    let qg = q
+        .index_select(&g.rows, 1)?
+        .reshape((nkv, group, w, hd))?
+        .transpose(1, 2)?
+        .contiguous()?;
 
     let kp = gather_heads(k_pool, &g.prefix_idx, nkv, hd)?; // (nkv, L, hd)
     let vp = gather_heads(v_pool, &g.prefix_idx, nkv, hd)?;
@@ -610,7 +761,10 @@ fn attend_group(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, g: &CascadeGroup, 
 
     let s_max = g.suffix_len;
     let gather_suffix = |pool: &Tensor| -> candle_core::Result<Tensor> {
-        pool.index_select(&g.suffix_idx, 0)?.reshape((w, s_max, nkv, hd))?.permute((2, 0, 1, 3))?.contiguous()
+        pool.index_select(&g.suffix_idx, 0)?
+            .reshape((w, s_max, nkv, hd))?
+            .permute((2, 0, 1, 3))?
+            .contiguous()
     };
     let ks = gather_suffix(k_pool)?; // (nkv, W, S, hd)
     let vs = gather_suffix(v_pool)?;
@@ -633,7 +787,6 @@ fn attend_group(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, g: &CascadeGroup, 
     out.permute((1, 0, 2, 3))?.reshape((w, nh * hd))
 }
 
-
 /// What every layer's fused attention block needs from one forward pass.
 struct FusedStep<'a> {
     positions: &'a [u32],
@@ -650,7 +803,10 @@ const DEFAULT_CASCADE_MIN_PREFIX: usize = 32;
 /// `(rows, kv_dim)` pool rows at `idx`, as `(n_kv_heads, rows, head_dim)`.
 fn gather_heads(pool: &Tensor, idx: &Tensor, nkv: usize, hd: usize) -> candle_core::Result<Tensor> {
     let n = idx.dim(0)?;
-    pool.index_select(idx, 0)?.reshape((n, nkv, hd))?.transpose(0, 1)?.contiguous()
+    pool.index_select(idx, 0)?
+        .reshape((n, nkv, hd))?
+        .transpose(0, 1)?
+        .contiguous()
 }
 
 /// Decode rows (one new token each) whose sequences share their first `prefix_len` slots.
@@ -667,7 +823,12 @@ struct CascadeGroup {
 }
 
 enum AttentionUnit {
-    Single { row: usize, n: usize, read_idx: Tensor, mask: Option<Tensor> },
+    Single {
+        row: usize,
+        n: usize,
+        read_idx: Tensor,
+        mask: Option<Tensor>,
+    },
     Group(CascadeGroup),
 }
 
@@ -701,7 +862,11 @@ impl AttentionPlan {
         for members in by_first.values().filter(|m| m.len() >= 2) {
             // The longest prefix of slots all members share (the new token's slot never is).
             let first = batch[members[0]].slots;
-            let mut prefix = members.iter().map(|&i| batch[i].slots.len() - 1).min().unwrap_or(0);
+            let mut prefix = members
+                .iter()
+                .map(|&i| batch[i].slots.len() - 1)
+                .min()
+                .unwrap_or(0);
             for &i in &members[1..] {
                 let s = batch[i].slots;
                 prefix = prefix.min(first.iter().zip(s).take_while(|(a, b)| a == b).count());
@@ -710,27 +875,48 @@ impl AttentionPlan {
                 continue;
             }
             let width = members.len();
-            let suffix_len = members.iter().map(|&i| batch[i].slots.len() - prefix).max().unwrap_or(1);
+            let suffix_len = members
+                .iter()
+                .map(|&i| batch[i].slots.len() - prefix)
+                .max()
+                .unwrap_or(1);
             let mut suffix = Vec::with_capacity(width * suffix_len);
             let mut mask = Vec::with_capacity(width * suffix_len);
             for &i in members {
                 let own = &batch[i].slots[prefix..];
                 suffix.extend_from_slice(own);
                 // Padding reads slot of the member's own last token and is masked out.
-                suffix.extend(std::iter::repeat_n(*own.last().expect("suffix"), suffix_len - own.len()));
+                suffix.extend(std::iter::repeat_n(
+                    *own.last().expect("suffix"),
+                    suffix_len - own.len(),
+                ));
                 mask.extend(std::iter::repeat_n(0f32, own.len()));
-                mask.extend(std::iter::repeat_n(f32::NEG_INFINITY, suffix_len - own.len()));
+                mask.extend(std::iter::repeat_n(
+                    f32::NEG_INFINITY,
+                    suffix_len - own.len(),
+                ));
                 grouped[i] = true;
                 out_rows.push(first_row[i] as u32);
             }
             let padded = mask.iter().any(|m| m.is_infinite());
             units.push(AttentionUnit::Group(CascadeGroup {
                 width,
-                rows: Tensor::from_vec(members.iter().map(|&i| first_row[i] as u32).collect::<Vec<_>>(), width, dev)?,
+                rows: Tensor::from_vec(
+                    members
+                        .iter()
+                        .map(|&i| first_row[i] as u32)
+                        .collect::<Vec<_>>(),
+                    width,
+                    dev,
+                )?,
                 prefix_idx: Tensor::new(&first[..prefix], dev)?,
                 suffix_idx: Tensor::from_vec(suffix, width * suffix_len, dev)?,
                 suffix_len,
-                suffix_mask: if padded { Some(Tensor::from_vec(mask, (width, 1, suffix_len), dev)?) } else { None },
+                suffix_mask: if padded {
+                    Some(Tensor::from_vec(mask, (width, 1, suffix_len), dev)?)
+                } else {
+                    None
+                },
             }));
         }
         for (i, e) in batch.iter().enumerate().filter(|(i, _)| !grouped[*i]) {
@@ -773,19 +959,51 @@ mod tests {
         let v_pool = Tensor::randn(0f32, 1.0, (64, nkv * hd), &dev).unwrap();
         let prefix: Vec<u32> = (0..10).collect();
         // Four members, so that members, KV heads and the query group differ in size.
-        let suffixes: [Vec<u32>; 4] = [vec![20, 21], vec![30, 31, 32, 33, 34], vec![40], vec![50, 51, 52]];
-        let slots: Vec<Vec<u32>> = suffixes.iter().map(|s| prefix.iter().chain(s).copied().collect()).collect();
-        let entries: Vec<BatchEntry> = slots.iter().map(|s| BatchEntry { tokens: &[7], slots: s, want_output: true }).collect();
+        let suffixes: [Vec<u32>; 4] = [
+            vec![20, 21],
+            vec![30, 31, 32, 33, 34],
+            vec![40],
+            vec![50, 51, 52],
+        ];
+        let slots: Vec<Vec<u32>> = suffixes
+            .iter()
+            .map(|s| prefix.iter().chain(s).copied().collect())
+            .collect();
+        let entries: Vec<BatchEntry> = slots
+            .iter()
+            .map(|s| BatchEntry {
+                tokens: &[7],
+                slots: s,
+                want_output: true,
+            })
+            .collect();
         let plan = AttentionPlan::new(&entries, 4, &dev).unwrap();
-        let AttentionUnit::Group(g) = &plan.units[0] else { panic!("expected one cascade group") };
+        let AttentionUnit::Group(g) = &plan.units[0] else {
+            panic!("expected one cascade group")
+        };
         assert_eq!((plan.units.len(), g.width, g.suffix_len), (1, 4, 5));
         let q = Tensor::randn(0f32, 1.0, (nh, 4, hd), &dev).unwrap();
-        let cascade = attend_group(&q, &k_pool, &v_pool, g, nkv).unwrap().to_vec2::<f32>().unwrap();
+        let cascade = attend_group(&q, &k_pool, &v_pool, g, nkv)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         for (m, s) in slots.iter().enumerate() {
             let idx = Tensor::new(s.as_slice(), &dev).unwrap();
-            let plain = attend_one(&q.narrow(1, m, 1).unwrap(), &k_pool, &v_pool, &idx, None, nkv).unwrap();
+            let plain = attend_one(
+                &q.narrow(1, m, 1).unwrap(),
+                &k_pool,
+                &v_pool,
+                &idx,
+                None,
+                nkv,
+            )
+            .unwrap();
             let plain = plain.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
-            let diff = plain.iter().zip(&cascade[m]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let diff = plain
+                .iter()
+                .zip(&cascade[m])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
             assert!(diff < 1e-5, "member {m}: {diff}");
         }
     }

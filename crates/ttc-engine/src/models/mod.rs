@@ -76,9 +76,15 @@ impl ModelConfig {
         let key = |k: &str| format!("{p}.{k}");
         let hidden_size = gguf.get_usize(&key("embedding_length"))?;
         let n_heads = gguf.get_usize(&key("attention.head_count"))?;
-        let n_kv_heads = gguf.get_opt_usize(&key("attention.head_count_kv")).unwrap_or(n_heads);
-        let head_dim = gguf.get_opt_usize(&key("attention.key_length")).unwrap_or(hidden_size / n_heads);
-        let rope_dim = gguf.get_opt_usize(&key("rope.dimension_count")).unwrap_or(head_dim);
+        let n_kv_heads = gguf
+            .get_opt_usize(&key("attention.head_count_kv"))
+            .unwrap_or(n_heads);
+        let head_dim = gguf
+            .get_opt_usize(&key("attention.key_length"))
+            .unwrap_or(hidden_size / n_heads);
+        let rope_dim = gguf
+            .get_opt_usize(&key("rope.dimension_count"))
+            .unwrap_or(head_dim);
         let rope_theta = gguf.get_f32(&key("rope.freq_base")).unwrap_or(10_000.0);
         let rms_eps = gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?;
         let vocab_size = match gguf.get_opt_usize(&key("vocab_size")) {
