@@ -31,7 +31,6 @@ fn session(engine: &Engine, width: usize, max_tokens: usize) -> Session<'_> {
         max_tokens,
         stop: vec![],
         ignore_eos: true,
-        kv_blocks: 0,
     };
     engine.session(PROMPT_LEN, width, opts).expect("session")
 }

@@ -78,11 +78,14 @@ impl QMatrix {
             )));
         }
         let row_bytes = ty.row_bytes(cols);
-        if data.len() != rows * row_bytes {
+        // Checked: the unsafe kernels index `data` by these products, so a shape whose byte
+        // count wraps must not pass as a small one.
+        let needed = rows.checked_mul(row_bytes).filter(|_| rows > 0);
+        if needed != Some(data.len()) {
             return Err(KernelError::Shape(format!(
                 "{} matrix {rows}x{cols} needs {} bytes, got {}",
                 ty.name(),
-                rows * row_bytes,
+                needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string()),
                 data.len()
             )));
         }

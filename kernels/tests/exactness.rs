@@ -209,6 +209,16 @@ fn stacked_matrices_multiply_as_their_parts() {
 
 #[test]
 fn bad_shapes_are_errors_not_panics() {
+    // Shapes whose byte count wraps around, or that have no rows, are not small matrices.
+    let wraps = usize::MAX / WeightType::Q8_0.row_bytes(32) + 2;
+    assert!(
+        QMatrix::new(WeightType::Q8_0, wraps, 32, vec![0; 34]).is_err(),
+        "wrapping shape"
+    );
+    assert!(
+        QMatrix::new(WeightType::Q8_0, 0, 32, vec![]).is_err(),
+        "no rows"
+    );
     assert!(
         QMatrix::new(WeightType::Q4_1, 2, 48, vec![0; 60]).is_err(),
         "48 is not whole blocks"

@@ -11,26 +11,13 @@ use ttc_allocator::menu::{default_menu, Config};
 use ttc_allocator::probe::{Probe, ProbeMetaBase, TrainOptions};
 use ttc_allocator::route::observed_work;
 use ttc_e2e::{engine, scratch_dir};
-use ttc_engine::sampler::SamplingParams;
-use ttc_methods::{Method, MethodConfig, Scorer};
+use ttc_methods::{Method, MethodConfig};
 
 /// Timings are only meaningful when the tests of this file do not run at once.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn method(c: Config, max_tokens: usize) -> MethodConfig {
-    let base = MethodConfig {
-        method: Method::Greedy,
-        n: 1,
-        beam_width: 1,
-        max_iters: 1,
-        scorer: Scorer::Logprob,
-        params: SamplingParams::default(),
-        seed: 3,
-        max_tokens,
-        stop: vec![],
-        cancel: None,
-    };
-    c.method_config(&base)
+    c.method_config(&MethodConfig::new(Method::Greedy, max_tokens).seed(3))
 }
 
 #[test]

@@ -307,60 +307,74 @@ fn context_length_comes_from_the_metadata_uncapped() {
     );
 }
 
+/// Logits of one batched decode step of three forks of a 42-token prompt whose suffixes
+/// (1, 3 and 5 tokens) differ in length, every pass (prompt, suffixes, step) run on `model`
+/// as it is set, in a fresh cache.
+fn forked_step(model: &Model) -> Vec<Vec<f32>> {
+    let mut cache = KvCache::new(model.config(), 32, 4, &Device::Cpu).unwrap();
+    let root = cache.new_sequence();
+    let prompt: Vec<u32> = (0..42).map(|i| (i * 7 % VOCAB) as u32).collect();
+    run(model, &mut cache, root, &prompt);
+    let kids: Vec<SeqId> = (0..3).map(|_| cache.fork(root).unwrap()).collect();
+    for (i, &k) in kids.iter().enumerate() {
+        let extra: Vec<u32> = (0..=2 * i as u32).map(|j| 5 + j).collect();
+        run(model, &mut cache, k, &extra);
+    }
+    let slots: Vec<Vec<u32>> = kids
+        .iter()
+        .map(|&k| {
+            cache.reserve(k, 1).unwrap();
+            cache.slots(k, 0..cache.len(k) + 1).unwrap()
+        })
+        .collect();
+    let toks = [[11u32], [12], [13]];
+    let entries: Vec<BatchEntry> = toks
+        .iter()
+        .zip(&slots)
+        .map(|(t, s)| BatchEntry {
+            tokens: t,
+            slots: s,
+            want_output: true,
+        })
+        .collect();
+    model
+        .forward_batch(&entries, &cache)
+        .unwrap()
+        .logits
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+}
+
 /// Cascade attention (a shared prefix read once per group) equals plain attention for forked
-/// sequences whose suffixes differ in length. On this f32 model nothing rounds activations to
-/// 8 bits, so the two agree to float precision (on a Q4 model, where activations are quantized
-/// per block, a 1e-7 difference can flip one 8-bit step and grow through the layers).
+/// sequences whose suffixes differ in length. Cascade attention lives in the tensor path
+/// (candle operations, KV writes through scatter: what CUDA and Metal run), which the CPU
+/// runs when ttc's fused kernels are off; both are also checked against the fused kernel. On
+/// this f32 model nothing rounds activations to 8 bits, so all three agree to float precision
+/// (on a Q4 model, where activations are quantized per block, a 1e-7 difference can flip one
+/// 8-bit step and grow through the layers).
 #[test]
 fn cascade_attention_equals_plain_attention() {
     for spec in [LLAMA, QWEN2] {
         let mut model = load(&spec, &format!("cascade-{}", spec.arch));
-        let mut cache = KvCache::new(model.config(), 32, 4, &Device::Cpu).unwrap();
-        let root = cache.new_sequence();
-        let prompt: Vec<u32> = (0..42).map(|i| (i * 7 % VOCAB) as u32).collect();
-        run(&model, &mut cache, root, &prompt);
-        let kids: Vec<SeqId> = (0..3).map(|_| cache.fork(root).unwrap()).collect();
-        for (i, &k) in kids.iter().enumerate() {
-            let extra: Vec<u32> = (0..=2 * i as u32).map(|j| 5 + j).collect(); // 1, 3 and 5 tokens
-            run(&model, &mut cache, k, &extra);
-        }
-        let step = |model: &Model, cache: &mut KvCache| -> Vec<Vec<f32>> {
-            let slots: Vec<Vec<u32>> = kids
-                .iter()
-                .map(|&k| {
-                    cache.reserve(k, 1).unwrap();
-                    cache.slots(k, 0..cache.len(k) + 1).unwrap()
-                })
-                .collect();
-            let toks = [[11u32], [12], [13]];
-            let entries: Vec<BatchEntry> = toks
-                .iter()
-                .zip(&slots)
-                .map(|(t, s)| BatchEntry {
-                    tokens: t,
-                    slots: s,
-                    want_output: true,
-                })
-                .collect();
-            model
-                .forward_batch(&entries, cache)
-                .unwrap()
-                .logits
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap()
-        };
-        // Nothing is committed, so both passes write and read the same slots.
-        let cascade = step(&model, &mut cache);
+        let fused = forked_step(&model);
+        model.set_cpu_kernels(false).unwrap();
+        let cascade = forked_step(&model);
         model.set_cascade(false);
-        let plain = step(&model, &mut cache);
-        for (c, p) in cascade.iter().zip(&plain) {
-            assert!(
-                max_diff(c, p) < 1e-4,
-                "{}: cascade and plain differ by {}",
-                spec.arch,
-                max_diff(c, p)
-            );
+        let plain = forked_step(&model);
+        for (i, ((c, p), f)) in cascade.iter().zip(&plain).zip(&fused).enumerate() {
+            for (what, a, b) in [
+                ("cascade and plain tensor attention", c, p),
+                ("cascade and the fused kernel", c, f),
+                ("plain tensor attention and the fused kernel", p, f),
+            ] {
+                assert!(
+                    max_diff(a, b) < 1e-4,
+                    "{}: member {i}: {what} differ by {}",
+                    spec.arch,
+                    max_diff(a, b)
+                );
+            }
         }
         assert!(
             max_diff(&cascade[0], &cascade[1]) > 1e-3,

@@ -117,3 +117,57 @@ fn bad_sampling_parameters() {
     let err = e.generate(&[1, 2, 3], &req, |_| {}).err().unwrap();
     assert!(matches!(err, EngineError::InvalidArgument(_)), "{err}");
 }
+
+/// The real model's metadata with one value replaced, and no tensors: the model's shape is
+/// checked before anything is sized from it, so each of these is one clear error.
+#[test]
+fn crafted_shape_metadata_is_refused_before_anything_is_sized() {
+    let mut f = std::fs::File::open(default_model_path()).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let dir = scratch_dir("crafted-shape");
+    let cases: [(&str, Value, &str); 8] = [
+        ("llama.attention.head_count", Value::U32(0), "head_count"),
+        (
+            "llama.attention.head_count_kv",
+            Value::U32(0),
+            "head_count_kv",
+        ),
+        (
+            "llama.block_count",
+            Value::U32(1_000_000_000),
+            "block_count",
+        ),
+        ("llama.block_count", Value::I32(-1), "block_count"),
+        ("llama.attention.key_length", Value::U32(0), "key_length"),
+        (
+            "llama.rope.dimension_count",
+            Value::U32(128),
+            "rotary dimension",
+        ),
+        (
+            "llama.context_length",
+            Value::U32(1 << 24),
+            "context_length",
+        ),
+        (
+            "llama.embedding_length",
+            Value::U64(u64::MAX),
+            "embedding_length",
+        ),
+    ];
+    for (i, (key, value, says)) in cases.into_iter().enumerate() {
+        let mut md = content.metadata.clone();
+        md.insert(key.to_string(), value);
+        let refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let path = dir.join(format!("case{i}.gguf"));
+        let mut out = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut out, &refs, &[]).unwrap();
+        drop(out);
+        let err = load_path(&path).err().unwrap();
+        assert!(
+            matches!(err, EngineError::CorruptGguf { .. }),
+            "{key}: {err}"
+        );
+        assert!(err.to_string().contains(says), "{key}: {err}");
+    }
+}

@@ -1,11 +1,13 @@
 //! Every test-time scaling method on the real default model, through the sequence API, with
 //! its accounting checked against the engine's counters.
 
+use std::collections::{HashMap, HashSet};
+
 use ttc_e2e::engine;
 use ttc_engine::chat_template::Message;
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::GenerateRequest;
-use ttc_methods::{answer, Method, MethodConfig, Scorer};
+use ttc_methods::{answer, Method, MethodConfig, Scorer, STEP_STOP};
 
 fn prompt(q: &str) -> Vec<u32> {
     engine()
@@ -17,18 +19,11 @@ fn prompt(q: &str) -> Vec<u32> {
 }
 
 fn config(method: Method, n: usize, max_tokens: usize) -> MethodConfig {
-    MethodConfig {
-        method,
-        n,
-        beam_width: 2,
-        max_iters: 8,
-        scorer: Scorer::Logprob,
-        params: SamplingParams::default(),
-        seed: 11,
-        max_tokens,
-        stop: vec![],
-        cancel: None,
-    }
+    MethodConfig::new(method, max_tokens)
+        .n(n)
+        .beam_width(2)
+        .max_iters(8)
+        .seed(11)
 }
 
 #[test]
@@ -76,22 +71,39 @@ fn parallel_methods_cost_one_prefill_and_count_every_token() {
 fn the_vote_picks_what_the_voting_rule_says() {
     let p = prompt("What is 9 + 4?");
     let maj = ttc_methods::run(engine(), &p, &config(Method::Majority, 8, 40)).unwrap();
-    let ballots: Vec<ttc_methods::vote::Ballot> = maj
-        .candidates
-        .iter()
-        .map(|c| ttc_methods::vote::Ballot {
-            answer: c.answer.as_deref(),
-            score: c.score,
-        })
-        .collect();
-    assert_eq!(Some(maj.chosen), ttc_methods::vote::majority(&ballots));
+    // The count, written out here: votes per answer, and where each answer first appeared.
+    let mut votes: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (i, c) in maj.candidates.iter().enumerate() {
+        if let Some(a) = c.answer.as_deref() {
+            votes.entry(a).or_insert((0, i)).0 += 1;
+        }
+    }
+    assert!(
+        votes.values().map(|v| v.0).sum::<usize>() >= 2,
+        "a vote needs voters: {:?}",
+        maj.candidates
+    );
+    let most = votes.values().map(|v| v.0).max().unwrap();
+    // Ties go to the answer that appeared first; its first candidate is the one chosen.
+    let first_of_most = votes
+        .values()
+        .filter(|v| v.0 == most)
+        .map(|v| v.1)
+        .min()
+        .unwrap();
+    assert_eq!(maj.chosen, first_of_most, "{votes:?}");
+    assert_eq!(
+        maj.answer.as_deref(),
+        maj.candidates[first_of_most].answer.as_deref()
+    );
     let bon = ttc_methods::run(engine(), &p, &config(Method::BestOfN, 8, 40)).unwrap();
     let best = bon
         .candidates
         .iter()
         .map(|c| c.score)
         .fold(f32::NEG_INFINITY, f32::max);
-    assert_eq!(bon.candidates[bon.chosen].score, best);
+    let first_best = bon.candidates.iter().position(|c| c.score == best);
+    assert_eq!(Some(bon.chosen), first_best);
 }
 
 #[test]
@@ -117,19 +129,71 @@ fn beam_search_with_one_beam_and_no_branching_is_stepwise_greedy() {
     assert_eq!(beam.generated_tokens, g.tokens.len());
 }
 
+/// Tokens the surviving candidates of a search account for, each once per lineage. A search
+/// forks beams only where a step ended (a blank line), and of beams with equal texts at a step
+/// end it keeps one, so candidates whose tokens agree up to the end of a step share that much
+/// of their history: it is counted once. The last iteration has no step ends, and everything
+/// after a candidate's last step end is its own. Computed from the tokens alone, not from the
+/// method's accounting.
+fn lineage_tokens(cands: &[ttc_methods::Candidate], max_iters: usize) -> usize {
+    let tok = &engine().tokenizer;
+    let mut shared: HashSet<&[u32]> = HashSet::new();
+    let mut total = 0;
+    for c in cands {
+        let ids = &c.token_ids;
+        assert_eq!(ids.len(), c.tokens);
+        // A step ends at the token after which the step's bytes contain a blank line.
+        let mut ends = Vec::new();
+        let mut step: Vec<u8> = Vec::new();
+        for (k, &id) in ids.iter().enumerate() {
+            if ends.len() + 1 >= max_iters {
+                break;
+            }
+            step.extend_from_slice(tok.token_bytes(id));
+            if step.windows(2).any(|w| w == STEP_STOP.as_bytes()) {
+                ends.push(k + 1);
+                step.clear();
+            }
+        }
+        let mut start = 0;
+        for &end in &ends {
+            if shared.insert(&ids[..end]) {
+                total += end - start;
+            }
+            start = end;
+        }
+        total += ids.len() - start;
+    }
+    total
+}
+
 #[test]
 fn beam_search_and_dvts_prune_and_account_for_pruned_beams() {
-    let p = prompt("Explain step by step: what is 12 + 7?");
+    // No answer instruction: replies of several paragraphs, so that more beams end a step
+    // than are kept (with the instruction most beams answer within their first step).
+    let p = engine()
+        .encode_chat(&[Message::new(
+            "user",
+            "Explain step by step: what is 12 + 7?",
+        )])
+        .unwrap();
     for method in [Method::Beam, Method::Dvts] {
-        let mut cfg = config(method, 4, 64);
-        cfg.max_iters = 4;
+        let cfg = config(method, 4, 64).max_iters(3);
         let r = ttc_methods::run(engine(), &p, &cfg).unwrap();
         assert_eq!(r.prefill_tokens, p.len());
         assert!(!r.candidates.is_empty());
-        let chosen_tokens = r.candidates[r.chosen].tokens;
-        assert!(r.generated_tokens >= chosen_tokens, "{method:?}");
         assert!(r.candidates.iter().all(|c| c.tokens <= 64), "{method:?}");
         assert_eq!(r.text, r.candidates[r.chosen].text);
+        // Pruned beams leave no candidate: the tokens they generated lie outside every
+        // survivor's lineage. More tokens generated than the survivors account for shows
+        // both that beams were pruned and that their tokens were counted.
+        let survivors = lineage_tokens(&r.candidates, cfg.max_iters);
+        assert!(
+            r.generated_tokens > survivors,
+            "{method:?}: {} tokens generated, {survivors} in the survivors' lineages: nothing \
+             was pruned, or the pruned beams' tokens were not counted",
+            r.generated_tokens
+        );
     }
 }
 

@@ -92,26 +92,16 @@ fn best_of_n_with_the_prm_picks_the_highest_last_step_reward() {
         .encode_chat(&[Message::new("user", question)])
         .unwrap();
     let model = Arc::new(RewardModel::load(dir, &Device::Cpu).unwrap());
-    let cfg = MethodConfig {
-        method: Method::BestOfN,
-        n: 3,
-        beam_width: 1,
-        max_iters: 1,
-        scorer: Scorer::Prm {
-            model: model.clone(),
-            question: question.into(),
-        },
-        params: SamplingParams {
+    let cfg = MethodConfig::new(Method::BestOfN, 40)
+        .n(3)
+        .scorer(Scorer::prm(&model, question, 1 << 24).unwrap())
+        .params(SamplingParams {
             temperature: 0.9,
             top_k: 0,
             top_p: 1.0,
             min_p: 0.0,
-        },
-        seed: 2,
-        max_tokens: 40,
-        stop: vec![],
-        cancel: None,
-    };
+        })
+        .seed(2);
     let r = ttc_methods::run(engine(), &prompt, &cfg).unwrap();
     assert_eq!(r.scorer, "prm");
     assert!(r.scorer_tokens > 0 && r.timing.scoring_s > 0.0);

@@ -15,8 +15,7 @@ use ttc_allocator::dataset::{self, Split};
 use ttc_allocator::policy::{choose, Allocator, Lambdas};
 use ttc_allocator::route::{self, Request};
 use ttc_allocator::{prompt, Config};
-use ttc_engine::sampler::SamplingParams;
-use ttc_methods::{answer, Method, MethodConfig, Scorer};
+use ttc_methods::{answer, Method, MethodConfig};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -66,18 +65,9 @@ fn main() {
     .iter()
     .map(|s| s.parse().expect("config"))
     .collect();
-    let base = MethodConfig {
-        method: Method::Greedy,
-        n: 1,
-        beam_width: 1,
-        max_iters: 10,
-        scorer: Scorer::Logprob,
-        params: SamplingParams::default(),
-        seed: 11,
-        max_tokens,
-        stop: vec![],
-        cancel: None,
-    };
+    let base = MethodConfig::new(Method::Greedy, max_tokens)
+        .max_iters(10)
+        .seed(11);
     let (mut full_err, mut fixed_err, mut device_err, mut decision_ms) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut rows: Vec<(Config, Vec<f64>, Vec<f64>)> = configs
@@ -112,10 +102,7 @@ fn main() {
             lambdas: Lambdas::DEFAULT,
             target: None,
             forced: None,
-            base: MethodConfig {
-                max_tokens: 1,
-                ..base.clone()
-            },
+            base: base.clone().max_tokens(1),
         };
         let (_, d) = route::answer(engine, &alloc, &ids, &req).expect("auto");
         decision_ms.push(d.decision_s * 1e3);

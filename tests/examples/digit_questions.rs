@@ -5,8 +5,7 @@
 //! cargo run --release -p ttc-e2e --example digit_questions [-- COUNT]
 
 use ttc_engine::chat_template::Message;
-use ttc_engine::sampler::SamplingParams;
-use ttc_methods::{answer, Method, MethodConfig, Scorer};
+use ttc_methods::{answer, Method, MethodConfig};
 
 fn main() {
     let count: usize = std::env::args()
@@ -49,18 +48,7 @@ fn main() {
                     format!("{q}\n{}", answer::DEFAULT_INSTRUCTION),
                 )])
                 .unwrap();
-            let cfg = MethodConfig {
-                method,
-                n,
-                beam_width: 1,
-                max_iters: 1,
-                scorer: Scorer::Logprob,
-                params: SamplingParams::default(),
-                seed: 1000 + i as u64,
-                max_tokens: 48,
-                stop: vec![],
-                cancel: None,
-            };
+            let cfg = MethodConfig::new(method, 48).n(n).seed(1000 + i as u64);
             let r = ttc_methods::run(e, &p, &cfg).unwrap();
             right += usize::from(r.answer.as_deref() == Some(truth.to_string().as_str()));
             latency += r.timing.total_s;

@@ -225,3 +225,34 @@ pub fn load_default_engine_with_kernels(isa: ttc_engine::kernels::Isa) -> Engine
     Engine::load_resolved_with_kernels(default_model().clone(), &candle_core::Device::Cpu, isa)
         .unwrap_or_else(|e| panic!("loading {DEFAULT_ALIAS} on the {} kernels: {e}", isa.name()))
 }
+
+/// The default model on each attention path, loaded once per test binary: ttc's fused CPU
+/// kernels (the CPU's default) and the tensor path (candle operations with cascade attention
+/// over shared prefixes and KV writes through scatter, the code CUDA and Metal run), so that a
+/// test of the batched engine covers the GPU's code on every machine. Named for messages.
+pub fn engines_on_both_attention_paths() -> [(&'static str, &'static Engine); 2] {
+    static TENSOR: OnceLock<Engine> = OnceLock::new();
+    let tensor = TENSOR.get_or_init(|| {
+        let mut e = load_default_engine();
+        e.model
+            .set_cpu_kernels(false)
+            .unwrap_or_else(|e| panic!("the tensor attention path: {e}"));
+        e
+    });
+    [("fused CPU kernels", engine()), ("tensor path", tensor)]
+}
+
+/// The tensor attention path with cascade attention off: every sequence attends its own
+/// slots, whatever the batch holds. Cascade attention agrees with it to rounding, not to the
+/// bit, so a test of bit-exactness across batch compositions runs on this one.
+pub fn engine_on_the_tensor_path_without_cascade() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut e = load_default_engine();
+        e.model
+            .set_cpu_kernels(false)
+            .unwrap_or_else(|e| panic!("the tensor attention path: {e}"));
+        e.model.set_cascade(false);
+        e
+    })
+}

@@ -1,4 +1,4 @@
-//! Labels for the accuracy probe and the token model, built by repeated sampling (PAPER.md,
+//! Labels for the accuracy probe and the token model, built by repeated sampling (arXiv 2509.09864,
 //! "The accuracy probe"): per question, sample K answers once and run greedy and each search
 //! configuration for real; a best-of-N / majority / weighted configuration's success is then
 //! estimated by resampling N of the K answers many times (a soft label), as are its tokens and
@@ -60,7 +60,9 @@ pub struct RunRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleRecord {
     pub answer: Option<String>,
-    /// The default scorer's score (mean token log-probability).
+    /// The default scorer's score (mean token log-probability); `-inf` for a sample without
+    /// logprobs, written as `null` (see `unscored`).
+    #[serde(with = "unscored")]
     pub score: f32,
     pub tokens: usize,
     /// Decode steps this sample took (its tokens, plus the step that sampled its end).
@@ -77,6 +79,23 @@ pub struct QuestionLabels {
     pub greedy: RunRecord,
     pub samples: Vec<SampleRecord>,
     pub search: BTreeMap<String, RunRecord>,
+}
+
+/// A score that may be `-inf` (no logprobs to average) in JSON, which has no infinities: a
+/// non-finite score is written as `null` and `null` reads back as `-inf`, the lowest score, so
+/// a vote ranks it last as it did before it was written. `null` rather than a finite sentinel,
+/// because labels files written before this was explicit (serde_json's default also writes
+/// `null`) then read as they were meant.
+mod unscored {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(score: &f32, s: S) -> Result<S::Ok, S::Error> {
+        score.is_finite().then_some(*score).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NEG_INFINITY))
+    }
 }
 
 /// A configuration's outcome on one question: success probability and cost.
@@ -112,18 +131,11 @@ pub fn label_question(
         top_p: header.top_p,
         min_p: header.min_p,
     };
-    let base = MethodConfig {
-        method: Method::Greedy,
-        n: 1,
-        beam_width: 1,
-        max_iters: 1,
-        scorer: Scorer::Logprob,
-        params,
-        seed,
-        max_tokens: header.max_tokens,
-        stop: Vec::new(),
-        cancel: cancel.cloned(),
-    };
+    let base = MethodConfig::new(Method::Greedy, header.max_tokens)
+        .scorer(Scorer::Logprob)
+        .params(params)
+        .seed(seed)
+        .cancel(cancel.cloned());
     let cfg = |c: Config| c.method_config(&base);
     let greedy = ttc_methods::run(engine, &ids, &cfg(Config::GREEDY))?;
     let hidden = greedy
@@ -356,6 +368,39 @@ mod tests {
                 .collect(),
             search: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn labels_with_an_unscored_sample_read_back() {
+        // A sample without logprobs scores -inf; it must survive a write and a read.
+        let mut q = labels(&[("7", -1.0), ("5", f32::NEG_INFINITY)]);
+        q.id = "q1".into();
+        let dir = std::env::temp_dir().join(format!("ttc-labels-inf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("labels.jsonl");
+        let header = LabelHeader {
+            ttc_labels: 1,
+            model: "m".into(),
+            samples: 2,
+            max_tokens: 8,
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            instruction: String::new(),
+            search: vec![],
+            seed: 0,
+        };
+        let text = format!(
+            "{}\n{}\n",
+            serde_json::to_string(&header).unwrap(),
+            serde_json::to_string(&q).unwrap()
+        );
+        std::fs::write(&path, text).unwrap();
+        let back = read_labels(&path).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(back.questions, vec![q]);
+        assert_eq!(back.questions[0].samples[1].score, f32::NEG_INFINITY);
     }
 
     #[test]

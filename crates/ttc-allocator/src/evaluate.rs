@@ -1,4 +1,4 @@
-//! The paper's experiment on this engine (PAPER.md, "What they report"): every static
+//! The paper's experiment on this engine (Huang et al., arXiv 2509.09864, its evaluation): every static
 //! configuration of the menu against the allocator at a sweep of prices, on labelled held-out
 //! questions.
 //!
@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::calibrate::QuestionLabels;
+use crate::calibrate::{LabelHeader, QuestionLabels};
 use crate::latency::{Work, WorkKind};
 use crate::menu::Config;
 use crate::policy::{choose, Allocator, Lambdas};
-use crate::Result;
+use crate::{AllocatorError, Result};
 
 /// One question's outcome under one configuration.
 #[derive(Debug, Clone, Copy)]
@@ -159,13 +159,66 @@ fn summarize(cells: &[Cell]) -> Summary {
     }
 }
 
-/// Evaluates `configs` and the allocator at each of `sweep` on the labelled `questions`.
+/// Why labels with `samples` sampled answers per question and real runs of the search
+/// configurations `searched` cannot score `config`; None when they can.
+fn unscorable(config: &Config, samples: usize, searched: &[String]) -> Option<String> {
+    let label = config.label();
+    match config.method {
+        ttc_methods::Method::Greedy => None,
+        m if m.is_search() => (!searched.contains(&label)).then(|| {
+            let ran = if searched.is_empty() {
+                "none".to_string()
+            } else {
+                searched.join(", ")
+            };
+            format!("cannot evaluate {label}: it was not run when the questions were labelled (search configurations labelled: {ran})")
+        }),
+        _ => (config.n > samples).then(|| {
+            format!("cannot evaluate {label}: it needs {} sampled answers per question, the labels have {samples}", config.n)
+        }),
+    }
+}
+
+/// Checks before labelling that labels made with `header` can score every one of `configs`,
+/// so a run fails at once rather than after labelling.
+pub fn check_configs(header: &LabelHeader, configs: &[Config]) -> Result<()> {
+    let searched: Vec<String> = header.search.iter().map(Config::label).collect();
+    match configs
+        .iter()
+        .find_map(|c| unscorable(c, header.samples, &searched))
+    {
+        Some(why) => Err(AllocatorError::Invalid(why)),
+        None => Ok(()),
+    }
+}
+
+/// Evaluates `configs` and the allocator at each of `sweep` on the labelled `questions`. Every
+/// configuration must be scorable on every question (a static row over a subset of the
+/// questions would not compare with the others): an error names the first that is not.
 pub fn evaluate(
     alloc: &Allocator,
     questions: &[QuestionLabels],
     configs: &[Config],
     sweep: &[Lambdas],
 ) -> Result<Evaluation> {
+    // Both make a static row for check_target to compare with.
+    if configs.is_empty() || questions.is_empty() {
+        return Err(AllocatorError::Invalid(
+            "nothing to evaluate: no configuration or no labelled question".into(),
+        ));
+    }
+    for q in questions {
+        let searched: Vec<String> = q.search.keys().cloned().collect();
+        if let Some(why) = configs
+            .iter()
+            .find_map(|c| unscorable(c, q.samples.len(), &searched))
+        {
+            return Err(AllocatorError::Invalid(format!(
+                "{why} (question {})",
+                q.id
+            )));
+        }
+    }
     // Each question's outcome under each configuration, estimated once (resampling is the
     // costly part), for the static rows and every price point alike.
     let table: Vec<HashMap<Config, Cell>> = questions
@@ -341,6 +394,61 @@ mod tests {
             !t.met && t.adaptive_accuracy_at_its_latency == Some(0.45),
             "{t:?}"
         );
+    }
+
+    /// One question labelled with `samples` sampled answers and no search runs.
+    fn question(samples: usize) -> QuestionLabels {
+        use crate::calibrate::{RunRecord, SampleRecord};
+        QuestionLabels {
+            id: "q".into(),
+            reference: "7".into(),
+            prompt_tokens: 10,
+            hidden: vec![0.0; 4],
+            greedy: RunRecord {
+                answer: Some("7".into()),
+                correct: true,
+                tokens: 5,
+                steps: 6,
+                latency_s: 0.1,
+            },
+            samples: (0..samples)
+                .map(|i| SampleRecord {
+                    answer: Some("7".into()),
+                    score: -1.0,
+                    tokens: 10 + i,
+                    steps: 11 + i,
+                })
+                .collect(),
+            search: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_configuration_the_labels_cannot_score_is_an_error_naming_it() {
+        let alloc = Allocator::new(crate::latency::tests::synthetic(), None);
+        let qs = [question(2)];
+        let sweep = [Lambdas {
+            tokens: 0.0,
+            latency: 0.0,
+        }];
+        for (c, why) in [
+            (Config::search(Method::Beam, 2, 2, 3), "not run"),
+            (Config::parallel(Method::Majority, 8), "8 sampled answers"),
+        ] {
+            let e = evaluate(&alloc, &qs, &[Config::GREEDY, c], &sweep)
+                .err()
+                .unwrap_or_else(|| panic!("{c} was scored"))
+                .to_string();
+            assert!(e.contains(&c.label()) && e.contains(why), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        assert!(evaluate(
+            &alloc,
+            &qs,
+            &[Config::parallel(Method::Majority, 2)],
+            &sweep
+        )
+        .is_ok());
     }
 
     #[test]

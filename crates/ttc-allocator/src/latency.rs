@@ -1,4 +1,4 @@
-//! The latency model, measured on this device (DESIGN.md, "Allocator"): prefill seconds against
+//! The latency model, measured on this device (docs/design.md, "The allocator"): prefill seconds against
 //! prompt length, and one batched decode step's seconds against (width, context length). A
 //! configuration's latency for a prompt is its prefill plus its sequential decode steps:
 //!
@@ -189,7 +189,15 @@ impl LatencyProfile {
         let total = grid.measurements();
         let mut done = 0;
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let vocab = engine.tokenizer.vocab_size() as u32;
+        // Random prompts of ordinary tokens; a vocabulary with none is refused, not searched.
+        let ordinary: Vec<u32> = (0..engine.tokenizer.vocab_size() as u32)
+            .filter(|&t| !engine.tokenizer.is_special(t))
+            .collect();
+        if ordinary.is_empty() {
+            return Err(AllocatorError::Invalid(
+                "the model's vocabulary has no ordinary token to profile with".into(),
+            ));
+        }
         let widest = *grid.widths.iter().max().expect("not empty");
         let mut prefill = Vec::new();
         let mut decode = Vec::new();
@@ -197,9 +205,8 @@ impl LatencyProfile {
             let context = context
                 .min(engine.context_limit().saturating_sub(grid.steps + 2))
                 .max(1);
-            let prompt: Vec<u32> = std::iter::repeat_with(|| rng.random_range(0..vocab))
-                .filter(|&t| !engine.tokenizer.is_special(t))
-                .take(context)
+            let prompt: Vec<u32> = (0..context)
+                .map(|_| ordinary[rng.random_range(0..ordinary.len())])
                 .collect();
             // The sampling every method but greedy uses by default.
             let opts = SessionOptions {
@@ -208,7 +215,6 @@ impl LatencyProfile {
                 max_tokens: grid.steps + 1,
                 stop: vec![],
                 ignore_eos: true,
-                kv_blocks: 0,
             };
             let mut session = engine.session(prompt.len(), widest, opts)?;
             let t = Instant::now();
@@ -387,7 +393,7 @@ fn interpolate(pts: &[(f64, f64)], x: f64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn synthetic() -> LatencyProfile {

@@ -1,4 +1,4 @@
-//! ttc-allocator: answers each prompt with the right amount of compute (PAPER.md). It predicts,
+//! ttc-allocator: answers each prompt with the right amount of compute (Huang et al., "Latency and Token-Aware Test-Time Compute", arXiv 2509.09864; docs/design.md). It predicts,
 //! for every configuration on the [`menu`], the probability of a correct answer from the model's
 //! own hidden state ([`probe`]), the tokens it will generate ([`probe::TokenModel`]) and its
 //! latency on this device ([`latency`], measured by `profile`), and the [`policy`] picks the one

@@ -1,4 +1,4 @@
-//! The menu of configurations the allocator chooses from (PAPER.md, "The menu they used"):
+//! The menu of configurations the allocator chooses from (Huang et al., arXiv 2509.09864, its menu):
 //! greedy, parallel sampling with majority / best-of-N / weighted vote at several widths, and
 //! beam search and DVTS at a few (N, m, iterations). Each configuration has a label that is
 //! also its serialized form ("greedy", "majority@8", "beam(4,2,10)"), and a feature vector
@@ -52,19 +52,28 @@ impl Config {
         }
     }
 
+    /// The configuration a user names with a method, a width, a branching factor and
+    /// iterations (`--method M --samples N --beam-width W --max-iters I`): greedy ignores the
+    /// rest, parallel methods the last two.
+    pub fn for_method(method: Method, n: usize, beam_width: usize, max_iters: usize) -> Self {
+        match method {
+            Method::Greedy => Self::GREEDY,
+            m if m.is_search() => Self::search(m, n, beam_width, max_iters),
+            m => Self::parallel(m, n),
+        }
+    }
+
     pub fn label(&self) -> String {
         self.to_string()
     }
 
     /// `base` (scorer, sampling, seed, cap, stops) running this configuration.
     pub fn method_config(&self, base: &MethodConfig) -> MethodConfig {
-        MethodConfig {
-            method: self.method,
-            n: self.n,
-            beam_width: self.beam_width,
-            max_iters: self.max_iters.max(1),
-            ..base.clone()
-        }
+        base.clone()
+            .method(self.method)
+            .n(self.n)
+            .beam_width(self.beam_width)
+            .max_iters(self.max_iters.max(1))
     }
 
     /// One-hot method, then log2 widths and iterations scaled to about [0, 1].
@@ -201,6 +210,19 @@ pub fn default_menu() -> Vec<Config> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_method_gets_the_settings_it_uses() {
+        assert_eq!(Config::for_method(Method::Greedy, 8, 2, 10), Config::GREEDY);
+        assert_eq!(
+            Config::for_method(Method::Majority, 8, 2, 10),
+            Config::parallel(Method::Majority, 8)
+        );
+        assert_eq!(
+            Config::for_method(Method::Dvts, 8, 2, 10),
+            Config::search(Method::Dvts, 8, 2, 10)
+        );
+    }
 
     #[test]
     fn labels_round_trip() {

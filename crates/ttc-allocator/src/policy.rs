@@ -1,4 +1,4 @@
-//! The policy (PAPER.md, "The decision, per query"): for each configuration on the menu,
+//! The policy (arXiv 2509.09864, "The decision, per query"): for each configuration on the menu,
 //! predict accuracy a, tokens T and latency L for this prompt, and choose the one that
 //! maximizes U = a - lambda_T * T - lambda_L * L. Or, given a budget (mean latency or mean
 //! tokens over a batch of prompts), solve for the smallest lambda that meets it.

@@ -203,16 +203,24 @@ pub fn answer(
         _ => Vec::new(),
     };
     menu.retain(|p| width_of(&p.config) <= widest);
+    // A scorer model (a PRM) reads every token a scored configuration generates, once (its
+    // session keeps what it scored): priced at the speed its session measured on the question.
+    let scorer_s_per_token = req.base.scorer.seconds_per_token();
+    for p in &mut menu {
+        add_scorer_cost(p, scorer_s_per_token);
+    }
     let mut lambdas = req.lambdas;
     let (predicted, fallback) = match req.forced {
-        Some(c) => (
-            predict_one(alloc, hidden.as_deref(), ids.len(), &c, max_tokens)?,
-            false,
-        ),
-        None if menu.is_empty() => (
-            alloc.predict_without_probe(&fallback_config(), ids.len(), max_tokens),
-            true,
-        ),
+        Some(c) => {
+            let mut p = predict_one(alloc, hidden.as_deref(), ids.len(), &c, max_tokens)?;
+            add_scorer_cost(&mut p, scorer_s_per_token);
+            (p, false)
+        }
+        None if menu.is_empty() => {
+            let mut p = alloc.predict_without_probe(&fallback_config(), ids.len(), max_tokens);
+            add_scorer_cost(&mut p, scorer_s_per_token);
+            (p, true)
+        }
         None => {
             if let Some(t) = req.target {
                 lambdas = solve(std::slice::from_ref(&menu), t, lambdas);
@@ -261,13 +269,29 @@ fn predict_one(
     }
 }
 
+/// Adds what a scorer model costs to a prediction of a configuration that scores.
+fn add_scorer_cost(p: &mut Prediction, scorer_s_per_token: f64) {
+    if scorer_s_per_token > 0.0 && p.config.method.uses_scores() {
+        p.work.scorer_tokens = p.work.tokens;
+        p.latency_s += p.work.scorer_tokens * scorer_s_per_token;
+    }
+}
+
+/// The generation seconds of a finished run: its total less the scorer model's time, which
+/// is predicted apart ([`add_scorer_cost`]) and must not leak into the device model's
+/// correction factors.
+pub fn generation_s(r: &MethodResult) -> f64 {
+    (r.timing.total_s - r.timing.scoring_s).max(0.0)
+}
+
 /// The work a finished run really did, for refining the latency model.
 pub fn observed_work(r: &MethodResult) -> Work {
     Work {
         prompt_len: r.prompt_tokens,
         tokens: r.generated_tokens as f64,
         steps: r.steps as f64,
-        scorer_tokens: r.scorer_tokens as f64,
+        // Scoring time is taken out of what the device model is refined with.
+        scorer_tokens: 0.0,
         kind: WorkKind::of(r.method),
     }
 }

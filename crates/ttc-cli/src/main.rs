@@ -45,6 +45,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match &cli.command {
+        // No prompt: a chat on a terminal, one answer per line of piped stdin, with every
+        // option the one-prompt run takes.
+        None if cli.run.prompt.is_none() => commands::chat::run(&args::ChatArgs {
+            gen: cli.run.gen.clone(),
+            prompt_opts: cli.run.prompt_opts.clone(),
+        }),
         None => commands::run::run(&cli.run),
         Some(Command::Run(a)) => commands::run::run(a),
         Some(Command::Chat(a)) => commands::chat::run(a),

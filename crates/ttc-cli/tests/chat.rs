@@ -81,8 +81,8 @@ fn ctrl_d_leaves_with_status_zero() {
     assert_eq!(exit_code(&p), 0);
 }
 
-#[test]
-fn piped_stdin_answers_one_line_per_prompt() {
+/// `ttc-run` on the default model at temperature 0 and 24 tokens, `input` piped on stdin.
+fn piped(extra: &[&str], input: &str) -> std::process::Output {
     let model = default_model_path();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ttc-run"))
         .args([
@@ -93,6 +93,7 @@ fn piped_stdin_answers_one_line_per_prompt() {
             "--max-tokens",
             "24",
         ])
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -102,9 +103,17 @@ fn piped_stdin_answers_one_line_per_prompt() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"What is 12 + 35? Answer with just the number.\n\nList three primary colors.\n")
+        .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn piped_stdin_answers_one_line_per_prompt() {
+    let out = piped(
+        &[],
+        "What is 12 + 35? Answer with just the number.\n\nList three primary colors.\n",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -118,5 +127,44 @@ fn piped_stdin_answers_one_line_per_prompt() {
         lines[1].starts_with("The primary colors are:"),
         "{:?}",
         lines[1]
+    );
+}
+
+/// `ttc-run` without a prompt becomes a chat: the options of a one-prompt run still apply
+/// (they were dropped once). `--json` prints one object per line, `--stop` ends the answer,
+/// `--context` refuses a prompt it cannot hold.
+#[test]
+fn piped_stdin_keeps_the_run_options() {
+    let out = piped(
+        &["--json", "--stop", "35"],
+        "What is 12 + 35? Answer with just the number.\nList three primary colors.\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let objects: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objects.len(), 2, "{text}");
+    // Greedy says "12 + 35 = 50"; the stop string cuts it before "35".
+    assert_eq!(objects[0]["text"], "12 + ", "{text}");
+    assert_eq!(objects[0]["stop_reason"], "stop_string");
+    assert_eq!(objects[0]["method"], "plain");
+    assert!(objects[1]["prompt_tokens"].as_u64().unwrap() > 10);
+    assert!(objects[1]["tokens_generated"].as_u64().unwrap() > 0);
+
+    let out = piped(
+        &["--context", "8"],
+        "What is 12 + 35? Answer with just the number.\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("context"),
+        "{err}"
     );
 }

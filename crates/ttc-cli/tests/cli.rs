@@ -330,15 +330,26 @@ fn bench_reports_each_width_with_the_documented_keys() {
         [
             "decode_s",
             "decode_tok_s",
+            "forward_tok_s",
             "gen_len",
             "kv_bytes_peak",
             "kv_bytes_per_token",
             "prefill_s",
             "prefill_tok_s",
             "prompt_len",
+            "step_ms",
             "width"
         ]
     );
+    // Like for like with llama.cpp: the forward passes alone are faster than what the user
+    // gets with sampling, and a step is what one forward pass of the batch takes.
+    for r in &rows {
+        assert!(
+            r["forward_tok_s"].as_f64() >= r["decode_tok_s"].as_f64().map(|x| 0.8 * x),
+            "{r:?}"
+        );
+        assert!(r["step_ms"].as_f64().unwrap() > 0.0);
+    }
     assert_eq!(
         (rows[0]["width"].as_u64(), rows[1]["width"].as_u64()),
         (Some(1), Some(3))
@@ -700,6 +711,23 @@ fn eval_writes_tables_and_plots_and_names_a_bad_dataset_line() {
     ] {
         assert!(out.join(f).exists(), "{f} not written");
     }
+    // The CSV files read back as CSV: a label with commas is one field, every row is whole.
+    let column = |file: &str, name: &str| -> Vec<String> {
+        let mut r = csv::Reader::from_path(out.join(file)).unwrap();
+        let at = r.headers().unwrap().iter().position(|h| h == name).unwrap();
+        r.records()
+            .map(|rec| rec.unwrap_or_else(|e| panic!("{file}: {e}"))[at].to_string())
+            .collect()
+    };
+    assert_eq!(
+        column("static.csv", "config"),
+        ["greedy", "majority@2", "beam(4,2,10)"]
+    );
+    let lambdas: Vec<f64> = column("adaptive.csv", "lambda_latency")
+        .iter()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(lambdas, [0.0, 0.1]);
     // Again: everything comes from the results cache, and the outcomes are the same (predicted
     // latencies may move: other tests' runs refine the shared latency profile meanwhile).
     let again: serde_json::Value = serde_json::from_str(stdout(&ttc(&args)).trim()).unwrap();
@@ -708,5 +736,37 @@ fn eval_writes_tables_and_plots_and_names_a_bad_dataset_line() {
             (&a["accuracy"], &a["mean_tokens"]),
             (&b["accuracy"], &b["mean_tokens"])
         );
+    }
+}
+
+#[test]
+fn eval_names_a_configuration_the_labels_cannot_score() {
+    let out = scratch_dir("cli-eval-unscorable");
+    for (configs, why) in [
+        (
+            "greedy,majority@4",
+            "cannot evaluate majority@4: it needs 4 sampled answers per question, the labels have 2",
+        ),
+        (
+            "beam(2,2,3)",
+            "cannot evaluate beam(2,2,3): it was not run when the questions were labelled",
+        ),
+    ] {
+        let o = ttc(&[
+            "eval",
+            "--model",
+            &model(),
+            "--dataset",
+            "builtin:lookup",
+            "--limit",
+            "1",
+            "--samples",
+            "2",
+            "--configs",
+            configs,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_clean_failure(&o, why);
     }
 }

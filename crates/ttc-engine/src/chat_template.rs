@@ -27,6 +27,32 @@ impl Message {
     }
 }
 
+/// Template instructions one render may execute: a real template spends tens per message.
+const TEMPLATE_FUEL: u64 = 50_000_000;
+/// A rendering may add this much to its messages' own text (and at most double it).
+const MIN_OUTPUT_LIMIT: usize = 1 << 20;
+
+/// The rendered text, refusing to grow past `limit` bytes.
+struct BoundedOutput {
+    text: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > self.limit {
+            self.text.resize(self.limit, 0);
+            return Err(std::io::Error::other("template output too large"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
@@ -37,6 +63,9 @@ impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are the texts the template may print.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
+        // A template is read from the model file: bound its work (a loop nested in a loop
+        // over the messages must not run forever) and, in `render`, its output.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -61,13 +90,29 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| EngineError::Template(e.to_string()))?;
-        tmpl.render(context! {
+        let content: usize = messages
+            .iter()
+            .map(|m| m.content.len() + m.role.len())
+            .sum();
+        let mut out = BoundedOutput {
+            text: Vec::new(),
+            limit: MIN_OUTPUT_LIMIT.max(content.saturating_mul(2)),
+        };
+        let ctx = context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-        })
-        .map_err(|e| EngineError::Template(e.to_string()))
+        };
+        match tmpl.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.text)
+                .map_err(|_| EngineError::Template("the template rendered invalid UTF-8".into())),
+            Err(_) if out.text.len() >= out.limit => Err(EngineError::Template(format!(
+                "the template rendered more than {} bytes for {content} bytes of messages",
+                out.limit
+            ))),
+            Err(e) => Err(EngineError::Template(e.to_string())),
+        }
     }
 }
 
@@ -139,6 +184,28 @@ mod tests {
             t.render(&[Message::new("user", "  x  ")], false).unwrap(),
             "x"
         );
+    }
+
+    /// A template from a crafted file can neither run forever nor render without bound.
+    #[test]
+    fn runaway_templates_stop_with_an_error() {
+        let endless =
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(endless, "", "").unwrap();
+        let start = std::time::Instant::now();
+        let err = t
+            .render(&[Message::new("user", "hi")], true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fuel"), "{err}");
+        assert!(start.elapsed().as_secs() < 30);
+        let huge = "{% for a in range(100000) %}{{ 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' }}{% endfor %}";
+        let t = ChatTemplate::new(huge, "", "").unwrap();
+        let err = t
+            .render(&[Message::new("user", "hi")], true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than"), "{err}");
     }
 
     #[test]

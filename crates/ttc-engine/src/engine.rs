@@ -1,9 +1,6 @@
 //! The engine: a loaded model with its tokenizer and chat template, and single-sequence
 //! generation (chunked prefill, then one token per step) with streaming and timings.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use candle_core::Device;
 
 use crate::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
@@ -13,8 +10,6 @@ use crate::error::{EngineError, Result};
 use crate::gguf::GgufModel;
 use crate::kv_cache::DEFAULT_BLOCK_SIZE;
 use crate::models::{Architecture, Model, ModelConfig};
-use crate::sampler::SamplingParams;
-use crate::session::{Session, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
 /// Tokens per prefill forward. Quantized logits depend on the chunking (activations are
@@ -48,57 +43,6 @@ pub struct Engine {
     context_limit: usize,
     block_size: usize,
     kv_budget: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    Eos,
-    MaxTokens,
-    StopString,
-    ContextFull,
-    /// The sequence's step stop (e.g. a beam step's "\n\n") was generated: the step is over,
-    /// the text is kept whole, and the sequence can be resumed.
-    StepEnd,
-    /// The caller's cancel flag was set (Ctrl-C in the chat).
-    Cancelled,
-}
-
-#[derive(Debug, Clone)]
-pub struct GenerateRequest {
-    pub params: SamplingParams,
-    pub seed: u64,
-    pub max_tokens: usize,
-    /// Extra stop strings, beside the model's own.
-    pub stop: Vec<String>,
-    /// Keep generating past EOS (benchmarks: a fixed number of tokens).
-    pub ignore_eos: bool,
-    /// Set from another thread (Ctrl-C) to stop between two decode steps.
-    pub cancel: Option<Arc<AtomicBool>>,
-}
-
-impl GenerateRequest {
-    pub fn greedy(max_tokens: usize) -> Self {
-        Self {
-            params: SamplingParams::greedy(),
-            seed: 0,
-            max_tokens,
-            stop: Vec::new(),
-            ignore_eos: false,
-            cancel: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Generation {
-    pub text: String,
-    pub tokens: Vec<u32>,
-    pub logprobs: Vec<f32>,
-    pub prompt_tokens: usize,
-    pub stop_reason: StopReason,
-    pub prefill_s: f64,
-    pub decode_s: f64,
 }
 
 impl Engine {
@@ -228,7 +172,7 @@ impl Engine {
     }
 
     /// Bytes of one KV block (all layers, K and V).
-    fn kv_block_bytes(&self) -> usize {
+    pub(crate) fn kv_block_bytes(&self) -> usize {
         self.block_size * self.config().kv_bytes_per_token()
     }
 
@@ -244,91 +188,6 @@ impl Engine {
         let budget_blocks = self.kv_budget / self.kv_block_bytes();
         let per_sequence = self.blocks_for_plan(0, 1, max_new);
         budget_blocks.saturating_sub(self.blocks_for_plan(prompt_len, 0, max_new)) / per_sequence
-    }
-
-    /// A session for a request of `width` sequences of at most `max_tokens` new tokens after a
-    /// prompt of `prompt_len`: refused before anything runs if it cannot fit the KV budget.
-    pub fn session(
-        &self,
-        prompt_len: usize,
-        width: usize,
-        opts_without_blocks: SessionOptions,
-    ) -> Result<Session<'_>> {
-        let blocks = self.blocks_for_plan(prompt_len, width.max(1), opts_without_blocks.max_tokens);
-        let needed_bytes = blocks * self.kv_block_bytes();
-        if needed_bytes > self.kv_budget {
-            return Err(EngineError::OverKvBudget {
-                needed_bytes,
-                budget_bytes: self.kv_budget,
-            });
-        }
-        Session::new(
-            self,
-            SessionOptions {
-                kv_blocks: blocks,
-                ..opts_without_blocks
-            },
-        )
-    }
-
-    /// Generates one answer from `prompt` token ids; `on_text` receives each new piece of text
-    /// (whole UTF-8 characters) as soon as it is known not to be part of a stop string.
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        req: &GenerateRequest,
-        mut on_text: impl FnMut(&str),
-    ) -> Result<Generation> {
-        let opts = SessionOptions {
-            params: req.params.clone(),
-            seed: req.seed,
-            max_tokens: req.max_tokens,
-            stop: req.stop.clone(),
-            ignore_eos: req.ignore_eos,
-            kv_blocks: 0,
-        };
-        let max_new = req
-            .max_tokens
-            .min(self.context_limit.saturating_sub(prompt.len()));
-        let mut session = self.session(
-            prompt.len(),
-            1,
-            SessionOptions {
-                max_tokens: max_new.max(1),
-                ..opts
-            },
-        )?;
-        let seq = session.prefill(prompt)?;
-        let stop_reason = if req.max_tokens == 0 {
-            StopReason::MaxTokens
-        } else {
-            loop {
-                if req
-                    .cancel
-                    .as_ref()
-                    .is_some_and(|c| c.load(Ordering::Relaxed))
-                {
-                    break StopReason::Cancelled;
-                }
-                let ev = session.step(&[seq])?.pop().expect("one event per sequence");
-                if !ev.piece.is_empty() {
-                    on_text(&ev.piece);
-                }
-                if let Some(reason) = ev.finished {
-                    break reason;
-                }
-            }
-        };
-        let c = session.counters();
-        Ok(Generation {
-            text: session.text(seq)?.to_string(),
-            tokens: session.generated(seq)?.to_vec(),
-            logprobs: session.logprobs(seq)?.to_vec(),
-            prompt_tokens: prompt.len(),
-            stop_reason,
-            prefill_s: c.prefill_s,
-            decode_s: c.decode_s,
-        })
     }
 }
 

@@ -107,18 +107,22 @@ impl GgufModel {
         self.get_str(key).ok()
     }
 
-    /// Any integer type, as GGUF writers differ in which they use for counts.
+    /// Any integer type, as GGUF writers differ in which they use for counts; a negative
+    /// value is an error, not a wrapped huge count.
     pub fn get_usize(&self, key: &str) -> Result<usize> {
-        self.typed(key, |v| match v {
-            Value::U8(x) => Ok(*x as usize),
-            Value::U16(x) => Ok(*x as usize),
-            Value::U32(x) => Ok(*x as usize),
-            Value::U64(x) => Ok(*x as usize),
-            Value::I8(x) => Ok(*x as usize),
-            Value::I16(x) => Ok(*x as usize),
-            Value::I32(x) => Ok(*x as usize),
-            Value::I64(x) => Ok(*x as usize),
-            other => candle_core::bail!("expected an integer, found {:?}", other.value_type()),
+        self.typed(key, |v| {
+            let x: i128 = match v {
+                Value::U8(x) => *x as i128,
+                Value::U16(x) => *x as i128,
+                Value::U32(x) => *x as i128,
+                Value::U64(x) => *x as i128,
+                Value::I8(x) => *x as i128,
+                Value::I16(x) => *x as i128,
+                Value::I32(x) => *x as i128,
+                Value::I64(x) => *x as i128,
+                other => candle_core::bail!("expected an integer, found {:?}", other.value_type()),
+            };
+            usize::try_from(x).map_err(|_| candle_core::Error::Msg(format!("{x} is not a count")))
         })
     }
 
@@ -168,6 +172,13 @@ fn open_part(path: &Path) -> Result<Part> {
             "starts with {magic:02x?}, not the GGUF magic"
         )));
     }
+    // Bounds first: candle's parser allocates what the header says.
+    crate::gguf_header::check(File::open(path)?, file_len).map_err(|reason| {
+        EngineError::CorruptGguf {
+            path: path.to_path_buf(),
+            reason,
+        }
+    })?;
     let mut reader = BufReader::new(File::open(path)?);
     let content = Content::read(&mut reader).map_err(|e| EngineError::CorruptGguf {
         path: path.to_path_buf(),

@@ -326,6 +326,7 @@ mod tests {
             n_kv_heads: 1,
             head_dim: 4,
             rope_dim: 4,
+            rope_layout: crate::models::RopeLayout::Halves,
             rope_theta: 10_000.0,
             rms_eps: 1e-5,
             context_length: 1024,

@@ -7,13 +7,21 @@
 //! The input follows the PRM's model card: a ChatML conversation whose assistant turn is the
 //! steps, each followed by the separator. ttc aggregates by the last step's reward, as the
 //! paper's experiments do.
+//!
+//! The layers' matrices are quantized to Q8_0 as they load (ttc's kernels run them), and only
+//! hidden states are computed (no vocabulary head). A [`PrmSession`] scores the candidates of
+//! one question incrementally over its own paged KV cache: the question is prefilled once, and
+//! a candidate that extends one already scored (a beam's next step) prefills only its new
+//! steps, from a fork of the cached prefix.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, SeqId, DEFAULT_BLOCK_SIZE};
 use crate::models::{Architecture, BatchEntry, Model};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{config_from_hf, SafetensorsWeights};
@@ -50,7 +58,8 @@ impl RewardModel {
                 config.architecture.name()
             )));
         }
-        let weights = SafetensorsWeights::load(dir)?;
+        let weights = SafetensorsWeights::load(dir)?
+            .with_layer_matrices(candle_core::quantized::GgmlDType::Q8_0);
         let linear = |name: &str| -> Result<candle_nn::Linear> {
             let w = weights.raw(&format!("{name}.weight"), device)?;
             let b = if weights.has_raw(&format!("{name}.bias")) {
@@ -79,7 +88,24 @@ impl RewardModel {
         })
     }
 
-    /// Rewards of each of `steps` of a solution to `question`.
+    /// The tokens before the first step: the system prompt, the question, the assistant
+    /// header.
+    fn prefix_ids(&self, question: &str) -> Result<Vec<u32>> {
+        let text = format!("<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n");
+        self.tokenizer.encode(&text, true)
+    }
+
+    /// One step's tokens, ending with the separator. The separator is a special token, which
+    /// the pre-tokenizer splits at, so a solution tokenized step by step is the solution
+    /// tokenized whole (a separator written inside a step's text stays text).
+    fn step_ids(&self, step: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(step, false)?;
+        ids.push(self.separator_id);
+        Ok(ids)
+    }
+
+    /// Rewards of each of `steps` of a solution to `question`, from scratch (one forward pass
+    /// per step over a fresh cache): the reference for [`PrmSession::score`].
     pub fn score_steps(&self, question: &str, steps: &[&str]) -> Result<StepRewards> {
         if steps.is_empty() {
             return Ok(StepRewards {
@@ -87,54 +113,84 @@ impl RewardModel {
                 tokens: 0,
             });
         }
-        let mut text = format!("<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n");
-        for s in steps {
-            text.push_str(s);
-            text.push_str(STEP_SEPARATOR);
-        }
-        let ids = self.tokenizer.encode(&text, true)?;
-        let ctx = self.model.config().context_length;
-        if ids.len() > ctx {
-            return Err(EngineError::PromptTooLong {
-                prompt_tokens: ids.len(),
-                context: ctx,
-            });
-        }
-        // One forward pass per step, each ending at its separator: the hidden state there is
-        // what the head reads.
+        let prefix = self.prefix_ids(question)?;
+        let chunks = steps
+            .iter()
+            .map(|s| self.step_ids(s))
+            .collect::<Result<Vec<_>>>()?;
+        let total = prefix.len() + chunks.iter().map(Vec::len).sum::<usize>();
+        self.check_context(total)?;
         let mut cache = KvCache::new(
             self.model.config(),
-            ids.len().div_ceil(16) + 1,
-            16,
+            total.div_ceil(DEFAULT_BLOCK_SIZE) + 1,
+            DEFAULT_BLOCK_SIZE,
             self.model.device(),
         )?;
         let seq = cache.new_sequence();
+        self.extend(&mut cache, seq, &prefix)?;
         let mut rewards = Vec::with_capacity(steps.len());
-        let mut start = 0;
-        for (i, _) in ids
-            .iter()
-            .enumerate()
-            .filter(|(_, &t)| t == self.separator_id)
-        {
-            let chunk = &ids[start..=i];
-            cache.reserve(seq, chunk.len())?;
-            let slots = cache.slots(seq, 0..i + 1)?;
-            let out = self.model.forward_batch(
-                &[BatchEntry {
-                    tokens: chunk,
-                    slots: &slots,
-                    want_output: true,
-                }],
-                &cache,
-            )?;
-            cache.commit(seq, chunk.len())?;
-            let hidden = out.hidden.expect("asked for output");
+        for chunk in &chunks {
+            let hidden = self.extend(&mut cache, seq, chunk)?;
             rewards.push(self.head(&hidden)?);
-            start = i + 1;
         }
         Ok(StepRewards {
             rewards,
-            tokens: ids.len(),
+            tokens: total,
+        })
+    }
+
+    fn check_context(&self, tokens: usize) -> Result<()> {
+        let ctx = self.model.config().context_length;
+        if tokens > ctx {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: tokens,
+                context: ctx,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` after what `seq` holds; the final hidden state at the last of them.
+    fn extend(&self, cache: &mut KvCache, seq: SeqId, tokens: &[u32]) -> Result<Tensor> {
+        let start = cache.len(seq);
+        cache.reserve(seq, tokens.len())?;
+        let slots = cache.slots(seq, 0..start + tokens.len())?;
+        let hidden = self.model.forward_hidden(
+            &[BatchEntry {
+                tokens,
+                slots: &slots,
+                want_output: true,
+            }],
+            cache,
+        )?;
+        cache.commit(seq, tokens.len())?;
+        hidden.ok_or_else(|| EngineError::InvalidArgument("no hidden state came back".into()))
+    }
+
+    /// A session scoring candidate solutions to `question` with at most `kv_bytes` of KV cache.
+    pub fn session(self: &Arc<Self>, question: &str, kv_bytes: usize) -> Result<PrmSession> {
+        let block_bytes = DEFAULT_BLOCK_SIZE * self.model.config().kv_bytes_per_token();
+        let prefix = self.prefix_ids(question)?;
+        self.check_context(prefix.len())?;
+        let blocks =
+            (kv_bytes / block_bytes.max(1)).max(prefix.len().div_ceil(DEFAULT_BLOCK_SIZE) + 2);
+        let mut cache = KvCache::new(
+            self.model.config(),
+            blocks,
+            DEFAULT_BLOCK_SIZE,
+            self.model.device(),
+        )?;
+        let root = cache.new_sequence();
+        let t0 = std::time::Instant::now();
+        self.extend(&mut cache, root, &prefix)?;
+        Ok(PrmSession {
+            prm: self.clone(),
+            cache,
+            root,
+            prefix_tokens: prefix.len(),
+            nodes: HashMap::new(),
+            clock: 0,
+            computed: (prefix.len(), t0.elapsed().as_secs_f64()),
         })
     }
 
@@ -148,5 +204,122 @@ impl RewardModel {
         p.get(1).copied().ok_or_else(|| {
             EngineError::InvalidArgument("the reward head must have 2 outputs".into())
         })
+    }
+}
+
+/// A scored prefix of steps: the cache sequence holding it, and the rewards of its steps.
+struct Node {
+    seq: SeqId,
+    rewards: Vec<f32>,
+    last_used: u64,
+}
+
+/// Scores candidate solutions of one question over one paged cache, reusing the KV of every
+/// step prefix already scored (least recently used prefixes make room when the cache is full).
+pub struct PrmSession {
+    prm: Arc<RewardModel>,
+    cache: KvCache,
+    /// The question's prefix, prefilled once.
+    root: SeqId,
+    prefix_tokens: usize,
+    nodes: HashMap<Vec<String>, Node>,
+    clock: u64,
+    /// Tokens this session's reward model computed, and the seconds that took: its speed on
+    /// this device, measured from the question's prefill on.
+    computed: (usize, f64),
+}
+
+impl PrmSession {
+    /// Rewards of each of `steps`; `tokens` counts only what this call computed.
+    pub fn score(&mut self, steps: &[&str]) -> Result<StepRewards> {
+        self.clock += 1;
+        let key = |k: usize| steps[..k].iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cached = (1..=steps.len())
+            .rev()
+            .find(|&k| self.nodes.contains_key(&key(k)));
+        let (done, from, mut rewards) = match cached {
+            Some(k) => {
+                let node = self.nodes.get_mut(&key(k)).expect("found above");
+                node.last_used = self.clock;
+                (k, node.seq, node.rewards.clone())
+            }
+            None => (0, self.root, Vec::new()),
+        };
+        if done == steps.len() {
+            return Ok(StepRewards { rewards, tokens: 0 });
+        }
+        let chunks = steps[done..]
+            .iter()
+            .map(|s| self.prm.step_ids(s))
+            .collect::<Result<Vec<_>>>()?;
+        let total = self.cache.len(from) + chunks.iter().map(Vec::len).sum::<usize>();
+        self.prm.check_context(total)?;
+        let work = self.cache.fork(from)?;
+        let mut tokens = 0;
+        let t0 = std::time::Instant::now();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let hidden = loop {
+                match self.prm.extend(&mut self.cache, work, chunk) {
+                    Ok(h) => break h,
+                    Err(EngineError::KvCacheFull { .. }) if self.evict_one() => continue,
+                    Err(e) => {
+                        self.cache.free(work);
+                        return Err(e);
+                    }
+                }
+            };
+            tokens += chunk.len();
+            rewards.push(self.prm.head(&hidden)?);
+            let seq = self.cache.fork(work)?;
+            self.nodes.insert(
+                key(done + i + 1),
+                Node {
+                    seq,
+                    rewards: rewards.clone(),
+                    last_used: self.clock,
+                },
+            );
+        }
+        self.cache.free(work);
+        self.computed.0 += tokens;
+        self.computed.1 += t0.elapsed().as_secs_f64();
+        Ok(StepRewards { rewards, tokens })
+    }
+
+    /// Seconds per token the reward model took in this session so far (from the question's
+    /// prefill on): what the allocator prices a scored configuration's tokens at.
+    pub fn seconds_per_token(&self) -> f64 {
+        self.computed.1 / self.computed.0.max(1) as f64
+    }
+
+    /// Step prefixes whose KV the session holds.
+    pub fn cached_prefixes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Tokens of the question's prefix (computed once, when the session opened).
+    pub fn prefix_tokens(&self) -> usize {
+        self.prefix_tokens
+    }
+
+    /// Frees the least recently used cached prefix; false when none is left to free.
+    fn evict_one(&mut self) -> bool {
+        let Some(oldest) = self
+            .nodes
+            .iter()
+            .min_by_key(|(_, n)| n.last_used)
+            .map(|(k, _)| k.clone())
+        else {
+            return false;
+        };
+        let node = self.nodes.remove(&oldest).expect("found above");
+        self.cache.free(node.seq);
+        true
+    }
+
+    /// KV blocks in use (the question's prefix, cached step prefixes, nothing else between
+    /// calls).
+    pub fn blocks_in_use(&self) -> usize {
+        self.cache.allocator().in_use()
     }
 }

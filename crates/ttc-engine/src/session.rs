@@ -1,4 +1,4 @@
-//! The engine's sequence API, what test-time scaling methods are written against (DESIGN.md):
+//! The engine's sequence API, what test-time scaling methods are written against (docs/design.md):
 //! `prefill` a prompt once, `fork` it into samples or beams that share its KV blocks, `step` any
 //! set of sequences in one batched forward pass, read each sequence's tokens, text, log-probs
 //! and the prompt's final hidden state, and `free` what is no longer needed. Methods never touch
@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
-use crate::engine::{Engine, StopReason};
+use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{KvCache, SeqId};
 use crate::models::BatchEntry;
@@ -26,8 +26,43 @@ pub struct SessionOptions {
     /// Stop strings beside the model's own.
     pub stop: Vec<String>,
     pub ignore_eos: bool,
-    /// KV blocks to reserve for the session (see [`Engine::blocks_for_plan`]).
-    pub kv_blocks: usize,
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    MaxTokens,
+    StopString,
+    ContextFull,
+    /// The sequence's step stop (e.g. a beam step's "\n\n") was generated: the step is over,
+    /// the text is kept whole, and the sequence can be resumed.
+    StepEnd,
+    /// The caller's cancel flag was set (Ctrl-C in the chat).
+    Cancelled,
+}
+
+impl Engine {
+    /// A session for a request of `width` sequences of at most `opts.max_tokens` new tokens
+    /// after a prompt of `prompt_len`: refused before anything runs if it cannot fit the KV
+    /// budget.
+    pub fn session(
+        &self,
+        prompt_len: usize,
+        width: usize,
+        opts: SessionOptions,
+    ) -> Result<Session<'_>> {
+        let blocks = self.blocks_for_plan(prompt_len, width.max(1), opts.max_tokens);
+        let needed_bytes = blocks * self.kv_block_bytes();
+        if needed_bytes > self.kv_budget() {
+            return Err(EngineError::OverKvBudget {
+                needed_bytes,
+                budget_bytes: self.kv_budget(),
+            });
+        }
+        Session::new(self, opts, blocks)
+    }
 }
 
 /// What the session has spent so far.
@@ -40,7 +75,15 @@ pub struct Counters {
     /// Forward passes (prefill chunks and batched decode steps).
     pub forward_passes: usize,
     pub prefill_s: f64,
+    /// Time in `step`: sampling and the decode forward passes.
     pub decode_s: f64,
+    /// Token rows computed by decode forward passes (one per sequence that went on). The
+    /// first token after a prefill comes from the prefill's logits, so after `G` steps this is
+    /// `G - 1` per sequence while `decode_tokens` is `G`.
+    pub decode_forward_tokens: usize,
+    /// Time in decode forward passes alone (no sampling): what llama-bench and
+    /// llama-batched-bench time.
+    pub decode_forward_s: f64,
 }
 
 /// What one `step` did to one sequence.
@@ -85,13 +128,14 @@ pub struct Session<'e> {
 }
 
 impl<'e> Session<'e> {
-    pub(crate) fn new(engine: &'e Engine, opts: SessionOptions) -> Result<Self> {
+    /// A session whose cache holds `kv_blocks` blocks (see [`Engine::blocks_for_plan`]).
+    fn new(engine: &'e Engine, opts: SessionOptions, kv_blocks: usize) -> Result<Self> {
         opts.params
             .validate()
             .map_err(EngineError::InvalidArgument)?;
         let cache = KvCache::new(
             engine.config(),
-            opts.kv_blocks,
+            kv_blocks,
             engine.block_size(),
             engine.model.device(),
         )?;
@@ -365,13 +409,16 @@ impl<'e> Session<'e> {
                 want_output: true,
             })
             .collect();
+        let t0 = Instant::now();
         let out = self.engine.model.forward_batch(&entries, &self.cache)?;
-        self.counters.forward_passes += 1;
         let logits = out
             .logits
             .expect("asked for output")
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
+        self.counters.forward_passes += 1;
+        self.counters.decode_forward_tokens += go_on.len();
+        self.counters.decode_forward_s += t0.elapsed().as_secs_f64();
         for (&(seq, _), row) in go_on.iter().zip(logits) {
             self.cache.commit(seq, 1)?;
             self.seqs.get_mut(&seq).expect("stepped").logits = Some(row);

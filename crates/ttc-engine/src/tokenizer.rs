@@ -84,7 +84,8 @@ impl Tokenizer {
         let model = gguf.get_str("tokenizer.ggml.model")?;
         if model != "gpt2" {
             return Err(EngineError::Tokenizer(format!(
-                "tokenizer model '{model}' is not supported (ttc reads byte-level BPE, 'gpt2')"
+                "tokenizer model '{model}' is not supported: ttc reads byte-level BPE vocabularies \
+                 ('gpt2': Llama 3, Qwen2, SmolLM2), not SentencePiece ('llama': Llama 2, TinyLlama)"
             )));
         }
         let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
@@ -92,6 +93,20 @@ impl Tokenizer {
         let types = gguf
             .get_i32_array("tokenizer.ggml.token_type")
             .unwrap_or_default();
+        if tokens.is_empty() || tokens.len() > crate::models::limits::MAX_VOCAB {
+            return Err(EngineError::Tokenizer(format!(
+                "a vocabulary of {} tokens (1..={} expected)",
+                tokens.len(),
+                crate::models::limits::MAX_VOCAB
+            )));
+        }
+        if !types.is_empty() && types.len() != tokens.len() {
+            return Err(EngineError::Tokenizer(format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
         let pre = gguf
             .get_opt_str("tokenizer.ggml.pre")
             .unwrap_or_else(|| "default".into());

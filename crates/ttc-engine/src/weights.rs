@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{candle_message, EngineError, Result};
 use crate::gguf::GgufModel;
-use crate::models::{Architecture, ModelConfig};
+use crate::models::{Architecture, ModelConfig, RopeLayout};
 
 pub trait WeightSource {
     fn has_tensor(&self, name: &str) -> bool;
@@ -33,6 +33,8 @@ impl WeightSource for GgufModel {
 pub struct SafetensorsWeights {
     tensors: HashMap<String, Tensor>,
     path: std::path::PathBuf,
+    /// The format the layers' weight matrices are quantized to as they load (None: f32).
+    layer_matrices: Option<GgmlDType>,
 }
 
 /// GGUF tensor name -> Hugging Face (Llama/Qwen2 layout) name.
@@ -92,7 +94,17 @@ impl SafetensorsWeights {
         Ok(Self {
             tensors,
             path: dir.to_path_buf(),
+            layer_matrices: None,
         })
+    }
+
+    /// Quantizes the layers' weight matrices to `dtype` as they load (embeddings, norms and
+    /// biases stay f32), so that they run on ttc's quantized kernels: Q8_0 keeps a model's
+    /// outputs within rounding of f32 at a quarter of the memory, as llama.cpp serves
+    /// reward models.
+    pub fn with_layer_matrices(mut self, dtype: GgmlDType) -> Self {
+        self.layer_matrices = Some(dtype);
+        self
     }
 
     /// A tensor by its own (Hugging Face) name, as f32 on `device`.
@@ -119,7 +131,18 @@ impl WeightSource for SafetensorsWeights {
 
     fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         let t = self.raw(&hf_name(name), device)?;
-        Ok(QTensor::quantize(&t, GgmlDType::F32)?)
+        let dtype = match self.layer_matrices {
+            Some(q)
+                if name.starts_with("blk.")
+                    && name.ends_with(".weight")
+                    && t.rank() == 2
+                    && t.dim(1)? % q.block_size() == 0 =>
+            {
+                q
+            }
+            _ => GgmlDType::F32,
+        };
+        Ok(QTensor::quantize(&t, dtype)?)
     }
 }
 
@@ -145,15 +168,54 @@ pub fn config_from_hf(path: &Path) -> Result<ModelConfig> {
         reason: e.to_string(),
     })?;
     let architecture = Architecture::from_gguf_name(&c.model_type)?;
+    use crate::models::limits;
+    let kv_heads = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
+    let bounded = [
+        ("hidden_size", c.hidden_size, limits::MAX_HIDDEN),
+        (
+            "num_attention_heads",
+            c.num_attention_heads,
+            limits::MAX_HEADS,
+        ),
+        ("num_key_value_heads", kv_heads, limits::MAX_HEADS),
+        ("num_hidden_layers", c.num_hidden_layers, limits::MAX_LAYERS),
+        (
+            "max_position_embeddings",
+            c.max_position_embeddings,
+            limits::MAX_CONTEXT,
+        ),
+        ("vocab_size", c.vocab_size, limits::MAX_VOCAB),
+    ];
+    let corrupt = |reason: String| EngineError::CorruptGguf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    for (name, v, max) in bounded {
+        if !(1..=max).contains(&v) {
+            return Err(corrupt(format!("{name} is {v}, outside 1..={max}")));
+        }
+    }
     let head_dim = c.hidden_size / c.num_attention_heads;
+    if !c.hidden_size.is_multiple_of(c.num_attention_heads)
+        || !head_dim.is_multiple_of(2)
+        || !c.num_attention_heads.is_multiple_of(kv_heads)
+    {
+        return Err(corrupt(format!(
+            "{} heads of {} dimensions over {kv_heads} KV heads",
+            c.num_attention_heads, c.hidden_size
+        )));
+    }
     Ok(ModelConfig {
         architecture,
         n_layers: c.num_hidden_layers,
         hidden_size: c.hidden_size,
         n_heads: c.num_attention_heads,
-        n_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+        n_kv_heads: kv_heads,
         head_dim,
         rope_dim: head_dim,
+        // Hugging Face's Llama and Qwen2 rotate halves (`rotate_half`); only GGUF's converter
+        // permutes Llama's Q/K for adjacent pairs.
+        rope_layout: RopeLayout::Halves,
         rope_theta: c.rope_theta.unwrap_or(10_000.0),
         rms_eps: c.rms_norm_eps,
         context_length: c.max_position_embeddings,
@@ -163,7 +225,33 @@ pub fn config_from_hf(path: &Path) -> Result<ModelConfig> {
 
 #[cfg(test)]
 mod tests {
-    use super::hf_name;
+    use super::{config_from_hf, hf_name, RopeLayout};
+
+    /// Hugging Face Llama weights are not permuted like GGUF's: their rotary pairs are halves,
+    /// whatever the architecture's GGUF files use.
+    #[test]
+    fn hugging_face_llama_weights_rotate_halves() {
+        let dir = std::env::temp_dir().join(format!("ttc-hf-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        for model_type in ["llama", "qwen2"] {
+            std::fs::write(
+                &path,
+                format!(
+                    r#"{{"model_type": "{model_type}", "hidden_size": 64, "num_attention_heads": 4,
+                    "num_hidden_layers": 2, "rms_norm_eps": 1e-6, "max_position_embeddings": 128,
+                    "vocab_size": 100}}"#
+                ),
+            )
+            .unwrap();
+            assert_eq!(
+                config_from_hf(&path).unwrap().rope_layout,
+                RopeLayout::Halves,
+                "{model_type}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn gguf_names_map_to_hugging_face_names() {

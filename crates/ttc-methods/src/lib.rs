@@ -1,6 +1,6 @@
 //! ttc-methods: test-time scaling written against the engine's sequence API only (prefill,
 //! fork, step, free): greedy, best-of-N, majority vote, weighted majority, beam search and DVTS
-//! (PAPER.md; beam search with search-and-learn's semantics). Every result says exactly what it
+//! (Huang et al., arXiv 2509.09864; beam search with search-and-learn's semantics). Every result says exactly what it
 //! spent: tokens (pruned beams included), sequential decode steps and wall-clock time.
 
 pub mod answer;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, EngineError, SeqId, Session, SessionOptions, StopReason};
 
-pub use scorer::{Scorer, ScorerSpec};
+pub use scorer::{Scorer, ScorerSource, ScorerSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -61,11 +61,30 @@ impl Method {
     pub fn is_search(self) -> bool {
         matches!(self, Self::Beam | Self::Dvts)
     }
+
+    /// Whether candidates are scored (a scorer model then reads every generated token).
+    pub fn uses_scores(self) -> bool {
+        matches!(
+            self,
+            Self::BestOfN | Self::Weighted | Self::Beam | Self::Dvts
+        )
+    }
 }
 
 /// Beam steps end at a blank line (search-and-learn).
 pub const STEP_STOP: &str = "\n\n";
 
+/// Beam iterations when nothing else is said (the CLI's `--max-iters` default).
+pub const DEFAULT_MAX_ITERS: usize = 40;
+
+/// A method to run and everything it needs. Build one with [`MethodConfig::new`] and the
+/// chainable setters, which leave every other field at its default:
+///
+/// ```
+/// # use ttc_methods::{Method, MethodConfig};
+/// let cfg = MethodConfig::new(Method::Beam, 256).n(8).beam_width(2).seed(7);
+/// assert!(cfg.validate().is_ok());
+/// ```
 #[derive(Debug, Clone)]
 pub struct MethodConfig {
     pub method: Method,
@@ -87,6 +106,75 @@ pub struct MethodConfig {
 }
 
 impl MethodConfig {
+    /// `method` with at most `max_tokens` generated tokens per sequence: one sample (or beam),
+    /// no branching, [`DEFAULT_MAX_ITERS`] beam iterations, mean log-probability scores, the
+    /// default sampling, seed 0, no stop strings and no cancel flag.
+    pub fn new(method: Method, max_tokens: usize) -> Self {
+        Self {
+            method,
+            n: 1,
+            beam_width: 1,
+            max_iters: DEFAULT_MAX_ITERS,
+            scorer: Scorer::Logprob,
+            params: SamplingParams::default(),
+            seed: 0,
+            max_tokens,
+            stop: Vec::new(),
+            cancel: None,
+        }
+    }
+
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+
+    pub fn n(mut self, n: usize) -> Self {
+        self.n = n;
+        self
+    }
+
+    pub fn beam_width(mut self, beam_width: usize) -> Self {
+        self.beam_width = beam_width;
+        self
+    }
+
+    pub fn max_iters(mut self, max_iters: usize) -> Self {
+        self.max_iters = max_iters;
+        self
+    }
+
+    pub fn scorer(mut self, scorer: Scorer) -> Self {
+        self.scorer = scorer;
+        self
+    }
+
+    pub fn params(mut self, params: SamplingParams) -> Self {
+        self.params = params;
+        self
+    }
+
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    pub fn max_tokens(mut self, max_tokens: usize) -> Self {
+        self.max_tokens = max_tokens;
+        self
+    }
+
+    pub fn stop(mut self, stop: Vec<String>) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Takes a flag or an `Option` of one (`None` clears it).
+    pub fn cancel(mut self, cancel: impl Into<Option<Arc<AtomicBool>>>) -> Self {
+        self.cancel = cancel.into();
+        self
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.n == 0 || self.max_tokens == 0 {
             return Err("--n and --max-tokens must be at least 1".into());
@@ -113,6 +201,10 @@ pub struct Candidate {
     pub score: f32,
     /// Tokens of this candidate's text.
     pub tokens: usize,
+    /// Those tokens, as the engine generated them (so that a caller can check what a search
+    /// shared and what it pruned).
+    #[serde(skip)]
+    pub token_ids: Vec<u32>,
     pub finish: StopReason,
 }
 
@@ -190,7 +282,6 @@ impl MethodConfig {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             ignore_eos: false,
-            kv_blocks: 0,
         }
     }
 }
@@ -327,11 +418,13 @@ impl Run<'_> {
     fn candidate(&mut self, seq: SeqId) -> ttc_engine::Result<Candidate> {
         let score = self.score(seq)?;
         let text = self.session.text(seq)?.to_string();
+        let token_ids = self.session.generated(seq)?.to_vec();
         Ok(Candidate {
             answer: answer::extract(&text),
             text,
             score,
-            tokens: self.session.generated(seq)?.len(),
+            tokens: token_ids.len(),
+            token_ids,
             finish: self
                 .session
                 .finish_reason(seq)
@@ -431,5 +524,61 @@ impl Run<'_> {
             .collect();
         let chosen = vote::best_of_n(&ballots).unwrap_or(0);
         Ok((completed, chosen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_config_is_valid_for_every_method_and_setters_change_one_field() {
+        for method in [
+            Method::Greedy,
+            Method::BestOfN,
+            Method::Majority,
+            Method::Weighted,
+            Method::Beam,
+            Method::Dvts,
+        ] {
+            assert_eq!(
+                MethodConfig::new(method, 16).validate(),
+                Ok(()),
+                "{method:?}"
+            );
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        let c = MethodConfig::new(Method::Greedy, 16)
+            .method(Method::Dvts)
+            .n(8)
+            .beam_width(4)
+            .max_iters(3)
+            .scorer(Scorer::SelfCertainty)
+            .params(SamplingParams::greedy())
+            .seed(9)
+            .max_tokens(32)
+            .stop(vec!["END".into()])
+            .cancel(flag.clone());
+        assert_eq!(
+            (
+                c.method,
+                c.n,
+                c.beam_width,
+                c.max_iters,
+                c.seed,
+                c.max_tokens
+            ),
+            (Method::Dvts, 8, 4, 3, 9, 32)
+        );
+        assert_eq!(c.scorer.name(), "self-certainty");
+        assert_eq!(c.params.temperature, 0.0);
+        assert_eq!(c.stop, ["END"]);
+        assert!(c.cancel.as_ref().is_some_and(|f| Arc::ptr_eq(f, &flag)));
+        assert!(c.cancel(None).cancel.is_none());
+        assert!(MethodConfig::new(Method::Beam, 16)
+            .n(3)
+            .beam_width(2)
+            .validate()
+            .is_err());
     }
 }

@@ -2,10 +2,10 @@
 //! second model), or with a process reward model loaded beside it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use ttc_engine::reward_model::RewardModel;
-use ttc_engine::{SeqId, Session};
+use ttc_engine::reward_model::{PrmSession, RewardModel};
+use ttc_engine::{Engine, SeqId, Session};
 
 /// A scorer as the user names it: `logprob`, `self-certainty` or `prm:DIR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,11 +38,10 @@ pub enum Scorer {
     /// Mean self-certainty: KL(uniform || next-token distribution), averaged over the
     /// generated tokens (Kang et al. 2025).
     SelfCertainty,
-    /// A process reward model's reward for the last step (steps end at blank lines).
-    Prm {
-        model: Arc<RewardModel>,
-        question: Arc<str>,
-    },
+    /// A process reward model's reward for the last step (steps end at blank lines), scored
+    /// incrementally over the question's own PRM session (its prefix computed once, a
+    /// candidate's already scored steps never again).
+    Prm(Arc<Mutex<PrmSession>>),
 }
 
 impl std::fmt::Debug for Scorer {
@@ -51,17 +50,85 @@ impl std::fmt::Debug for Scorer {
     }
 }
 
+/// What a scorer needs before it meets a question: the reward model loaded once (a chat
+/// scores many questions with it).
+pub struct ScorerSource {
+    spec: ScorerSpec,
+    prm: Option<Arc<RewardModel>>,
+}
+
+impl ScorerSource {
+    /// Loads what `spec` names (a reward model goes on `engine`'s device).
+    pub fn load(spec: &ScorerSpec, engine: &Engine) -> ttc_engine::Result<Self> {
+        let prm = match spec {
+            ScorerSpec::Prm(dir) => Some(Arc::new(RewardModel::load(dir, engine.model.device())?)),
+            _ => None,
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            prm,
+        })
+    }
+
+    /// The scorer for `question`; a reward model's session gets a quarter of `engine`'s KV
+    /// budget for the candidates' step prefixes.
+    pub fn for_question(&self, engine: &Engine, question: &str) -> ttc_engine::Result<Scorer> {
+        Ok(match (&self.spec, &self.prm) {
+            (ScorerSpec::Logprob, _) => Scorer::Logprob,
+            (ScorerSpec::SelfCertainty, _) => Scorer::SelfCertainty,
+            (ScorerSpec::Prm(_), Some(model)) => {
+                Scorer::prm(model, question, engine.kv_budget() / 4)?
+            }
+            (ScorerSpec::Prm(dir), None) => {
+                return Err(ttc_engine::EngineError::ModelNotFound(dir.clone()));
+            }
+        })
+    }
+}
+
 impl Scorer {
+    /// The scorer `spec` names for `question` (a reward model is loaded for it).
+    pub fn from_spec(
+        spec: &ScorerSpec,
+        engine: &Engine,
+        question: &str,
+    ) -> ttc_engine::Result<Self> {
+        ScorerSource::load(spec, engine)?.for_question(engine, question)
+    }
+
+    /// A reward-model scorer for `question`, with `kv_bytes` of cache for its candidates.
+    pub fn prm(
+        model: &Arc<RewardModel>,
+        question: &str,
+        kv_bytes: usize,
+    ) -> ttc_engine::Result<Self> {
+        Ok(Self::Prm(Arc::new(Mutex::new(
+            model.session(question, kv_bytes)?,
+        ))))
+    }
+
+    /// Seconds per token a scorer model reads, measured on this device (0 for the
+    /// generator's own scores, which come free with generation).
+    pub fn seconds_per_token(&self) -> f64 {
+        match self {
+            Self::Prm(prm) => prm
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .seconds_per_token(),
+            _ => 0.0,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Self::Logprob => "logprob",
             Self::SelfCertainty => "self-certainty",
-            Self::Prm { .. } => "prm",
+            Self::Prm(_) => "prm",
         }
     }
 
     /// The score of everything `seq` has generated (-inf for nothing), and the tokens a reward
-    /// model read to give it.
+    /// model computed to give it (only the steps it had not scored before).
     pub fn score(&self, session: &Session, seq: SeqId) -> ttc_engine::Result<(f32, usize)> {
         let mean = |v: &[f32]| {
             if v.is_empty() {
@@ -73,10 +140,13 @@ impl Scorer {
         match self {
             Self::Logprob => Ok((mean(session.logprobs(seq)?), 0)),
             Self::SelfCertainty => Ok((mean(session.self_certainties(seq)?), 0)),
-            Self::Prm { model, question } => {
+            Self::Prm(prm) => {
                 let text = session.text(seq)?;
                 let steps = split_steps(text);
-                let r = model.score_steps(question, &steps)?;
+                // A poisoned lock means another scoring call panicked; its cache is still
+                // consistent (every step commits before it is recorded).
+                let mut prm = prm.lock().unwrap_or_else(|e| e.into_inner());
+                let r = prm.score(&steps)?;
                 Ok((
                     r.rewards.last().copied().unwrap_or(f32::NEG_INFINITY),
                     r.tokens,

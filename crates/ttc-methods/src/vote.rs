@@ -5,6 +5,17 @@
 //! candidate comes first wins (candidates are in generation order, so this is reproducible).
 //! Candidates without an extracted answer do not vote; if none has one, the first candidate
 //! (best-of-N: the highest-scored) is chosen.
+//!
+//! Weighted majority needs every vote to weigh a positive amount, or more votes could lower an
+//! answer's total: log-probability scores are negative, so scores are shifted by one amount
+//! that makes the lowest one positive. Only finite scores of candidates that vote set that
+//! shift (a candidate without an answer must not change how the others weigh). A candidate
+//! with nothing generated (its first token was EOS) scores -inf (the mean over no tokens), and
+//! a reward model could give NaN; were such a score part of the shift, the shift would be lost
+//! and negative sums would let the answer with fewer votes win, and were it summed, one ballot
+//! would decide (or cancel) its answer's total. So a non-finite score is weighed as the lowest
+//! finite one: its vote counts, its score says nothing. The scorer keeps -inf for an empty
+//! candidate, which best-of-N ranks last, as it should.
 
 use std::collections::HashMap;
 
@@ -14,11 +25,19 @@ pub struct Ballot<'a> {
     pub score: f32,
 }
 
-/// Index of the highest-scored candidate (ties: the earliest).
+/// Index of the highest-scored candidate (ties: the earliest; NaN ranks last).
 pub fn best_of_n(ballots: &[Ballot]) -> Option<usize> {
+    // NaN compares false with everything: a NaN first candidate would never be displaced.
+    let rank = |b: &Ballot| {
+        if b.score.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            b.score
+        }
+    };
     let mut best: Option<usize> = None;
     for (i, b) in ballots.iter().enumerate() {
-        if best.is_none_or(|j| b.score > ballots[j].score) {
+        if best.is_none_or(|j| rank(b) > rank(&ballots[j])) {
             best = Some(i);
         }
     }
@@ -30,19 +49,29 @@ pub fn majority(ballots: &[Ballot]) -> Option<usize> {
     tally(ballots, |_| 1.0)
 }
 
-/// Index of a candidate carrying the answer with the largest summed score. Scores are shifted
-/// to be positive first (log-probability scores are negative), so that more votes never hurt.
+/// Index of a candidate carrying the answer with the largest summed weight. A weight is the
+/// score shifted by one shift for all (so that the lowest finite score among the voters weighs
+/// 1, or is kept as it is when every score is positive); a non-finite score weighs as much as
+/// the lowest finite one (see the module header).
 pub fn weighted(ballots: &[Ballot]) -> Option<usize> {
-    let min = ballots
+    let lowest = ballots
         .iter()
+        .filter(|b| b.answer.is_some() && b.score.is_finite())
         .map(|b| b.score)
-        .fold(f32::INFINITY, f32::min);
-    let shift = if min.is_finite() && min <= 0.0 {
-        1.0 - min
-    } else {
-        0.0
+        .reduce(f32::min);
+    let shift = match lowest {
+        Some(min) if min <= 0.0 => 1.0 - min,
+        _ => 0.0,
     };
-    tally(ballots, |b| b.score + shift)
+    // Nothing finite to compare with: every voter weighs the same, a majority vote.
+    let floor = lowest.map_or(1.0, |min| min + shift);
+    tally(ballots, |b| {
+        if b.score.is_finite() {
+            b.score + shift
+        } else {
+            floor
+        }
+    })
 }
 
 /// Sums `weight` per answer; returns the first candidate of the winning answer.
@@ -115,8 +144,67 @@ mod tests {
     }
 
     #[test]
+    fn a_non_finite_score_cannot_make_fewer_votes_win() {
+        // A sample whose first token is EOS has no text (so no answer) and a score of -inf:
+        // it must not make the answer with one vote beat the answer with two.
+        let b = ballots(&[
+            (None, f32::NEG_INFINITY),
+            (Some("5"), -1.0),
+            (Some("5"), -1.0),
+            (Some("3"), -0.5),
+        ]);
+        assert_eq!(weighted(&b), Some(1));
+        // A non-finite score among the voters weighs as little as the lowest finite one: it
+        // still adds a vote, and cannot outweigh or cancel the others.
+        for bad in [f32::NEG_INFINITY, f32::INFINITY, f32::NAN] {
+            let b = ballots(&[(Some("3"), -1.0), (Some("5"), bad), (Some("5"), -1.0)]);
+            assert_eq!(weighted(&b), Some(1), "{bad}");
+            let b = ballots(&[(Some("3"), bad), (Some("5"), -1.0), (Some("5"), -1.0)]);
+            assert_eq!(weighted(&b), Some(1), "{bad}");
+        }
+        // Nothing finite at all: a majority vote.
+        let b = ballots(&[
+            (Some("3"), f32::NAN),
+            (Some("5"), f32::NEG_INFINITY),
+            (Some("5"), f32::NAN),
+        ]);
+        assert_eq!(weighted(&b), Some(1));
+    }
+
+    #[test]
+    fn more_votes_never_hurt() {
+        // Another ballot for the winner keeps it the winner, whatever its score, as long as
+        // it does not lower the minimum (which would re-weigh every ballot).
+        let base = [(Some("5"), -3.0), (Some("3"), -0.1), (Some("5"), -2.9)];
+        assert_eq!(weighted(&ballots(&base)), Some(1));
+        for extra in [
+            -3.0,
+            -1.0,
+            0.0,
+            2.0,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+        ] {
+            let mut v = base.to_vec();
+            v.push((Some("3"), extra));
+            assert_eq!(weighted(&ballots(&v)), Some(1), "{extra}");
+        }
+    }
+
+    #[test]
     fn best_of_n_takes_the_highest_score_earliest_on_ties() {
         let b = ballots(&[(Some("1"), -2.0), (Some("2"), -0.5), (Some("3"), -0.5)]);
         assert_eq!(best_of_n(&b), Some(1));
+        let b = ballots(&[
+            (Some("1"), f32::NAN),
+            (Some("2"), f32::NEG_INFINITY),
+            (None, -9.0),
+        ]);
+        assert_eq!(
+            best_of_n(&b),
+            Some(2),
+            "NaN and -inf rank below any finite score"
+        );
     }
 }

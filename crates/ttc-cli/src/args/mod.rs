@@ -63,6 +63,33 @@ pub struct ModelArgs {
     pub kv_memory: Option<usize>,
 }
 
+/// Samples or beams one request may ask for: far beyond what helps, short of what exhausts
+/// memory before the KV budget is checked.
+pub const MAX_SAMPLES: u64 = 1024;
+
+/// Tokens one answer may ask for (the context bounds it again once the model is loaded).
+pub const MAX_TOKENS: u64 = 1 << 20;
+
+/// A parser for finite numbers in `lo..=hi`, checked as the command line is read.
+pub fn unit_range(lo: f32, hi: f32) -> impl Fn(&str) -> Result<f32, String> + Clone {
+    move |s: &str| {
+        let v: f32 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a number"))?;
+        if v.is_finite() && (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{v} is not in {lo}..={hi}"))
+        }
+    }
+}
+
+/// A parser for integers in `1..=max`, checked as the command line is read.
+pub fn positive(max: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=max)
+}
+
 /// "1024", "512KiB", "512MiB", "2GiB", "1.5GB" -> bytes.
 pub fn parse_bytes(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -90,16 +117,16 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 is greedy (deterministic).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = unit_range(0.0, 100.0))]
     pub temperature: f32,
     /// Keep only the K most likely tokens (0: off).
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches P (1: off).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = unit_range(0.0, 1.0))]
     pub top_p: f32,
     /// Drop tokens less likely than P times the most likely one (0: off).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = unit_range(0.0, 1.0))]
     pub min_p: f32,
     /// Random seed.
     #[arg(long, default_value_t = 42)]
@@ -116,7 +143,7 @@ pub struct GenerationArgs {
     pub sampling: SamplingArgs,
     /// Stop after N generated tokens (per answer, per sample). Default: 512, or under the
     /// allocator the cap its probe was calibrated with.
-    #[arg(long, short = 'n')]
+    #[arg(long, short = 'n', value_parser = positive(MAX_TOKENS))]
     pub max_tokens: Option<usize>,
     /// System prompt (default: the chat template's own).
     #[arg(long)]
@@ -129,20 +156,31 @@ pub struct GenerationArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub gen: GenerationArgs,
+    #[command(flatten)]
+    pub prompt_opts: PromptArgs,
+    /// The prompt (none: a chat on a terminal, one answer per line of piped stdin).
+    pub prompt: Option<String>,
+}
+
+/// How prompts are sent and answers printed: shared by one-prompt runs and the chat (piped or
+/// not), so that no flag is silently dropped when `ttc-run` without a prompt becomes a chat.
+#[derive(Args, Debug, Clone)]
+pub struct PromptArgs {
     /// Extra stop string (repeatable).
     #[arg(long = "stop")]
     pub stop: Vec<String>,
     /// Limit the context to N tokens (default: the model's trained context).
-    #[arg(long)]
+    #[arg(long, value_parser = positive(u32::MAX as u64))]
     pub context: Option<usize>,
     /// Generate past the end-of-sequence token, up to --max-tokens.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Send PROMPT to the model as is, without the chat template.
+    /// Send the prompt to the model as is, without the chat template (in the chat: each
+    /// prompt alone, no history).
     #[arg(long)]
     pub raw: bool,
     /// Print one JSON object (text, model, prompt_tokens, tokens_generated, latency_s, ...)
-    /// instead of streaming text.
+    /// instead of streaming text; piped chat prints one per line.
     #[arg(long)]
     pub json: bool,
     /// Instruction appended to the prompt with --method, so the answer can be extracted.
@@ -151,8 +189,13 @@ pub struct RunArgs {
     /// Do not append the instruction.
     #[arg(long)]
     pub no_instruction: bool,
-    /// The prompt.
-    pub prompt: Option<String>,
+}
+
+impl PromptArgs {
+    /// The instruction to append for answer extraction, unless turned off.
+    pub fn instruction(&self) -> Option<&str> {
+        (!self.no_instruction).then_some(self.instruction.as_str())
+    }
 }
 
 /// How to answer: the allocator chooses, one plain streamed completion, or a fixed method.
@@ -185,14 +228,15 @@ pub struct MethodArgs {
     /// method: greedy, best-of-n, majority, weighted, beam or dvts.
     #[arg(long)]
     pub method: Option<MethodChoice>,
-    /// Samples (best-of-n, majority, weighted) or beams (beam, dvts).
-    #[arg(long, default_value_t = 4)]
-    pub n: usize,
+    /// Samples (best-of-n, majority, weighted) or beams (beam, dvts). `-n` is the token
+    /// limit, as in llama.cpp; `--n` is kept as an alias of this.
+    #[arg(long = "samples", alias = "n", default_value_t = 4, value_parser = positive(MAX_SAMPLES))]
+    pub samples: usize,
     /// Branching factor m of beam search and DVTS (n must be a multiple of it).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = positive(MAX_SAMPLES))]
     pub beam_width: usize,
     /// Beam iterations (steps that end at a blank line); the last runs to the end.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = positive(1000))]
     pub max_iters: usize,
     /// How candidates are scored: logprob (mean token log-probability), self-certainty, or
     /// prm:DIR (a Qwen2 process reward model in Hugging Face format, e.g. Qwen2.5-Math-PRM).
@@ -250,6 +294,8 @@ impl AllocatorArgs {
 pub struct ChatArgs {
     #[command(flatten)]
     pub gen: GenerationArgs,
+    #[command(flatten)]
+    pub prompt_opts: PromptArgs,
 }
 
 #[derive(Args, Debug, Clone)]

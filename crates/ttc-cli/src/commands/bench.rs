@@ -1,7 +1,9 @@
 //! `ttc-run bench`: for each width, one prompt of random ids is prefilled once, forked into
 //! `width` sequences, and each samples `gen_len` tokens (temperature 0.8, EOS ignored), the
-//! way llama-batched-bench measures with a shared prompt (`-pps`). Width 1 is llama-bench's
-//! `-p P -n G` measurement, so benches/bench-vs-llama-cpp.sh can run both side by side.
+//! way llama-batched-bench measures with a shared prompt (`-pps`). Two decode figures: `tg`
+//! (tokens the user gets per second, sampling included) and `forward` (token rows per second
+//! of the decode forward passes alone), which is what llama-bench `-n` and
+//! llama-batched-bench count, so benches/bench-vs-llama-cpp.sh compares that one.
 //!
 //! `--suite` runs what a user wants to know about a machine: prefill speed against prompt
 //! length, decode speed against width and context length, and each method's latency.
@@ -12,7 +14,7 @@ use serde::Serialize;
 use ttc_engine::chat_template::Message;
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, SeqId, SessionOptions};
-use ttc_methods::{Method, MethodConfig, Scorer};
+use ttc_methods::{Method, MethodConfig};
 
 use crate::args::BenchArgs;
 
@@ -24,8 +26,14 @@ struct BenchRow {
     prefill_s: f64,
     prefill_tok_s: f64,
     decode_s: f64,
-    /// Generated tokens per second, all sequences together.
+    /// Generated tokens per second, all sequences together, sampling included: what a user
+    /// of `ttc-run` sees (the first token comes from the prefill's logits).
     decode_tok_s: f64,
+    /// Token rows per second of the decode forward passes alone, sampling excluded: what
+    /// llama-bench (`-n`) and llama-batched-bench (`speed_tg`) count.
+    forward_tok_s: f64,
+    /// One decode forward pass of the whole batch, sampling excluded.
+    step_ms: f64,
     kv_bytes_peak: usize,
     kv_bytes_per_token: usize,
 }
@@ -58,13 +66,20 @@ enum SuiteRow {
     },
 }
 
-fn random_prompt(engine: &Engine, len: usize, seed: u64) -> Vec<u32> {
-    let vocab = engine.tokenizer.vocab_size() as u32;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    std::iter::repeat_with(|| rng.random_range(0..vocab))
+fn random_prompt(engine: &Engine, len: usize, seed: u64) -> Result<Vec<u32>> {
+    // Draw from the ordinary tokens only; a vocabulary without any is refused rather than
+    // searched forever.
+    let ordinary: Vec<u32> = (0..engine.tokenizer.vocab_size() as u32)
         .filter(|&t| !engine.tokenizer.is_special(t))
-        .take(len)
-        .collect()
+        .collect();
+    anyhow::ensure!(
+        !ordinary.is_empty(),
+        "the model's vocabulary has no ordinary token"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    Ok((0..len)
+        .map(|_| ordinary[rng.random_range(0..ordinary.len())])
+        .collect())
 }
 
 /// Prefills `prompt` once, forks it into `width` sequences and decodes `gen_len` tokens each.
@@ -81,7 +96,6 @@ fn measure(engine: &Engine, prompt: &[u32], width: usize, gen_len: usize) -> Res
         max_tokens: gen_len,
         stop: vec![],
         ignore_eos: true,
-        kv_blocks: 0,
     };
     let mut session = engine.session(prompt.len(), width, opts)?;
     let root = session.prefill(prompt)?;
@@ -109,6 +123,8 @@ fn measure(engine: &Engine, prompt: &[u32], width: usize, gen_len: usize) -> Res
         prefill_tok_s: c.prefill_tokens as f64 / c.prefill_s,
         decode_s: c.decode_s,
         decode_tok_s: c.decode_tokens as f64 / c.decode_s,
+        forward_tok_s: c.decode_forward_tokens as f64 / c.decode_forward_s,
+        step_ms: 1e3 * c.decode_forward_s / (c.decode_forward_tokens / width).max(1) as f64,
         kv_bytes_peak: session.kv_cache().bytes_peak(),
         kv_bytes_per_token: session.kv_cache().bytes_per_token(),
     })
@@ -128,7 +144,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.suite {
         return suite(&engine, args);
     }
-    let prompt = random_prompt(&engine, args.prompt_len, 0);
+    let prompt = random_prompt(&engine, args.prompt_len, 0)?;
     // An untimed warm-up run pages the weights in.
     measure(&engine, &prompt, 1, 2)?;
     let mut rows = Vec::new();
@@ -142,6 +158,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             prefill_tok_s: mean(|r| r.prefill_tok_s),
             decode_s: mean(|r| r.decode_s),
             decode_tok_s: mean(|r| r.decode_tok_s),
+            forward_tok_s: mean(|r| r.forward_tok_s),
+            step_ms: mean(|r| r.step_ms),
             ..reps[0].clone()
         };
         if !args.json {
@@ -151,12 +169,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     engine.name,
                     super::threads_in_use()
                 );
-                println!("|  width |      P |      G | prefill_s |  pp t/s | decode_s |  tg t/s (all) | kv_bytes_peak | kv_bytes/token |");
-                println!("| -----: | -----: | -----: | --------: | ------: | -------: | ------------: | ------------: | -------------: |");
+                println!("|  width |      P |      G | prefill_s |  pp t/s | decode_s |  tg t/s (all) | forward t/s | kv_bytes_peak | kv_bytes/token |");
+                println!("| -----: | -----: | -----: | --------: | ------: | -------: | ------------: | ----------: | ------------: | -------------: |");
             }
             println!(
-                "| {:>6} | {:>6} | {:>6} | {:>9.3} | {:>7.1} | {:>8.3} | {:>13.1} | {:>13} | {:>14} |",
-                row.width, row.prompt_len, row.gen_len, row.prefill_s, row.prefill_tok_s, row.decode_s, row.decode_tok_s, row.kv_bytes_peak, row.kv_bytes_per_token
+                "| {:>6} | {:>6} | {:>6} | {:>9.3} | {:>7.1} | {:>8.3} | {:>13.1} | {:>11.1} | {:>13} | {:>14} |",
+                row.width, row.prompt_len, row.gen_len, row.prefill_s, row.prefill_tok_s, row.decode_s, row.decode_tok_s, row.forward_tok_s, row.kv_bytes_peak, row.kv_bytes_per_token
             );
         }
         rows.push(row);
@@ -175,10 +193,10 @@ fn suite(engine: &Engine, args: &BenchArgs) -> Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut rows = Vec::new();
-    measure(engine, &random_prompt(engine, 16, 0), 1, 2)?; // warm-up
+    measure(engine, &random_prompt(engine, 16, 0)?, 1, 2)?; // warm-up
     for p in [32usize, 128, 512].into_iter().filter(|&p| p < ctx) {
         bar.set_message(format!("prefill {p}"));
-        let r = measure(engine, &random_prompt(engine, p, p as u64), 1, 1)?;
+        let r = measure(engine, &random_prompt(engine, p, p as u64)?, 1, 1)?;
         rows.push(SuiteRow::Prefill {
             prompt_len: p,
             prefill_s: r.prefill_s,
@@ -190,7 +208,7 @@ fn suite(engine: &Engine, args: &BenchArgs) -> Result<()> {
         .into_iter()
         .filter(|&c| c + args.gen_len < ctx)
     {
-        let prompt = random_prompt(engine, context, context as u64);
+        let prompt = random_prompt(engine, context, context as u64)?;
         for &w in &args.widths {
             bar.set_message(format!("decode width {w} context {context}"));
             let r = measure(engine, &prompt, w, args.gen_len.min(32))?;
@@ -198,7 +216,7 @@ fn suite(engine: &Engine, args: &BenchArgs) -> Result<()> {
                 width: w,
                 context,
                 gen_len: r.gen_len,
-                step_ms: 1e3 * r.decode_s / r.gen_len as f64,
+                step_ms: r.step_ms,
                 decode_tok_s: r.decode_tok_s,
                 kv_bytes_peak: r.kv_bytes_peak,
             });
@@ -217,18 +235,11 @@ fn suite(engine: &Engine, args: &BenchArgs) -> Result<()> {
         (Method::Beam, 4, 2),
     ] {
         bar.set_message(format!("{} n={n}", method.name()));
-        let cfg = MethodConfig {
-            method,
-            n,
-            beam_width: m,
-            max_iters: 10,
-            scorer: Scorer::Logprob,
-            params: SamplingParams::default(),
-            seed: 7,
-            max_tokens: 64,
-            stop: vec![],
-            cancel: None,
-        };
+        let cfg = MethodConfig::new(method, 64)
+            .n(n)
+            .beam_width(m)
+            .max_iters(10)
+            .seed(7);
         let r = ttc_methods::run(engine, &ids, &cfg)?;
         rows.push(SuiteRow::Method {
             method: method.name().into(),

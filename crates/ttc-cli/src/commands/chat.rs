@@ -37,9 +37,25 @@ const HELP: &str = "\
 /// What one answer cost.
 struct Turn {
     label: String,
+    /// The prompt as the model saw it (the templated conversation so far).
+    prompt_tokens: usize,
     tokens: usize,
     seconds: f64,
     stopped: bool,
+    /// Why a plain answer ended (methods end each candidate on its own).
+    stop_reason: Option<StopReason>,
+}
+
+/// One piped turn with `--json`.
+#[derive(serde::Serialize)]
+struct TurnOutput<'a> {
+    text: &'a str,
+    method: &'a str,
+    prompt_tokens: usize,
+    tokens_generated: usize,
+    latency_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_reason: Option<StopReason>,
 }
 
 struct Chat<'e> {
@@ -51,13 +67,18 @@ struct Chat<'e> {
     n: usize,
     /// Loaded when `auto` first answers (it may measure a latency profile).
     allocator: Option<Allocator>,
+    /// The scorer's model, loaded once for the whole conversation.
+    scorers: ttc_methods::ScorerSource,
     lambdas: Lambdas,
     cancel: Arc<AtomicBool>,
     totals: (usize, usize, f64), // turns, tokens, seconds
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {
-    let engine = super::load_engine(&args.gen.model)?;
+    let mut engine = super::load_engine(&args.gen.model)?;
+    if let Some(ctx) = args.prompt_opts.context {
+        engine.set_context_limit(ctx)?;
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = cancel.clone();
@@ -70,8 +91,9 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         system: args.gen.system.clone(),
         messages: Vec::new(),
         method: args.gen.method.method.unwrap_or(MethodChoice::Plain),
-        n: args.gen.method.n,
+        n: args.gen.method.samples,
         allocator: None,
+        scorers: ttc_methods::ScorerSource::load(&args.gen.method.scorer, &engine)?,
         lambdas: Lambdas {
             tokens: args.gen.method.allocator.lambda_tokens,
             latency: args.gen.method.allocator.lambda_latency,
@@ -143,8 +165,25 @@ impl Chat<'_> {
             }
             any = true;
             self.messages.clear();
-            let turn_text = self.answer_text(line.trim())?;
-            println!("{}", turn_text.replace(['\n', '\r'], " ").trim());
+            let turn = self.answer(line.trim(), false)?;
+            let text = self
+                .messages
+                .last()
+                .map(|m| m.content.as_str())
+                .unwrap_or_default();
+            if self.args.prompt_opts.json {
+                let out = TurnOutput {
+                    text,
+                    method: &turn.label,
+                    prompt_tokens: turn.prompt_tokens,
+                    tokens_generated: turn.tokens,
+                    latency_s: turn.seconds,
+                    stop_reason: turn.stop_reason,
+                };
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                println!("{}", text.replace(['\n', '\r'], " ").trim());
+            }
             std::io::stdout().flush()?;
         }
         anyhow::ensure!(
@@ -152,15 +191,6 @@ impl Chat<'_> {
             "no prompt given: pass PROMPT, pipe prompts on stdin, or run in a terminal to chat"
         );
         Ok(())
-    }
-
-    fn answer_text(&mut self, user: &str) -> Result<String> {
-        self.answer(user, false)?;
-        Ok(self
-            .messages
-            .last()
-            .map(|m| m.content.clone())
-            .unwrap_or_default())
     }
 
     fn method_label(&self) -> String {
@@ -175,13 +205,25 @@ impl Chat<'_> {
         }
     }
 
+    /// The conversation with `user` as its next turn; a method's answer needs the
+    /// instruction that makes it extractable (the text kept in the history has none).
+    /// With `--raw`, the prompt alone, untemplated.
     fn prompt_ids(&self, user: &str) -> Result<Vec<u32>> {
+        let opts = &self.args.prompt_opts;
+        let instruction = match self.method {
+            MethodChoice::Plain => None,
+            _ => opts.instruction(),
+        };
+        let content = ttc_allocator::prompt::user_message(user, instruction);
+        if opts.raw {
+            return Ok(self.engine.tokenizer.encode_prompt(&content)?);
+        }
         let mut messages = Vec::new();
         if let Some(s) = &self.system {
             messages.push(Message::new("system", s.clone()));
         }
         messages.extend(self.messages.iter().cloned());
-        messages.push(Message::new("user", user));
+        messages.push(Message::new("user", content));
         Ok(self.engine.encode_chat(&messages)?)
     }
 
@@ -201,12 +243,17 @@ impl Chat<'_> {
         let ids = self.prompt_ids(user)?;
         let t0 = Instant::now();
         let mut label = self.method_label();
+        let mut stop_reason = None;
         let (text, tokens, stopped) = match self.method {
-            MethodChoice::Plain => self.stream(&ids, show)?,
+            MethodChoice::Plain => {
+                let (text, tokens, reason) = self.stream(&ids, show)?;
+                stop_reason = Some(reason);
+                (text, tokens, reason == StopReason::Cancelled)
+            }
             choice => {
                 if self.allocator.is_none() {
                     self.allocator = Some(
-                        super::run::load_allocator(
+                        super::load_allocator(
                             self.engine,
                             self.args.gen.method.allocator.probe.as_deref(),
                         )?
@@ -221,29 +268,29 @@ impl Chat<'_> {
                     s
                 });
                 let forced = match choice {
-                    MethodChoice::Fixed(m) => Some(Config {
-                        n: self.n,
-                        ..super::run::forced_config(m, &self.args.gen.method)
-                    }),
+                    MethodChoice::Fixed(m) => Some(Config::for_method(
+                        m,
+                        self.n,
+                        self.args.gen.method.beam_width,
+                        self.args.gen.method.max_iters,
+                    )),
                     _ => None,
                 };
-                let base = MethodConfig {
-                    method: Method::Greedy,
-                    n: 1,
-                    beam_width: self.args.gen.method.beam_width,
-                    max_iters: self.args.gen.method.max_iters,
-                    scorer: super::run::scorer(&self.args.gen.method.scorer, self.engine, user)?,
-                    params: self.params(),
-                    seed: self.args.gen.sampling.seed + self.totals.0 as u64,
-                    max_tokens: self
-                        .args
-                        .gen
-                        .max_tokens
-                        .or(alloc.max_tokens())
-                        .unwrap_or(512),
-                    stop: Vec::new(),
-                    cancel: Some(self.cancel.clone()),
-                };
+                let scorer = self.scorers.for_question(self.engine, user)?;
+                let max_tokens = self
+                    .args
+                    .gen
+                    .max_tokens
+                    .or(alloc.max_tokens())
+                    .unwrap_or(512);
+                let base = MethodConfig::new(Method::Greedy, max_tokens)
+                    .beam_width(self.args.gen.method.beam_width)
+                    .max_iters(self.args.gen.method.max_iters)
+                    .scorer(scorer)
+                    .params(self.params())
+                    .seed(self.args.gen.sampling.seed + self.totals.0 as u64)
+                    .stop(self.args.prompt_opts.stop.clone())
+                    .cancel(self.cancel.clone());
                 let req = Request {
                     lambdas: self.lambdas,
                     target: None,
@@ -281,20 +328,22 @@ impl Chat<'_> {
         );
         Ok(Turn {
             label,
+            prompt_tokens: ids.len(),
             tokens,
             seconds,
             stopped,
+            stop_reason,
         })
     }
 
     /// Plain sampling, streamed token by token; Ctrl-C stops it.
-    fn stream(&self, ids: &[u32], show: bool) -> Result<(String, usize, bool)> {
+    fn stream(&self, ids: &[u32], show: bool) -> Result<(String, usize, StopReason)> {
         let req = GenerateRequest {
             params: self.params(),
             seed: self.args.gen.sampling.seed + self.totals.0 as u64,
             max_tokens: self.args.gen.max_tokens.unwrap_or(512),
-            stop: Vec::new(),
-            ignore_eos: false,
+            stop: self.args.prompt_opts.stop.clone(),
+            ignore_eos: self.args.prompt_opts.ignore_eos,
             cancel: Some(self.cancel.clone()),
         };
         let mut out = std::io::stdout();
@@ -307,11 +356,7 @@ impl Chat<'_> {
         if show {
             println!();
         }
-        Ok((
-            g.text,
-            g.tokens.len(),
-            g.stop_reason == StopReason::Cancelled,
-        ))
+        Ok((g.text, g.tokens.len(), g.stop_reason))
     }
 
     /// Runs a slash command; false to quit.

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
+use serde::Serialize;
 use ttc_allocator::calibrate::{label_dataset, read_labels, LabelHeader};
 use ttc_allocator::dataset;
-use ttc_allocator::evaluate::{default_sweep, evaluate, Evaluation};
+use ttc_allocator::evaluate::{check_configs, default_sweep, evaluate, AdaptiveRow, Evaluation};
 use ttc_allocator::policy::Lambdas;
 
 use crate::args::EvalArgs;
@@ -30,7 +31,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         args.dataset
     );
     let engine = super::load_engine(&args.model)?;
-    let (alloc, sources) = super::run::load_allocator(&engine, args.probe.as_deref())?;
+    let (alloc, sources) = super::load_allocator(&engine, args.probe.as_deref())?;
     let probe = alloc.probe.as_ref().ok_or_else(|| {
         anyhow::anyhow!(
             "eval needs an accuracy probe for {}: run `ttc-run calibrate` first",
@@ -56,6 +57,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .collect(),
         seed: s.seed,
     };
+    let configs = args
+        .configs
+        .as_ref()
+        .map(|l| l.0.clone())
+        .unwrap_or_else(|| alloc.menu.clone());
+    // Before labelling, which takes minutes: a configuration these labels cannot score fails now.
+    check_configs(&header, &configs)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let labels_path = args.out.join("labels.jsonl");
@@ -94,11 +102,6 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .filter(|q| wanted.contains(q.id.as_str()))
         .collect();
     anyhow::ensure!(!questions.is_empty(), "no question was labelled");
-    let configs = args
-        .configs
-        .as_ref()
-        .map(|l| l.0.clone())
-        .unwrap_or_else(|| alloc.menu.clone());
     let sweep: Vec<Lambdas> = if args.lambdas.is_empty() && args.token_lambdas.is_empty() {
         default_sweep()
     } else {
@@ -206,45 +209,62 @@ pub fn tables(ev: &Evaluation) -> String {
     s
 }
 
-fn write_outputs(dir: &Path, ev: &Evaluation) -> Result<()> {
-    let mut csv = String::from("config,accuracy,mean_tokens,mean_latency_s,p50_latency_s,p95_latency_s,latency_source,questions\n");
-    for r in &ev.static_rows {
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{},{},{},{}",
-            r.config,
-            r.accuracy,
-            r.mean_tokens,
-            r.mean_latency_s,
-            r.p50_latency_s,
-            r.p95_latency_s,
-            r.latency_source,
-            r.questions
-        );
-    }
-    std::fs::write(dir.join("static.csv"), csv)?;
-    let mut csv = String::from("lambda_tokens,lambda_latency,accuracy,mean_tokens,mean_latency_s,p50_latency_s,p95_latency_s,questions,chosen\n");
-    for r in &ev.adaptive {
+/// A row of `adaptive.csv`: an [`AdaptiveRow`] with its chosen shares in one field
+/// (`config=share` separated by spaces), as CSV has no nested values.
+#[derive(Serialize)]
+struct AdaptiveCsvRow {
+    lambda_tokens: f64,
+    lambda_latency: f64,
+    accuracy: f64,
+    mean_tokens: f64,
+    mean_latency_s: f64,
+    p50_latency_s: f64,
+    p95_latency_s: f64,
+    questions: usize,
+    chosen: String,
+}
+
+impl From<&AdaptiveRow> for AdaptiveCsvRow {
+    fn from(r: &AdaptiveRow) -> Self {
         let chosen: Vec<String> = r
             .chosen
             .iter()
             .map(|(c, f)| format!("{c}={f:.3}"))
             .collect();
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{},{},{},{},\"{}\"",
-            r.lambda_tokens,
-            r.lambda_latency,
-            r.accuracy,
-            r.mean_tokens,
-            r.mean_latency_s,
-            r.p50_latency_s,
-            r.p95_latency_s,
-            r.questions,
-            chosen.join(" ")
-        );
+        Self {
+            lambda_tokens: r.lambda_tokens,
+            lambda_latency: r.lambda_latency,
+            accuracy: r.accuracy,
+            mean_tokens: r.mean_tokens,
+            mean_latency_s: r.mean_latency_s,
+            p50_latency_s: r.p50_latency_s,
+            p95_latency_s: r.p95_latency_s,
+            questions: r.questions,
+            chosen: chosen.join(" "),
+        }
     }
-    std::fs::write(dir.join("adaptive.csv"), csv)?;
+}
+
+/// Writes `rows` as CSV with a header of their field names. Through the csv crate, so a field
+/// with a comma (`beam(4,2,10)`) or a quote is quoted.
+fn write_csv<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
+    for r in rows {
+        w.serialize(r)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn write_outputs(dir: &Path, ev: &Evaluation) -> Result<()> {
+    write_csv(&dir.join("static.csv"), &ev.static_rows)?;
+    write_csv(
+        &dir.join("adaptive.csv"),
+        ev.adaptive.iter().map(AdaptiveCsvRow::from),
+    )?;
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(ev)?)?;
     plot(
         &dir.join("accuracy_vs_tokens.svg"),

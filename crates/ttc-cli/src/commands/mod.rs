@@ -39,3 +39,32 @@ pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
 pub fn threads_in_use() -> usize {
     ttc_engine::kernels::threads::current()
 }
+
+/// Loads the allocator for `engine`, with notices and a progress bar for a first profile.
+pub fn load_allocator(
+    engine: &Engine,
+    probe: Option<&std::path::Path>,
+) -> Result<(
+    ttc_allocator::policy::Allocator,
+    ttc_allocator::route::Sources,
+)> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("profile [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let out = ttc_allocator::policy::Allocator::for_engine(
+        engine,
+        threads_in_use(),
+        probe,
+        |msg| bar.suspend(|| eprintln!("ttc: {msg}")),
+        |done, total, what| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(what.to_string());
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(out)
+}

@@ -7,13 +7,12 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
-use ttc_allocator::policy::{Allocator, Lambdas, Prediction, Target};
+use ttc_allocator::policy::{Lambdas, Prediction, Target};
 use ttc_allocator::route::{self, Request};
 use ttc_allocator::{prompt, Config};
-use ttc_engine::reward_model::RewardModel;
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, GenerateRequest, StopReason};
-use ttc_methods::{Method, MethodConfig, Scorer, ScorerSpec, Timing};
+use ttc_methods::{Method, MethodConfig, Scorer, Timing};
 
 use crate::args::{MethodChoice, RunArgs};
 
@@ -107,10 +106,7 @@ struct MenuRow {
 
 pub fn run(args: &RunArgs) -> Result<()> {
     let Some(prompt) = args.prompt.as_deref() else {
-        // No prompt: a chat on a terminal, one answer per line for piped input.
-        return super::chat::run(&crate::args::ChatArgs {
-            gen: args.gen.clone(),
-        });
+        anyhow::bail!("no prompt given: pass PROMPT, or run `ttc-run chat`");
     };
     args.gen
         .method
@@ -118,7 +114,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .validate()
         .map_err(anyhow::Error::msg)?;
     let mut engine = super::load_engine(&args.gen.model)?;
-    if let Some(ctx) = args.context {
+    if let Some(ctx) = args.prompt_opts.context {
         engine.set_context_limit(ctx)?;
     }
     let s = &args.gen.sampling;
@@ -146,48 +142,13 @@ fn encode(
     prompt: &str,
     instruction: Option<&str>,
 ) -> Result<Vec<u32>> {
-    Ok(if args.raw {
+    Ok(if args.prompt_opts.raw {
         engine
             .tokenizer
             .encode_prompt(&prompt::user_message(prompt, instruction))?
     } else {
         prompt::encode(engine, prompt, instruction, args.gen.system.as_deref())?
     })
-}
-
-/// The configuration `--method M --n N --beam-width W --max-iters I` names.
-pub fn forced_config(method: Method, m: &crate::args::MethodArgs) -> Config {
-    match method {
-        Method::Greedy => Config::GREEDY,
-        x if x.is_search() => Config::search(x, m.n, m.beam_width, m.max_iters),
-        x => Config::parallel(x, m.n),
-    }
-}
-
-/// Loads the allocator for `engine`, with notices and a progress bar for a first profile.
-pub fn load_allocator(
-    engine: &Engine,
-    probe: Option<&std::path::Path>,
-) -> Result<(Allocator, ttc_allocator::route::Sources)> {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("profile [{bar:30}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    let out = Allocator::for_engine(
-        engine,
-        super::threads_in_use(),
-        probe,
-        |msg| bar.suspend(|| eprintln!("ttc: {msg}")),
-        |done, total, what| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            bar.set_message(what.to_string());
-        },
-    )?;
-    bar.finish_and_clear();
-    Ok(out)
 }
 
 fn run_allocated(
@@ -198,7 +159,7 @@ fn run_allocated(
     params: SamplingParams,
 ) -> Result<()> {
     let a = &args.gen.method.allocator;
-    let instruction = (!args.no_instruction).then_some(args.instruction.as_str());
+    let instruction = args.prompt_opts.instruction();
     let ids = encode(args, engine, prompt, instruction)?;
     // A prompt over the context is refused before a latency profile is measured for nothing.
     if ids.len() >= engine.context_limit() {
@@ -210,27 +171,26 @@ fn run_allocated(
     }
     let m = &args.gen.method;
     let forced = match choice {
-        MethodChoice::Fixed(method) => Some(forced_config(method, m)),
+        MethodChoice::Fixed(method) => Some(Config::for_method(
+            method,
+            m.samples,
+            m.beam_width,
+            m.max_iters,
+        )),
         _ => None,
     };
-    let mut base = MethodConfig {
-        method: Method::Greedy,
-        n: 1,
-        beam_width: 1,
-        max_iters: m.max_iters,
-        scorer: scorer(&m.scorer, engine, prompt)?,
-        params,
-        seed: args.gen.sampling.seed,
-        max_tokens: args.gen.max_tokens.unwrap_or(1),
-        stop: args.stop.clone(),
-        cancel: None,
-    };
+    let mut base = MethodConfig::new(Method::Greedy, args.gen.max_tokens.unwrap_or(1))
+        .max_iters(m.max_iters)
+        .scorer(Scorer::from_spec(&m.scorer, engine, prompt)?)
+        .params(params)
+        .seed(args.gen.sampling.seed)
+        .stop(args.prompt_opts.stop.clone());
     if let Some(c) = forced {
         c.method_config(&base)
             .validate()
             .map_err(anyhow::Error::msg)?;
     }
-    let (mut alloc, sources) = load_allocator(engine, a.probe.as_deref())?;
+    let (mut alloc, sources) = super::load_allocator(engine, a.probe.as_deref())?;
     base.max_tokens = args.gen.max_tokens.or(alloc.max_tokens()).unwrap_or(512);
     let target = a
         .target_latency
@@ -248,7 +208,7 @@ fn run_allocated(
     let (r, d) = route::answer(engine, &alloc, &ids, &req)?;
     alloc
         .profile
-        .observe(&route::observed_work(&r), r.timing.total_s);
+        .observe(&route::observed_work(&r), route::generation_s(&r));
     if let Err(e) = alloc.save_profile() {
         eprintln!("ttc: could not save the refined latency profile: {e}");
     }
@@ -270,7 +230,7 @@ fn run_allocated(
         })
         .collect();
     let mut stdout = std::io::stdout().lock();
-    if args.json {
+    if args.prompt_opts.json {
         let out = MethodOutput {
             text: &r.text,
             model: &engine.name,
@@ -374,20 +334,20 @@ fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParam
         params,
         seed: args.gen.sampling.seed,
         max_tokens: args.gen.max_tokens.unwrap_or(512),
-        stop: args.stop.clone(),
-        ignore_eos: args.ignore_eos,
+        stop: args.prompt_opts.stop.clone(),
+        ignore_eos: args.prompt_opts.ignore_eos,
         cancel: None,
     };
     let t0 = Instant::now();
     let mut stdout = std::io::stdout().lock();
     let generation = engine.generate(ids, &req, |piece| {
-        if !args.json {
+        if !args.prompt_opts.json {
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
         }
     })?;
     let latency_s = t0.elapsed().as_secs_f64();
-    if args.json {
+    if args.prompt_opts.json {
         let n = generation.tokens.len();
         let out = RunOutput {
             text: &generation.text,
@@ -407,16 +367,4 @@ fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParam
         writeln!(stdout)?;
     }
     Ok(())
-}
-
-/// The scorer `spec` names; a reward model is loaded on the generator's device.
-pub fn scorer(spec: &ScorerSpec, engine: &Engine, question: &str) -> Result<Scorer> {
-    Ok(match spec {
-        ScorerSpec::Logprob => Scorer::Logprob,
-        ScorerSpec::SelfCertainty => Scorer::SelfCertainty,
-        ScorerSpec::Prm(dir) => Scorer::Prm {
-            model: std::sync::Arc::new(RewardModel::load(dir, engine.model.device())?),
-            question: question.into(),
-        },
-    })
 }

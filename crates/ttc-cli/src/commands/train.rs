@@ -51,9 +51,11 @@ pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result
     );
     let probe = Probe::train(&questions, &menu, base, &TrainOptions::default())?;
     let r = &probe.meta.report;
+    // The held-out questions are the test part: neither fitted on nor used to stop or to
+    // Platt-scale (ttc_allocator::probe::Part::Test).
     println!(
-        "held-out log-loss: probe {:.4}, constant {:.4}, per-configuration mean {:.4} ({} held-out questions, {} trained on, best epoch {})",
-        r.heldout_log_loss, r.constant_log_loss, r.per_config_log_loss, r.heldout_questions, r.train_questions, r.epochs
+        "held-out log-loss: probe {:.4}, constant {:.4}, per-configuration mean {:.4} ({} held-out questions, {} trained on, epoch {} and Platt scaling chosen by {}-fold cross-validation)",
+        r.heldout_log_loss, r.constant_log_loss, r.per_config_log_loss, r.heldout_questions, r.train_questions, r.epochs, r.cv_folds
     );
     println!(
         "held-out answer length: mean |log error| {:.3} (x{:.2})",

@@ -1,0 +1,178 @@
+//! A probe file: one safetensors file holding the network's weights and the standardization
+//! and projection of the hidden state, with the [`ProbeMeta`] as JSON in the file's metadata
+//! (key `ttc_probe`). Reading checks every part, so a bad file is one clear error.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::features::Features;
+use super::net::Net;
+use super::{Probe, ProbeMeta};
+use crate::error::{AllocatorError, Result};
+
+impl Probe {
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let meta = HashMap::from([(
+            "ttc_probe".to_string(),
+            serde_json::to_string(&self.meta).expect("meta serializes"),
+        )]);
+        let mut named: Vec<(&String, &Tensor)> = self.tensors.iter().collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
+        safetensors::serialize(named, Some(meta))
+            .map_err(|e| AllocatorError::Invalid(format!("cannot serialize the probe: {e}")))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(crate::error::io_err(dir))?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, self.to_bytes()?).map_err(crate::error::io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(crate::error::io_err(path))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| AllocatorError::Probe {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_bytes(&bytes).map_err(|reason| AllocatorError::Probe {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Reads a probe file's bytes; the error says what is wrong with them.
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| format!("not a safetensors file ({e})"))?;
+        let json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("ttc_probe"))
+            .ok_or("not a ttc probe (no ttc_probe metadata)")?;
+        let meta: ProbeMeta =
+            serde_json::from_str(json).map_err(|e| format!("bad probe metadata ({e})"))?;
+        // The token cap becomes the answers' cap and sizes KV reservations: bounded here.
+        const MAX_TOKEN_CAP: usize = 1 << 20;
+        if !(1..=MAX_TOKEN_CAP).contains(&meta.tokens.max_tokens) {
+            return Err(format!(
+                "tokens.max_tokens is {}, outside 1..={MAX_TOKEN_CAP}",
+                meta.tokens.max_tokens
+            ));
+        }
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .map_err(|e| format!("bad probe weights ({})", first_line(&e.to_string())))?;
+        let vec = |name: &str| -> std::result::Result<Vec<f32>, String> {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| format!("missing tensor {name}"))?;
+            let v = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| format!("tensor {name}: {}", first_line(&e.to_string())))?;
+            if v.len() != meta.hidden_dim {
+                return Err(format!(
+                    "tensor {name} has {} values, expected {}",
+                    v.len(),
+                    meta.hidden_dim
+                ));
+            }
+            Ok(v)
+        };
+        let (mean, std) = (vec("hidden_mean")?, vec("hidden_std")?);
+        let projection = tensors
+            .get("projection")
+            .ok_or("missing tensor projection")?
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32)?.to_vec1::<f32>())
+            .map_err(|e| format!("tensor projection: {}", first_line(&e.to_string())))?;
+        if Some(projection.len()) != meta.components.checked_mul(meta.hidden_dim) {
+            return Err(format!(
+                "tensor projection has {} values, expected {} x {}",
+                projection.len(),
+                meta.components,
+                meta.hidden_dim
+            ));
+        }
+        let features = Features {
+            mean,
+            std,
+            projection,
+            components: meta.components,
+        };
+        let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
+        let net = Net::new(&vb, meta.components, meta.mlp_width)
+            .map_err(|e| format!("bad probe weights ({})", first_line(&e.to_string())))?;
+        Ok(Self {
+            meta,
+            net,
+            features,
+            tensors,
+        })
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_probe_bytes_are_a_clear_error() {
+        assert!(Probe::from_bytes(b"garbage")
+            .err()
+            .unwrap()
+            .contains("not a safetensors file"));
+        let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        let plain = safetensors::serialize([("x", &t)], None).unwrap();
+        assert!(Probe::from_bytes(&plain)
+            .err()
+            .unwrap()
+            .contains("no ttc_probe"));
+    }
+
+    /// The probe shipped for SmolLM2-135M predicts what it predicted before the probe code was
+    /// split into modules and PCA moved to an SVD: loading reads the fitted projection back,
+    /// it does not fit anything.
+    #[test]
+    fn the_shipped_probe_predicts_as_it_did() {
+        let p = Probe::from_bytes(include_bytes!(
+            "../../../../models/smollm2-135m.probe.safetensors"
+        ))
+        .unwrap();
+        let h: Vec<f32> = (0..576).map(|i| ((i as f32) * 0.37).sin() * 2.0).collect();
+        let expected = [
+            0.33969737860467963,
+            0.1736698294946839,
+            0.19446877533608184,
+            0.21919530262534556,
+            0.24855237332199423,
+            0.17226052011987456,
+            0.20254644884927064,
+            0.23967521668807956,
+            0.28455887572051336,
+            0.1918611123636432,
+            0.2208355315067961,
+            0.2557701537748644,
+            0.29739800281545953,
+            0.2981737428473819,
+            0.34439967101713653,
+            0.30972249173072264,
+        ];
+        let got = p.accuracy(&h, 40, &p.meta.menu).unwrap();
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-9, "{got:?}");
+        }
+        assert!((p.sample_tokens(&h, 40).unwrap() - 21.917016532411417).abs() < 1e-6);
+        // Its report predates the cross-validation.
+        assert_eq!(p.meta.report.cv_folds, 0);
+    }
+}

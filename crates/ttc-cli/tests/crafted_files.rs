@@ -1,0 +1,167 @@
+//! Crafted GGUF headers, through the real binary: each is refused with one `error:` line and
+//! exit status 1, never a panic, an abort or an allocation of what the header claims. The
+//! files are written byte by byte here, as an attacker would.
+
+use std::process::Command;
+
+/// A GGUF v3 header: metadata entries (key, type id, value bytes), then tensor infos
+/// (name, dims, type id, offset), then `data` after 32-byte alignment.
+fn gguf(
+    kvs: &[(&str, u32, Vec<u8>)],
+    tensors: &[(&str, &[u64], u32, u64)],
+    data: usize,
+) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((kvs.len() as u64).to_le_bytes());
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    for (k, ty, v) in kvs {
+        string(&mut b, k);
+        b.extend(ty.to_le_bytes());
+        b.extend(v);
+    }
+    for (name, dims, ty, offset) in tensors {
+        string(&mut b, name);
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in *dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ty.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+    }
+    while !b.len().is_multiple_of(32) {
+        b.push(0);
+    }
+    b.extend(std::iter::repeat_n(0u8, data));
+    b
+}
+
+fn str_value(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u64).to_le_bytes().to_vec();
+    v.extend(s.as_bytes());
+    v
+}
+
+fn arch() -> (&'static str, u32, Vec<u8>) {
+    ("general.architecture", 8, str_value("llama"))
+}
+
+#[test]
+fn crafted_headers_get_one_line_and_exit_one() {
+    let dir = std::env::temp_dir().join(format!("ttc-crafted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let huge_len = u64::MAX / 2;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "alignment zero",
+            gguf(
+                &[
+                    arch(),
+                    ("general.alignment", 4, 0u32.to_le_bytes().to_vec()),
+                ],
+                &[],
+                0,
+            ),
+            "alignment",
+        ),
+        (
+            "alignment three",
+            gguf(
+                &[
+                    arch(),
+                    ("general.alignment", 4, 3u32.to_le_bytes().to_vec()),
+                ],
+                &[],
+                0,
+            ),
+            "alignment",
+        ),
+        (
+            "string longer than the file",
+            gguf(
+                &[("general.architecture", 8, huge_len.to_le_bytes().to_vec())],
+                &[],
+                0,
+            ),
+            "bytes",
+        ),
+        (
+            "array of 2^40 strings",
+            gguf(
+                &[
+                    arch(),
+                    (
+                        "tokenizer.ggml.tokens",
+                        9,
+                        [
+                            8u32.to_le_bytes().to_vec(),
+                            (1u64 << 40).to_le_bytes().to_vec(),
+                        ]
+                        .concat(),
+                    ),
+                ],
+                &[],
+                0,
+            ),
+            "elements",
+        ),
+        (
+            "dimensions that overflow",
+            gguf(
+                &[arch()],
+                &[("token_embd.weight", &[1 << 32, 1 << 32, 1 << 8], 0, 0)],
+                64,
+            ),
+            "elements",
+        ),
+        (
+            "a matrix with no rows",
+            gguf(&[arch()], &[("output.weight", &[576, 0], 0, 0)], 64),
+            "dimension of 0",
+        ),
+        (
+            "a tensor beyond the file",
+            gguf(&[arch()], &[("output.weight", &[576, 4096], 8, 0)], 64),
+            "ends past",
+        ),
+        (
+            "an unknown tensor type",
+            gguf(&[arch()], &[("output.weight", &[32], 77, 0)], 64),
+            "unknown type",
+        ),
+        (
+            "too many tensors claimed",
+            {
+                let mut b = gguf(&[arch()], &[], 0);
+                b[8..16].copy_from_slice(&(1u64 << 50).to_le_bytes());
+                b
+            },
+            "tensors",
+        ),
+    ];
+    for (name, bytes, says) in cases {
+        let path = dir.join(format!("{}.gguf", name.replace(' ', "-")));
+        std::fs::write(&path, &bytes).unwrap();
+        for cmd in [&["tokenize", "--model"][..], &["--model"][..]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_ttc-run"))
+                .args(cmd)
+                .arg(&path)
+                .arg("hello")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{name} ({cmd:?}): {err}");
+            assert_eq!(err.lines().count(), 1, "{name}: {err}");
+            assert!(
+                err.starts_with("error: ") && !err.contains("internal error"),
+                "{name}: {err}"
+            );
+            assert!(err.contains(says), "{name}: {err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
