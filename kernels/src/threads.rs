@@ -1,8 +1,9 @@
 //! The one CPU thread pool: rayon's global pool, which candle's own CPU operations use too, so
 //! no two pools spin against each other. Sized once, before first use.
 //!
-//! A forward pass at batch size 1 is a few hundred parallel sections of 10-60 us each. Handed
-//! to rayon one by one, each section waits for a sleeping worker to wake (tens of us on a VM).
+//! A forward pass at batch size 1 is a few hundred short parallel sections. Handed to rayon
+//! one by one, each section waits for a sleeping worker to wake, which on a VM can take as
+//! long as the section itself.
 //! [`with_team`] therefore holds the pool's other threads for the length of one forward pass:
 //! they spin on an atomic work counter, and [`parallel_for`] hands them each section at the
 //! cost of a few atomic operations (llama.cpp's CPU backend keeps its threads the same way).

@@ -43,15 +43,15 @@ fn default_system_prompt_is_rendered() {
 /// Below this logit gap two candidates are a tie up to the rounding differences between two
 /// correct implementations; a wrong model or kernel is off by whole units.
 ///
-/// Derived from measurement (`cargo run --release -p ttc-e2e --example kernel_divergence`,
-/// numbers in `docs/kernels.md`): ttc has three distinct correct implementations of this
-/// model (the scalar reference, the 256-bit AVX2 kernels, the 512-bit packed kernels; AVX-VNNI
-/// gives AVX2's bits). Their matmuls agree to a few 1e-7 relative on the same input, but 8-bit
-/// activation quantization turns such differences into whole rounding steps, which grow
-/// through 30 layers to about 2% of the residual stream. On these 209 steps, the largest
-/// gap between one implementation's argmax and another's choice was 0.32. llama.cpp is one
-/// more implementation of the same arithmetic in another summation order, so its choices are
-/// held to the same bound, with 10% headroom for a sample maximum.
+/// Derived from measurement, not chosen (`docs/kernels.md`, re-measured by
+/// `cargo run --release -p ttc-e2e --example kernel_divergence`): ttc has three distinct
+/// correct implementations of this model (the scalar reference, the 256-bit AVX2 kernels,
+/// the 512-bit packed kernels). Their matmuls agree to the last bits on the same input, but
+/// 8-bit activation quantization turns such differences into whole rounding steps that grow
+/// through the layers. The bound is the largest gap measured between one implementation's
+/// argmax and another's choice on these steps, with a tenth more for a sample maximum;
+/// llama.cpp is one more implementation of the same arithmetic in another summation order,
+/// so its choices are held to the same bound.
 const NEAR_TIE: f32 = 0.35;
 
 /// Teacher forcing on llama.cpp's greedy tokens, on every instruction set: at every step

@@ -1,6 +1,6 @@
-//! The paper's experiment on this engine (Huang et al., arXiv 2509.09864, its evaluation): every static
-//! configuration of the menu against the allocator at a sweep of prices, on labelled held-out
-//! questions.
+//! The paper's experiment on this engine (Huang et al., arXiv 2509.09864, its evaluation): every
+//! static configuration of the menu against the allocator at a sweep of prices, on labelled
+//! held-out questions.
 //!
 //! Runs are shared the way calibration labels its data: per question, greedy and each search
 //! configuration run for real (their latency is measured), and K samples are drawn once; a

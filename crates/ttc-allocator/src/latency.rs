@@ -1,5 +1,5 @@
-//! The latency model, measured on this device (docs/design.md, "The allocator"): prefill seconds against
-//! prompt length, and one batched decode step's seconds against (width, context length). A
+//! The latency model, measured on this device (docs/design.md, "The allocator"): prefill seconds
+//! against prompt length, and one batched decode step's seconds against (width, context length). A
 //! configuration's latency for a prompt is its prefill plus its sequential decode steps:
 //!
 //!   L = prefill(P) + S * step(T / S, P + S / 2) + scorer_tokens * scorer_s_per_token
@@ -12,9 +12,8 @@
 //! Profiles are stored per (model file, device, threads). Finished requests refine a profile:
 //! the ratio of measured to predicted latency, given the tokens and steps the request really
 //! took, updates a correction factor per kind of run (greedy, parallel, search). What the step
-//! grid does not see (per-request set-up, forks and copies, scoring, beam bookkeeping) differs
-//! by kind: measured here, real greedy runs took about 1.1x and beam searches about 1.3x the
-//! grid's prediction for their own tokens and steps.
+//! grid does not see (per-request set-up, forks and copies, beam bookkeeping) differs by kind;
+//! the factors measured on this project's machines are in the README.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -85,7 +84,7 @@ pub struct DecodePoint {
 }
 
 /// Version 2: corrections per kind of run. Version 3: measured on ttc's own CPU kernels
-/// (2-4x faster than candle's): older profiles are re-measured, not trusted.
+/// (several times faster than candle's): older profiles are re-measured, not trusted.
 const PROFILE_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

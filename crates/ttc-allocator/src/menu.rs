@@ -1,8 +1,8 @@
-//! The menu of configurations the allocator chooses from (Huang et al., arXiv 2509.09864, its menu):
-//! greedy, parallel sampling with majority / best-of-N / weighted vote at several widths, and
-//! beam search and DVTS at a few (N, m, iterations). Each configuration has a label that is
-//! also its serialized form ("greedy", "majority@8", "beam(4,2,10)"), and a feature vector
-//! for the accuracy probe.
+//! The menu of configurations the allocator chooses from (Huang et al., arXiv 2509.09864, its
+//! menu): greedy, parallel sampling with majority / best-of-N / weighted vote at several widths,
+//! and beam search and DVTS at a few (N, m, iterations). Each configuration has a label that is
+//! also its serialized form ("greedy", "majority@8", "beam(4,2,10)"), and a feature vector for the
+//! accuracy probe.
 
 use std::fmt;
 use std::str::FromStr;

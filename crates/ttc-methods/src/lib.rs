@@ -1,7 +1,7 @@
-//! ttc-methods: test-time scaling written against the engine's sequence API only (prefill,
-//! fork, step, free): greedy, best-of-N, majority vote, weighted majority, beam search and DVTS
-//! (Huang et al., arXiv 2509.09864; beam search with search-and-learn's semantics). Every result says exactly what it
-//! spent: tokens (pruned beams included), sequential decode steps and wall-clock time.
+//! ttc-methods: test-time scaling written against the engine's sequence API only (prefill, fork,
+//! step, free): greedy, best-of-N, majority vote, weighted majority, beam search and DVTS (Huang et
+//! al., arXiv 2509.09864; beam search with search-and-learn's semantics). Every result says exactly
+//! what it spent: tokens (pruned beams included), sequential decode steps and wall-clock time.
 
 pub mod answer;
 pub mod scorer;

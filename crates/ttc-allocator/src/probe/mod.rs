@@ -3,12 +3,12 @@
 //! Features ([`features`]): the generator's final-layer hidden state at the prompt's last token
 //! (standardized with the training set's mean and spread and projected on its first principal
 //! components), the configuration's features ([`Config::features`]) and the log of the prompt
-//! length. One small MLP (GELU) for all configurations ([`net`]), trained with binary
-//! cross-entropy on soft labels from [`crate::calibrate`], early-stopped and Platt-scaled
-//! ([`platt`]) by cross-validation on the training questions, and reported on test questions
-//! used for none of that ([`split`], [`report`]). A linear head on the same standardized hidden state predicts the
-//! log of one sampled answer's length; the token model ([`tokens`]) turns that into each
-//! configuration's tokens and sequential steps with ratios measured in calibration.
+//! length. One small MLP (GELU) for all configurations ([`net`]), trained with binary cross-entropy
+//! on soft labels from [`crate::calibrate`], early-stopped and Platt-scaled ([`platt`]) by
+//! cross-validation on the training questions, and reported on test questions used for none of that
+//! ([`split`], [`report`]). A linear head on the same standardized hidden state predicts the log of
+//! one sampled answer's length; the token model ([`tokens`]) turns that into each configuration's
+//! tokens and sequential steps with ratios measured in calibration.
 //!
 //! A probe is one safetensors file ([`io`]): the weights, and a JSON header (`ttc_probe` in
 //! the file's metadata) with the menu, the Platt parameters, the token model and the training

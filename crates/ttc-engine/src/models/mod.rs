@@ -1,8 +1,8 @@
 //! Decoder-only transformer models read from GGUF.
 //!
-//! The engine runs the Llama family with byte-level BPE vocabularies (Llama 3.x, SmolLM2) and
-//! Qwen2 (Qwen2.5); SentencePiece vocabularies (Llama 2, TinyLlama) are refused by the tokenizer. They share one
-//! decoder (`llama.rs`); what differs between the two architectures is small and lives in
+//! The engine runs the Llama family with byte-level BPE vocabularies (Llama 3.x, SmolLM2) and Qwen2
+//! (Qwen2.5); SentencePiece vocabularies (Llama 2, TinyLlama) are refused by the tokenizer. They
+//! share one decoder (`llama.rs`); what differs between the two architectures is small and lives in
 //! [`Architecture`]: the metadata prefix, bias on the Q/K/V projections, and the RoPE layout.
 
 pub(crate) mod attention;
