@@ -52,6 +52,12 @@ impl QuantizedActs {
     }
 
     /// Quantizes `x` (`rows x k`, row-major) for `format`; `k` must be a multiple of its block.
+    ///
+    /// # Panics
+    ///
+    /// If `x.len()` is not `rows * k` (a product that overflows never is) or `k` is not whole
+    /// blocks. [`QMatrix::matmul`](crate::QMatrix::matmul) checks its shapes first and
+    /// returns an error instead.
     pub fn quantize(&mut self, format: ActivationFormat, x: &[f32], rows: usize, k: usize) {
         self.quantize_on(crate::Isa::active(), format, x, rows, k)
     }
@@ -66,9 +72,21 @@ impl QuantizedActs {
         rows: usize,
         k: usize,
     ) {
-        assert_eq!(x.len(), rows * k, "activation shape");
+        // Real checks, once per call, before any field changes: every length below, and
+        // the matmul kernels' unchecked reads of rows `0..rows`, follow from
+        // `x.len() == rows * k`. Checked product: `rows` and `k` come from the caller, and a
+        // product that wrapped to `x.len()` would size the buffers for far fewer rows than
+        // `self.rows` claims.
+        assert_eq!(
+            rows.checked_mul(k),
+            Some(x.len()),
+            "activation shape: {rows} x {k} is not {} values",
+            x.len()
+        );
         assert_eq!(k % format.block_len(), 0, "activation row length");
         let nb = k / format.block_len();
+        // `rows * nb <= rows * k == x.len()` and `rows * nb * 16 <= rows * k` (a Q8K block is
+        // 256 values): none of the products below can overflow.
         self.format = format;
         self.rows = rows;
         self.k = k;
@@ -83,7 +101,10 @@ impl QuantizedActs {
                     |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]| {
                         #[cfg(target_arch = "x86_64")]
                         if isa.at_most_best() >= crate::Isa::Avx2 {
-                            // SAFETY: an available set from AVX2 up: AVX2 and FMA are present.
+                            // SAFETY: `quantize_q8_avx2` needs AVX2, FMA and F16C:
+                            // `at_most_best` caps `isa` at `Isa::best()`, and any set from
+                            // `Isa::Avx2` up is in `Isa::available()` only when all three
+                            // were detected. It reads and writes through safe slices only.
                             return unsafe { quantize_q8_avx2(x, qs, d, s, isum) };
                         }
                         quantize_q8(x, qs, d, s, isum)
@@ -98,9 +119,16 @@ impl QuantizedActs {
                         isum: self.isum.as_mut_ptr(),
                     };
                     crate::threads::parallel_for(rows.div_ceil(per), &|c| {
+                        // `c < rows.div_ceil(per)`, so `r0 < rows` and `r0 < r1 <= rows`.
                         let (r0, r1) = (c * per, ((c + 1) * per).min(rows));
                         let bufs = &bufs;
-                        // SAFETY: tasks cover disjoint row ranges of buffers sized above.
+                        // SAFETY: the resizes above made `qs.len() == rows * k` and `d`, `s`,
+                        // `isum` each `rows * nb` long (products bounded by `x.len()`, see
+                        // the checked assert at the top), so rows `r0..r1` (`r1 <= rows`)
+                        // lie inside each buffer. Task `c` alone owns rows
+                        // `c * per..(c + 1) * per`, so the slices of different tasks are
+                        // disjoint, and the `Vec`s are not touched until `parallel_for`
+                        // returns.
                         let (qs, d, s, isum) = unsafe {
                             (
                                 std::slice::from_raw_parts_mut(bufs.qs.add(r0 * k), (r1 - r0) * k),
@@ -144,13 +172,15 @@ impl QuantizedActs {
     }
 }
 
+/// The output buffers of one parallel Q8 quantization, shared by its tasks.
 struct RowBuffers {
     qs: *mut i8,
     d: *mut f32,
     s: *mut f32,
     isum: *mut i32,
 }
-// SAFETY: shared only by tasks writing disjoint rows.
+// SAFETY: shared only by the tasks of one `quantize_on` call, each making slices of its own
+// disjoint rows (see the SAFETY comment there); the buffers outlive the parallel section.
 unsafe impl Sync for RowBuffers {}
 
 /// Rows from which quantizing is split across the pool (a prefill chunk, a wide batch).

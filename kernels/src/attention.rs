@@ -27,6 +27,8 @@ impl AttentionDims {
     fn group(&self) -> usize {
         self.n_heads / self.n_kv_heads
     }
+    /// Values per query row. Plain products here: [`check`] proved that they do not overflow
+    /// before any kernel uses them.
     fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }
@@ -40,6 +42,15 @@ const TILE: usize = 32;
 /// Below this many multiply-adds a call stays on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
+/// The one check behind every unchecked access of [`attend_on`] (and the indexing of
+/// [`attend_reference`]). On success:
+/// - `n_kv_heads > 0`, `head_dim > 0`, `n_heads` a multiple of `n_kv_heads`, and
+///   `q_dim()`, `kv_dim()` do not overflow (checked_mul: the dims come from a model file);
+/// - `q.len() == out.len() == rows.len() * q_dim()` (checked_mul), so query row `r`, head
+///   `h` is `q[r * q_dim + h * head_dim..][..head_dim]`, inside `q` and `out`;
+/// - `k_pool.len() == v_pool.len()` is whole rows of `kv_dim()`, and every slot of every
+///   row is below their row count, so `slot * kv_dim + h * head_dim + head_dim` for a KV
+///   head `h < n_kv_heads` is at most the pools' length.
 fn check(
     dims: &AttentionDims,
     q: &[f32],
@@ -55,22 +66,35 @@ fn check(
             d.n_heads, d.n_kv_heads
         )));
     }
-    if q.len() != rows.len() * d.q_dim() || out.len() != q.len() {
+    let (Some(q_dim), Some(kv_dim)) = (
+        d.n_heads.checked_mul(d.head_dim),
+        d.n_kv_heads.checked_mul(d.head_dim),
+    ) else {
         return Err(KernelError::Shape(format!(
-            "{} query rows need {} values",
+            "{} query and {} KV heads of {} values overflow usize",
+            d.n_heads, d.n_kv_heads, d.head_dim
+        )));
+    };
+    let q_len = rows.len().checked_mul(q_dim);
+    if q_len != Some(q.len()) || out.len() != q.len() {
+        return Err(KernelError::Shape(format!(
+            "{} query rows need {} values, got {} (out {})",
             rows.len(),
-            rows.len() * d.q_dim()
+            q_len.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string()),
+            q.len(),
+            out.len()
         )));
     }
-    if k_pool.len() != v_pool.len() || !k_pool.len().is_multiple_of(d.kv_dim()) {
+    if k_pool.len() != v_pool.len() || !k_pool.len().is_multiple_of(kv_dim) {
         return Err(KernelError::Shape(
             "K and V pools differ or are not whole rows".into(),
         ));
     }
-    let pool_rows = (k_pool.len() / d.kv_dim()) as u32;
+    // Compared as usize: a pool of more than 2^32 rows must not wrap to a small count.
+    let pool_rows = k_pool.len() / kv_dim;
     if rows
         .iter()
-        .any(|r| r.is_empty() || r.iter().any(|&s| s >= pool_rows))
+        .any(|r| r.is_empty() || r.iter().any(|&s| s as usize >= pool_rows))
     {
         return Err(KernelError::Shape(format!(
             "every row needs slots below {pool_rows}"
@@ -150,10 +174,14 @@ fn row_groups(rows: &[&[u32]]) -> Vec<(usize, usize, usize)> {
     groups
 }
 
+/// `out`'s pointer, shared by the tasks of one [`attend_on`] call.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: each task writes its own (row, KV head) runs of the output.
+// SAFETY: each task writes only the `head_dim` runs of its own rows and query heads (tasks'
+// (run of rows, KV head, first query head) triples are distinct and their head ranges do not
+// overlap, see `attend_on`), and `attend_on` holds `out` mutably borrowed while they run.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: written only at disjoint indices.
 unsafe impl Sync for OutPtr {}
 
 /// As [`attend`], compiled for `isa` (AVX2 and above use 256-bit vectors and FMA).
@@ -170,6 +198,10 @@ pub fn attend_on(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     check(&dims, q, k_pool, v_pool, rows, out)?;
+    if rows.is_empty() {
+        // Nothing to attend (and no tasks to divide the threads between).
+        return Ok(());
+    }
     let groups = if share_prefixes {
         row_groups(rows)
     } else {
@@ -215,7 +247,9 @@ pub fn attend_on(
         s.resize(rg * (TILE + 2 + dims.head_dim), 0.0);
         #[cfg(target_arch = "x86_64")]
         if isa.at_most_best() >= Isa::Avx2 {
-            // SAFETY: an available set from AVX2 up: AVX2 and FMA are present.
+            // SAFETY: `job_avx2` needs AVX2 and FMA: `at_most_best` caps `isa` at
+            // `Isa::best()`, and a set from `Isa::Avx2` up is in `Isa::available()` only
+            // when both were detected. `job`'s own unchecked accesses rest on `check`.
             unsafe { job_avx2(&job, &mut s) };
         } else {
             job.run::<false>(&mut s);
@@ -227,7 +261,12 @@ pub fn attend_on(
         }
         SCRATCH.with(|cell| *cell.borrow_mut() = s);
     };
-    let work: usize = rows.iter().map(|r| r.len()).sum::<usize>() * dims.q_dim() * 2;
+    // Saturating: only a size estimate (a slot list may be listed many times).
+    let work = rows
+        .iter()
+        .fold(0usize, |n, r| n.saturating_add(r.len()))
+        .saturating_mul(dims.q_dim())
+        .saturating_mul(2);
     if work < PARALLEL_MIN_WORK || rayon::current_num_threads() <= 1 {
         tasks.iter().for_each(run);
     } else {
@@ -240,6 +279,9 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// # Safety
+///
+/// AVX2 and FMA are present, and `job` describes shapes that passed [`check`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn job_avx2(job: &Job, scratch: &mut [f32]) {
@@ -293,7 +335,10 @@ impl Job<'_> {
             for gi in 0..g {
                 let i = r * g + gi;
                 let inv = 1.0 / state.sum[i];
-                // SAFETY: (row, KV head) runs are disjoint between tasks and inside `out`.
+                // SAFETY: row `first_row + r < rows.len()` and query head
+                // `first_head + gi < n_heads`, so the run ends at most at
+                // `rows.len() * q_dim == out.len()` (`check`, checked_mul). No other task
+                // writes it (`OutPtr`), and nothing else reads `out` while tasks run.
                 let o = unsafe {
                     std::slice::from_raw_parts_mut(
                         self.out
@@ -336,7 +381,10 @@ impl Job<'_> {
                 let qs: [&[f32]; 8] = std::array::from_fn(|l| query((i0 + l).min(heads.end - 1)));
                 for (j, &slot) in tile.iter().enumerate() {
                     let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
-                    // SAFETY: FMA is only set on the AVX2 path; all slices are hd long.
+                    // SAFETY: `FMA` is set only by `job_avx2`, whose caller checked AVX2 and
+                    // FMA (`attend_on`). `dots` loads 8 floats at a time up to `key.len()`
+                    // from `key` and each `qs[..N]`: all are bounds-checked `[..hd]` slices
+                    // and `hd` is a multiple of 8 (tested just above).
                     let dots = unsafe {
                         if wide {
                             avx2::dots::<8>(&qs, key)
@@ -392,8 +440,13 @@ impl Job<'_> {
                 let p = &st.scores[i * TILE..i * TILE + n];
                 #[cfg(target_arch = "x86_64")]
                 if FMA && hd % 8 == 0 {
-                    // SAFETY: FMA is only set on the AVX2 path; every slot is a pool row
-                    // (checked), so each value run lies inside the pool.
+                    // SAFETY: `FMA` is set only by `job_avx2`, whose caller checked AVX2 and
+                    // FMA (`attend_on`). `weighted_values` reads
+                    // `v[slot * kvd + h * hd..][..hd]` for each slot of `tile`: `check` proved
+                    // every slot below the pool's row count and `h < n_kv_heads`, so each
+                    // run ends by `v.len()`; it reads `p[..tile.len()]` (`p` is `n ==
+                    // tile.len()` long) and `acc` is a bounds-checked `hd`-slice with `hd` a
+                    // multiple of 8 (tested just above).
                     unsafe {
                         avx2::weighted_values(
                             &mut st.acc[i * hd..(i + 1) * hd],
@@ -442,6 +495,11 @@ mod avx2 {
     /// one accumulator per query, then one horizontal-sum tree for all of them. Each head's
     /// sum is ((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7)) over its accumulator's lanes for either
     /// `N`, so a score has the same bits whichever is used.
+    ///
+    /// # Safety
+    ///
+    /// AVX2 and FMA are present; `k.len()` is a multiple of 8 and each of `qs[..N]` is at
+    /// least `k.len()` long.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dots<const N: usize>(qs: &[&[f32]; 8], k: &[f32]) -> [f32; 8] {
@@ -449,8 +507,11 @@ mod avx2 {
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut i = 0;
         while i < n {
+            // SAFETY: `i + 8 <= n` (`n` a multiple of 8, this function's contract), and
+            // `n <= qs[h].len()` (contract), so each load of 8 stays inside its slice.
             let kv = _mm256_loadu_ps(k.as_ptr().add(i));
             for h in 0..N {
+                // SAFETY: as above.
                 acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs[h].as_ptr().add(i)), kv, acc[h]);
             }
             i += 8;
@@ -468,8 +529,10 @@ mod avx2 {
                 _mm256_permute2f128_ps(u0, u1, 0x20),
                 _mm256_permute2f128_ps(u0, u1, 0x31),
             );
+            // SAFETY: 8 floats into the 8 of `out`.
             _mm256_storeu_ps(out.as_mut_ptr(), v);
         } else {
+            // SAFETY: 4 floats into the first 4 of `out`.
             _mm_storeu_ps(
                 out.as_mut_ptr(),
                 _mm_add_ps(_mm256_castps256_ps128(u0), _mm256_extractf128_ps(u0, 1)),
@@ -480,6 +543,12 @@ mod avx2 {
 
     /// `acc = acc * correction + sum_j p[j] * V[slots[j]][offset..offset + acc.len()]`, 32
     /// dimensions at a time in four registers.
+    ///
+    /// # Safety
+    ///
+    /// AVX2 and FMA are present; `acc.len()` is a multiple of 8 (else the loop never ends);
+    /// `p.len() >= slots.len()`; and `slot * stride + offset + acc.len() <= v.len()` for
+    /// every slot.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn weighted_values(
@@ -498,10 +567,15 @@ mod avx2 {
             let regs = ((hd - d0) / 8).min(4);
             let mut a = [_mm256_setzero_ps(); 4];
             for l in 0..regs {
+                // SAFETY: `d0 + 8 * regs <= hd == acc.len()` (`regs` is how many whole
+                // vectors are left, and `hd` a multiple of 8 by contract).
                 a[l] = _mm256_mul_ps(_mm256_loadu_ps(acc.as_ptr().add(d0 + 8 * l)), c);
             }
             for (j, &slot) in slots.iter().enumerate() {
+                // SAFETY: `j < slots.len() <= p.len()` (contract).
                 let pj = _mm256_set1_ps(*p.get_unchecked(j));
+                // SAFETY: the loads below read `vp[..8 * regs]`, which ends by
+                // `slot * stride + offset + hd <= v.len()` (contract).
                 let vp = v.as_ptr().add(slot as usize * stride + offset + d0);
                 if regs == 4 {
                     a[0] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vp), a[0]);
@@ -515,6 +589,7 @@ mod avx2 {
                 }
             }
             for l in 0..regs {
+                // SAFETY: as the loads from `acc` above.
                 _mm256_storeu_ps(acc.as_mut_ptr().add(d0 + 8 * l), a[l]);
             }
             d0 += 8 * regs;

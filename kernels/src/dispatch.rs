@@ -100,9 +100,14 @@ impl Isa {
 }
 
 /// Dot products of one weight row with activation rows `i0..i0 + MR`, into `out[..MR]`.
+///
+/// Unsafe to call: the SIMD kernels read without bounds checks and need their CPU features;
+/// the contract is written on `x86::row_kernels!` (and established by `QMatrix::new_for`,
+/// `QMatrix::check` and `QMatrix::tiled`).
 pub(crate) type RowsKernel = unsafe fn(&[u8], &QuantizedActs, usize, &mut [f32; 4]);
 
-/// The reference as a kernel: the portable fallback.
+/// The reference as a kernel: the portable fallback. `unsafe` only to fit [`RowsKernel`]: its
+/// body is safe, bounds-checked code.
 unsafe fn portable<const T: u8, const MR: usize>(
     w: &[u8],
     a: &QuantizedActs,
@@ -121,7 +126,8 @@ macro_rules! by_rows {
     };
 }
 
-/// The kernels for 1, 2, 3 and 4 rows of `t` on `isa` (which must be available).
+/// The kernels for 1, 2, 3 and 4 rows of `t` on `isa` (which must be available: calling the
+/// kernels is where that matters, and `QMatrix::new_for` checks it).
 pub(crate) fn row_kernels(t: WeightType, isa: Isa) -> [RowsKernel; 4] {
     #[cfg(target_arch = "x86_64")]
     {
@@ -181,7 +187,8 @@ pub(crate) fn row_kernels(t: WeightType, isa: Isa) -> [RowsKernel; 4] {
 }
 
 /// Dot products of weight rows `j0..j1` (each `stride` bytes of `data`) with activation rows
-/// `i0..i0 + MR`, written to `out[(i0 + r) * n + j]`.
+/// `i0..i0 + MR`, written to `out[(i0 + r) * n + j]`. The contract is
+/// `x86::avx512::packed_range`'s.
 pub(crate) type RangeKernel<A> = unsafe fn(&[u8], usize, usize, usize, &A, usize, *mut f32, usize);
 
 /// The 512-bit kernels over packed rows of a 32-block format.

@@ -44,10 +44,14 @@ thread_local! {
     static SCRATCH: RefCell<(QuantizedActs, PackedActs)> = RefCell::new(Default::default());
 }
 
+/// `y`'s pointer, shared by the workers of one [`QMatrix::tiled`] call.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: workers write disjoint columns of the output (their own weight rows).
+// SAFETY: `tiled` hands each worker its own run `j0..j1` of weight rows, and a worker writes
+// only `y[i * rows + j]` for `j` in its run, so no two threads write one element; `y` is
+// borrowed mutably by `tiled` for as long as any worker runs.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: the pointer is only written through at disjoint indices.
 unsafe impl Sync for OutPtr {}
 
 impl QMatrix {
@@ -90,7 +94,7 @@ impl QMatrix {
             )));
         }
         let storage = if isa == Isa::Avx512Vnni && packed::packable(ty) {
-            Storage::Packed(PackedMatrix::pack(ty, rows, cols, &data))
+            Storage::Packed(PackedMatrix::pack(ty, rows, cols, &data)?)
         } else {
             Storage::Ggml { row_bytes, data }
         };
@@ -117,7 +121,12 @@ impl QMatrix {
                 "stacked matrices need one type, width and layout".into(),
             ));
         }
-        let rows = parts.iter().map(|p| p.rows).sum();
+        // Checked: a part may be listed many times, and the kernels index the stacked bytes
+        // by `rows * row_bytes`.
+        let rows = parts
+            .iter()
+            .try_fold(0usize, |n, p| n.checked_add(p.rows))
+            .ok_or_else(|| KernelError::Shape("stacked rows overflow usize".into()))?;
         let bytes = |p: &QMatrix| match &p.storage {
             Storage::Ggml { data, .. } => data.clone(),
             Storage::Packed(m) => m.data.clone(),
@@ -158,6 +167,8 @@ impl QMatrix {
 
     /// Row `j` in GGUF layout.
     pub fn ggml_row(&self, j: usize) -> Cow<'_, [u8]> {
+        // Before the products below, which could wrap for a `j` far past the end.
+        assert!(j < self.rows, "row {j} of a {}-row matrix", self.rows);
         match &self.storage {
             Storage::Ggml { row_bytes, data } => {
                 Cow::Borrowed(&data[j * row_bytes..(j + 1) * row_bytes])
@@ -178,6 +189,9 @@ impl QMatrix {
         // parallel section it may run another matmul (work stealing), which then finds an
         // empty scratch instead of a borrowed one.
         let (mut acts, mut packed_acts) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        // `check` made `x.len() == m * cols` (checked), so this cannot fail; it leaves
+        // `acts.rows == m`, `acts.k == cols` and every buffer sized for them, which the kernels
+        // below read without bounds checks.
         acts.quantize_on(self.isa, self.ty.activation_format(), x, m, self.cols);
         match &self.storage {
             Storage::Ggml { row_bytes, data } => {
@@ -186,18 +200,23 @@ impl QMatrix {
                 self.tiled(m, y, &|j0, j1, i, mr, out| {
                     let mut tile = [0f32; 4];
                     for j in j0..j1 {
-                        // SAFETY: the matrix's `isa` is available (checked at construction);
-                        // rows i..i+mr exist; each worker writes only its own columns j0..j1.
-                        unsafe {
-                            kernels[mr - 1](
-                                &data[j * row_bytes..(j + 1) * row_bytes],
-                                acts,
-                                i,
-                                &mut tile,
-                            );
-                            for r in 0..mr {
-                                *out.add((i + r) * self.rows + j) = tile[r];
-                            }
+                        // Bounds-checked slice: one weight row of `row_bytes` bytes.
+                        let w = &data[j * row_bytes..(j + 1) * row_bytes];
+                        // SAFETY: the kernels need (1) their CPU features: `QMatrix::new_for`
+                        // refused an `isa` not in `Isa::available()`, and `row_kernels` gives
+                        // the kernels of that `isa`; (2) `w` holding `acts.k / block_len`
+                        // whole blocks: `w` is `row_bytes = ty.row_bytes(cols)` long and
+                        // `acts.k == cols` (`quantize_on` above); (3) activation rows
+                        // `i..i + mr` in `acts`, in `ty`'s activation format: `tiled` gives
+                        // `1 <= mr <= 4` and `i + mr <= m == acts.rows`, and `quantize_on`
+                        // above used `ty.activation_format()`.
+                        unsafe { kernels[mr - 1](w, acts, i, &mut tile) };
+                        for r in 0..mr {
+                            // SAFETY: `i + r < m` and `j < rows` (`tiled`), so the index is
+                            // below `m * rows`, which `QMatrix::check` proved (checked_mul)
+                            // equal to `y.len()`; `tiled` gives this worker sole use of
+                            // column `j`.
+                            unsafe { *out.add((i + r) * self.rows + j) = tile[r] };
                         }
                     }
                 })
@@ -207,7 +226,16 @@ impl QMatrix {
                 let kernels = packed_kernels(self.ty);
                 let pa = &packed_acts;
                 self.tiled(m, y, &|j0, j1, i, mr, out| {
-                    // SAFETY: as above; packed rows are `row_stride` bytes each.
+                    // SAFETY: `packed_range` needs (1) AVX-512 VNNI: `Storage::Packed` exists
+                    // only for `isa == Isa::Avx512Vnni`, which `QMatrix::new_for` checked is
+                    // in `Isa::available()`; (2) rows `j0..j1` of `row_stride` bytes in
+                    // `p.data`: `j1 <= rows` (`tiled`) and `PackedMatrix::pack` made
+                    // `data.len() == rows * row_stride` (checked_mul), each row holding
+                    // `p.blocks` blocks; (3) `pa` packed from `cols`-wide rows, so
+                    // `pa.nb == p.blocks`, with rows `i..i + mr` (`PackedActs::pack` sized
+                    // its buffers for `acts.rows == m`; `tiled` gives `i + mr <= m`);
+                    // (4) `out` valid for `(i + r) * rows + j` below `m * rows ==
+                    // y.len()` (`QMatrix::check`, checked_mul), column `j` this worker's own.
                     unsafe { kernels[mr - 1](&p.data, p.row_stride, j0, j1, pa, i, out, self.rows) }
                 })
             }
@@ -230,8 +258,11 @@ impl QMatrix {
         Ok(())
     }
 
+    /// The one check behind every unchecked access of a matmul: `x` is exactly `m x cols` and
+    /// `y` exactly `m x rows`. Checked products: `m` comes from the caller, and a product that
+    /// wrapped around to the slices' lengths would let the kernels run `m` rows past them.
     fn check(&self, x: &[f32], m: usize, y: &[f32]) -> Result<(), KernelError> {
-        if x.len() != m * self.cols || y.len() != m * self.rows {
+        if m.checked_mul(self.cols) != Some(x.len()) || m.checked_mul(self.rows) != Some(y.len()) {
             return Err(KernelError::Shape(format!(
                 "matmul of {m}x{} by {}x{} into {} values (x has {})",
                 self.cols,
@@ -246,6 +277,11 @@ impl QMatrix {
 
     /// Runs `tile(j0, j1, i, mr, out)` (weight rows `j0..j1` with activation rows `i..i+mr`,
     /// `mr` <= 4) over the whole product, runs of weight rows spread over the pool.
+    ///
+    /// What the callers' unchecked writes rely on: every call has `1 <= mr <= 4`,
+    /// `i + mr <= m`, `j0 < j1 <= rows`, the runs `j0..j1` of different calls running at
+    /// once are disjoint, and `out` is `y`'s pointer (`y.len() == m * rows` is the caller's
+    /// check, [`check`](Self::check)).
     fn tiled(
         &self,
         m: usize,
@@ -268,7 +304,8 @@ impl QMatrix {
             }
         };
         let threads = rayon::current_num_threads();
-        if threads <= 1 || m * n * self.cols < PARALLEL_MIN_WORK {
+        // Saturating: only a size estimate.
+        if threads <= 1 || m.saturating_mul(n).saturating_mul(self.cols) < PARALLEL_MIN_WORK {
             run(0, n);
             return;
         }

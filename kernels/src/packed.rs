@@ -13,6 +13,7 @@
 
 use crate::activations::QuantizedActs;
 use crate::formats::{ActivationFormat, WeightType};
+use crate::KernelError;
 
 /// Blocks per group: what one 512-bit load of quants holds.
 pub(crate) fn group_blocks(ty: WeightType) -> usize {
@@ -57,11 +58,40 @@ impl PackedMatrix {
         self.scales_at() + self.blocks * 2
     }
 
-    pub fn pack(ty: WeightType, rows: usize, cols: usize, ggml: &[u8]) -> Self {
+    /// Packs `rows` GGUF rows of `cols` weights. The 512-bit kernels read `data` by
+    /// `j * row_stride` for `j < rows` without bounds checks, so this is where
+    /// `data.len() == rows * row_stride` (with `row_stride` holding `cols / 32` whole
+    /// blocks) is established, and `ggml` must be exactly that many bytes.
+    pub fn pack(
+        ty: WeightType,
+        rows: usize,
+        cols: usize,
+        ggml: &[u8],
+    ) -> Result<Self, KernelError> {
+        ty.check_row_len(cols)?;
+        if !packable(ty) {
+            return Err(KernelError::Unsupported(format!(
+                "{} is not packed",
+                ty.name()
+            )));
+        }
         let bb = ty.block_bytes();
         let nb = cols / 32;
         let row_stride = ty.row_bytes(cols);
-        let mut data = vec![0u8; rows * row_stride];
+        // Checked: `rows` comes from a model file (`QMatrix::new_for` checks it too, but this
+        // is the length the kernels rely on, so it does not lean on that).
+        let len = rows
+            .checked_mul(row_stride)
+            .filter(|&n| n == ggml.len())
+            .ok_or_else(|| {
+                KernelError::Shape(format!(
+                    "{} rows of {cols} {} weights are not {} bytes",
+                    rows,
+                    ty.name(),
+                    ggml.len()
+                ))
+            })?;
+        let mut data = vec![0u8; len];
         let qlen = quant_bytes(ty);
         let qoff = bb - qlen;
         let mut out = Self {
@@ -85,7 +115,7 @@ impl PackedMatrix {
             }
         }
         out.data = data;
-        out
+        Ok(out)
     }
 
     pub fn row(&self, j: usize) -> &[u8] {
@@ -130,22 +160,41 @@ pub(crate) struct PackedActs {
 }
 
 impl PackedActs {
+    /// Packs `a` (quantized for a 32-block format) for `ty`'s kernels. Leaves, for the
+    /// kernels' unchecked reads of rows `0..a.rows`: `qs.len() == a.rows * kp` and
+    /// `d`, `s`, `isum` each `a.rows * nbp` long, with `nbp` a multiple of `ty`'s group and
+    /// `kp == nbp * 32`.
     pub fn pack(&mut self, ty: WeightType, a: &QuantizedActs) {
-        debug_assert_eq!(a.format, ActivationFormat::Q8);
+        // A real check (once per call): Q8K activations have no `s` or `isum`.
+        assert_eq!(
+            a.format,
+            ActivationFormat::Q8,
+            "packed weights meet Q8 activations"
+        );
         let gb = group_blocks(ty);
         let nb = a.k / 32;
         let nbp = nb.div_ceil(gb) * gb;
+        // Checked although `a.rows * a.k` values exist in memory: padding makes rows longer.
+        let kp = nbp.checked_mul(32);
+        let values = kp.and_then(|kp| a.rows.checked_mul(kp));
+        let blocks = a.rows.checked_mul(nbp);
+        let (Some(kp), Some(values), Some(blocks)) = (kp, values, blocks) else {
+            panic!(
+                "{} padded activation rows of {nbp} blocks overflow usize",
+                a.rows
+            );
+        };
         self.nb = nb;
         self.nbp = nbp;
-        self.kp = nbp * 32;
+        self.kp = kp;
         self.qs.clear();
-        self.qs.resize(a.rows * self.kp, 0);
+        self.qs.resize(values, 0);
         for v in [&mut self.d, &mut self.s] {
             v.clear();
-            v.resize(a.rows * nbp, 0.0);
+            v.resize(blocks, 0.0);
         }
         self.isum.clear();
-        self.isum.resize(a.rows * nbp, 0);
+        self.isum.resize(blocks, 0);
         let interleave = gb == 4;
         for r in 0..a.rows {
             let src = &a.qs[r * a.k..(r + 1) * a.k];
@@ -168,5 +217,24 @@ impl PackedActs {
             }
             self.isum[r * nbp..r * nbp + nb].copy_from_slice(&a.isum[r * nb..(r + 1) * nb]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pack` establishes the length the 512-bit kernels read by, so it checks it itself: a
+    /// row count whose byte product wraps, or bytes that are not exactly the rows, are errors.
+    #[test]
+    fn pack_checks_the_length_the_kernels_rely_on() {
+        let ty = WeightType::Q8_0;
+        let wraps = usize::MAX / ty.row_bytes(32) + 2;
+        assert!(PackedMatrix::pack(ty, wraps, 32, &[0; 34]).is_err());
+        assert!(PackedMatrix::pack(ty, 2, 32, &[0; 34]).is_err());
+        assert!(PackedMatrix::pack(ty, 1, 48, &[0; 51]).is_err());
+        assert!(PackedMatrix::pack(WeightType::Q4K, 1, 256, &[0; 144]).is_err());
+        let p = PackedMatrix::pack(ty, 2, 64, &[0; 136]).unwrap();
+        assert_eq!(p.data.len(), 2 * p.row_stride);
     }
 }

@@ -74,6 +74,8 @@ pub(crate) fn q6k_values(b: &[u8], out: &mut [i8; 256]) {
 /// Dot product of one weight row with activation row `row` of `a`.
 pub fn dot_row(t: WeightType, w: &[u8], a: &QuantizedActs, row: usize) -> f32 {
     assert_eq!(a.format, t.activation_format(), "activation format");
+    // Before the products below, which could wrap for a `row` far past the end.
+    assert!(row < a.rows, "row {row} of {} activation rows", a.rows);
     let k = a.k;
     let x = &a.qs[row * k..(row + 1) * k];
     let nb = k / t.block_len();

@@ -92,6 +92,52 @@ thread_local! {
     static LEADING: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
 }
 
+/// Counts one claimed task as done when dropped, so that a task that panics still lets its
+/// section end (on a follower the panic then reaches `with_team`'s scope, which re-raises it
+/// on the leader once the team stops).
+struct TaskDone<'a>(&'a AtomicUsize);
+
+impl Drop for TaskDone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Ends a section on the leader, on return or while unwinding from a task that panicked:
+/// claims every task still unclaimed (so none starts), then waits until the tasks already
+/// claimed are done. Until then the section's `Task` and the caller's data it borrows must
+/// stay alive, and an unwinding leader would otherwise free them under running tasks.
+struct SectionEnd<'a> {
+    team: &'a Team,
+    tasks: usize,
+}
+
+impl Drop for SectionEnd<'_> {
+    fn drop(&mut self) {
+        let team = self.team;
+        loop {
+            let s = team.state.load(Ordering::Acquire);
+            let (tasks, next) = ((s >> FIELD_BITS) & FIELD_MASK, s & FIELD_MASK);
+            if next >= tasks {
+                break;
+            }
+            // `next = tasks`: the rest are claimed, and counted done, without running.
+            if team
+                .state
+                .compare_exchange_weak(s, s + (tasks - next), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                team.done
+                    .fetch_add((tasks - next) as usize, Ordering::Release);
+                break;
+            }
+        }
+        while team.done.load(Ordering::Acquire) < self.tasks {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 impl Team {
     /// Claims and runs tasks of the current section until none is left to claim.
     fn work(&self) -> bool {
@@ -102,17 +148,23 @@ impl Team {
             if next >= tasks {
                 return ran;
             }
-            // While `next` is unclaimed the section cannot end, so `job` is still this
-            // section's: a successful claim below proves `next` was still unclaimed.
-            let job = self.job.load(Ordering::Acquire) as *const Task;
             if self
                 .state
                 .compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                // SAFETY: the leader keeps the task alive until `done` reaches `tasks`.
+                let _done = TaskDone(&self.done);
+                // Read after the claim, not before: the claim succeeded on the current
+                // section's state (whatever its epoch, even one that wrapped around to the
+                // value read above), and that section cannot end before `_done` counts this
+                // task, so `job` is its job. The Acquire claim reads the state the leader
+                // published (Release) after storing `job`.
+                let job = self.job.load(Ordering::Acquire) as *const Task;
+                // SAFETY: `job` points at the `Task` that `section` holds on the leader's
+                // stack; `section` does not return, nor unwind (`SectionEnd`), until `done`
+                // reaches `tasks`, which needs this task's `_done`; the task's body outlives
+                // the section likewise (it is the leader's `parallel_for` argument).
                 unsafe { (*job)(next as usize) };
-                self.done.fetch_add(1, Ordering::Release);
                 ran = true;
             }
         }
@@ -132,7 +184,8 @@ impl Team {
         }
     }
 
-    /// Runs `tasks` tasks of `f` with the team; returns when all are done.
+    /// Runs `tasks` (at most `FIELD_MASK`) tasks of `f` with the team; returns, or unwinds
+    /// if a task panicked on this thread, only once every task that started has finished.
     fn section(&self, tasks: usize, f: Task) {
         let job: *const Task = &f;
         self.job.store(job as *mut (), Ordering::Release);
@@ -142,10 +195,10 @@ impl Team {
             epoch << (2 * FIELD_BITS) | (tasks as u64) << FIELD_BITS,
             Ordering::Release,
         );
+        // Declared after `f`'s address was published and dropped before `f`: waits for the
+        // followers running it, on return and on unwinding alike.
+        let _end = SectionEnd { team: self, tasks };
         self.work();
-        while self.done.load(Ordering::Acquire) < tasks {
-            std::hint::spin_loop();
-        }
     }
 }
 
@@ -195,7 +248,9 @@ pub fn parallel_for(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         (0..tasks).into_par_iter().for_each(f);
         return;
     }
-    // SAFETY: `LEADING` is set only while `with_team` holds the team on this thread's stack.
+    // SAFETY: `LEADING` is non-null only between `with_team` setting it to its `Team` (on
+    // this thread's stack, alive until `with_team`'s scope ends) and its `Release` guard
+    // clearing it, on this thread only (a thread-local).
     let team = unsafe { &*team };
     // A task that itself calls `parallel_for` runs that section alone: the team is busy.
     LEADING.with(|l| l.set(std::ptr::null()));

@@ -517,3 +517,156 @@ fn quantization_and_softmax_helpers_are_the_same_bits_on_every_isa() {
         assert_eq!(e, want_exp, "{}", isa.name());
     }
 }
+
+/// A row count whose products with the matrix's width and height wrap around to the slices'
+/// lengths (here 0) is an error, not `m` rows read and written past them.
+#[test]
+fn matmul_rows_whose_products_wrap_are_errors() {
+    let w = QMatrix::new(WeightType::Q8_0, 32, 32, vec![0; 32 * 34]).unwrap();
+    let m = usize::MAX / 32 + 1; // m * 32 == 2^64, 0 when wrapped
+    assert!(w.matmul(&[], m, &mut []).is_err());
+    assert!(w.matmul_reference(&[], m, &mut []).is_err());
+}
+
+/// Quantizing refuses a shape whose value count wraps around to `x.len()`.
+#[test]
+#[should_panic(expected = "activation shape")]
+fn quantizing_a_wrapping_shape_panics_before_touching_memory() {
+    let mut acts = QuantizedActs::default();
+    acts.quantize(
+        ttc_kernels::ActivationFormat::Q8,
+        &[],
+        usize::MAX / 32 + 1,
+        32,
+    );
+}
+
+/// Head counts whose products overflow (as a crafted model file could give) are errors on
+/// every instruction set, not offsets that wrap around into the query, output or pools.
+#[test]
+fn attention_dims_whose_products_overflow_are_errors() {
+    let one: &[u32] = &[0];
+    let cases = [
+        // n_heads * head_dim == 2^64: q_dim wraps to 0, so empty q and out would pass.
+        (
+            AttentionDims {
+                n_heads: usize::MAX / 4 + 1,
+                n_kv_heads: 1,
+                head_dim: 4,
+            },
+            vec![one],
+            vec![0f32; 4],
+        ),
+        // kv_dim wraps to 0 as well: empty pools would divide by zero.
+        (
+            AttentionDims {
+                n_heads: usize::MAX / 4 + 1,
+                n_kv_heads: usize::MAX / 4 + 1,
+                head_dim: 4,
+            },
+            vec![one],
+            vec![],
+        ),
+        // q_dim is 2^62 without wrapping, but four rows of it wrap to 0.
+        (
+            AttentionDims {
+                n_heads: 1 << 61,
+                n_kv_heads: 1,
+                head_dim: 2,
+            },
+            vec![one; 4],
+            vec![0f32; 2],
+        ),
+    ];
+    for (dims, rows, pool) in &cases {
+        for isa in Isa::available() {
+            assert!(
+                attend_on(isa, *dims, 1.0, &[], pool, pool, rows, true, &mut []).is_err(),
+                "{} {dims:?}",
+                isa.name()
+            );
+        }
+        assert!(attend_reference(*dims, 1.0, &[], pool, pool, rows, &mut []).is_err());
+    }
+}
+
+/// No query rows is nothing to do (it used to divide the threads by zero tasks).
+#[test]
+fn attention_of_no_rows_is_empty() {
+    let dims = AttentionDims {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 8,
+    };
+    let pool = vec![0f32; 2 * 16];
+    for isa in Isa::available() {
+        attend_on(isa, dims, 1.0, &[], &pool, &pool, &[], true, &mut []).unwrap();
+    }
+}
+
+/// Rotation checks its shapes once per call: a rotary width past the head, too few angles, or
+/// a partial head are errors (the engine checks `rope_dim <= head_dim` when it reads a model,
+/// but the kernel does not rely on that).
+#[test]
+fn rope_shapes_are_checked() {
+    use ttc_kernels::rope::{rotate_heads, try_rotate_heads, RopeLayout};
+    let (cos, sin) = ([1f32; 8], [0f32; 8]);
+    for layout in [RopeLayout::Interleaved, RopeLayout::Halves] {
+        let mut x = [1f32; 16];
+        assert!(try_rotate_heads(&mut x, 8, 16, layout, &cos, &sin).is_err());
+        assert!(try_rotate_heads(&mut x, 8, 8, layout, &cos[..3], &sin).is_err());
+        assert!(try_rotate_heads(&mut x, 8, 8, layout, &cos, &sin[..3]).is_err());
+        assert!(try_rotate_heads(&mut x[..12], 8, 8, layout, &cos, &sin).is_err());
+        assert!(try_rotate_heads(&mut x, 0, 0, layout, &cos, &sin).is_err());
+        assert_eq!(x, [1f32; 16], "refused calls leave x as it was");
+        try_rotate_heads(&mut x, 8, 8, layout, &cos, &sin).unwrap();
+        assert_eq!(x, [1f32; 16], "angle 0 is the identity");
+        let mut partial = [1f32; 16];
+        rotate_heads(&mut partial, 8, 4, layout, &cos, &sin);
+    }
+    let refused = std::panic::catch_unwind(|| {
+        rotate_heads(&mut [0f32; 8], 4, 8, RopeLayout::Halves, &cos, &sin);
+    });
+    assert!(refused.is_err(), "rope_dim > head_dim panics");
+}
+
+/// A task that panics inside a team's section neither hangs the section (a follower's
+/// panic) nor lets the leader unwind past data that other tasks are still using (the
+/// leader's): the caller's frame outlives every task that started, and the panic comes out.
+#[test]
+fn a_panicking_team_task_propagates_after_the_others_finish() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use ttc_kernels::threads::{on_pool, parallel_for};
+    struct Frame(Arc<AtomicBool>);
+    impl Drop for Frame {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    for panicking in [0, 5] {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (ran_after_drop, started) = (AtomicBool::new(false), AtomicUsize::new(0));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            on_pool(|| {
+                let _frame = Frame(dropped.clone());
+                parallel_for(64, &|i| {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    if i == panicking {
+                        panic!("task {i}");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    if dropped.load(Ordering::SeqCst) {
+                        ran_after_drop.store(true, Ordering::SeqCst);
+                    }
+                });
+            })
+        }));
+        assert!(result.is_err(), "the panic reaches the caller");
+        assert!(started.load(Ordering::SeqCst) > panicking);
+        assert!(
+            !ran_after_drop.load(Ordering::SeqCst),
+            "a task ran after the caller's frame was dropped"
+        );
+    }
+}

@@ -26,14 +26,23 @@ pub(crate) fn type_code(ty: WeightType) -> u8 {
 }
 
 /// A group's f16 scales (or mins) as f32 lanes; `present` of them exist.
+///
+/// # Safety
+///
+/// AVX-512 (F, BW, VL), F16C; `p` is valid for reading `present` f16 values, which is all of
+/// the group's (2 for Q8_0, 4 otherwise) when `full`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 unsafe fn group_f16<const T: u8>(p: *const u8, present: usize, full: bool) -> __m128 {
     if full && T == Q8_0 {
+        // SAFETY: 4 bytes: the 2 f16 of a full Q8_0 group (contract).
         _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)))
     } else if full {
+        // SAFETY: 8 bytes: the 4 f16 of a full 4-bit group (contract).
         _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i))
     } else {
+        // SAFETY: the mask enables only the `present` values that exist (contract); masked
+        // lanes are not read (AVX-512 masked loads suppress faults on them).
         _mm_cvtph_ps(_mm_maskz_loadu_epi16((1u8 << present) - 1, p as *const i16))
     }
 }
@@ -41,6 +50,13 @@ unsafe fn group_f16<const T: u8>(p: *const u8, present: usize, full: bool) -> __
 /// [`packed`] over weight rows `j0..j1` of `data` (rows `stride` bytes apart), writing
 /// `out[(i0 + r) * n + j]`: one call per run of rows instead of one per row, which at batch
 /// size 1 is most of the work between two dot products.
+///
+/// # Safety
+///
+/// [`packed`]'s contract for each row, and: `j1 * stride <= data.len()` (`PackedMatrix::pack`
+/// made `data.len() == rows * stride`, checked_mul, and `j1 <= rows`), `stride` being one
+/// packed row of `a.nb` blocks; `out` valid for writes at `(i0 + r) * n + j` for `r < MR`,
+/// `j0 <= j < j1`, with no one else accessing those elements (`QMatrix::matmul`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn packed_range<const T: u8, const MR: usize>(
@@ -55,19 +71,30 @@ pub(crate) unsafe fn packed_range<const T: u8, const MR: usize>(
 ) {
     let mut tile = [0f32; 4];
     for j in j0..j1 {
-        packed::<T, MR>(
-            data.get_unchecked(j * stride..(j + 1) * stride),
-            a,
-            i0,
-            &mut tile,
-        );
+        // SAFETY: `(j + 1) * stride <= j1 * stride <= data.len()` (contract), and row `j` is
+        // one packed row of `a.nb` blocks, as `packed` needs.
+        let w = data.get_unchecked(j * stride..(j + 1) * stride);
+        packed::<T, MR>(w, a, i0, &mut tile);
         for r in 0..MR {
+            // SAFETY: an element of `out` this call owns (contract).
             *out.add((i0 + r) * n + j) = tile[r];
         }
     }
 }
 
 /// `T` is one of [`Q4_0`], [`Q4_1`], [`Q8_0`]; `MR` activation rows (1..=4); `w` one packed row.
+///
+/// # Safety
+///
+/// - the CPU has this function's features (`Storage::Packed` exists only for
+///   `Isa::Avx512Vnni`, which `QMatrix::new_for` checked is available);
+/// - `w` is one packed row of `a.nb` blocks of `T`: `a.nb * qlen` quant bytes, then
+///   `a.nb` f16 scales, then (Q4_1) `a.nb` f16 mins, `a.nb * block_bytes` bytes in all
+///   (`PackedMatrix::pack`, from `cols` with `cols == a.nb * 32`);
+/// - `a` was packed by `PackedActs::pack` for `T` from `a_rows >= i0 + MR` rows, so
+///   `a.qs` holds `a_rows * a.kp` values and `a.d`, `a.s`, `a.isum` `a_rows * a.nbp`, with
+///   `a.nbp` a multiple of the group and `a.kp == a.nbp * 32` (`QMatrix::tiled` gives
+///   `i0 + MR <= m`, the rows quantized).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn packed<const T: u8, const MR: usize>(
@@ -80,6 +107,9 @@ pub(crate) unsafe fn packed<const T: u8, const MR: usize>(
     let qlen = if T == Q8_0 { 32 } else { 16 };
     let (nb, groups) = (a.nb, a.nbp / gb);
     let wq = w.as_ptr();
+    // SAFETY: the scales start after `nb * qlen` quant bytes and the mins (Q4_1) after
+    // `nb * 2` scale bytes, inside (or, for a type without mins, one past the end of) the
+    // `nb * block_bytes`-byte row `w` (contract).
     let wd = wq.add(nb * qlen);
     let wm = wd.add(nb * 2);
     let low = _mm512_set1_epi8(0x0F);
@@ -96,8 +126,12 @@ pub(crate) unsafe fn packed<const T: u8, const MR: usize>(
     let mut mins = [_mm_setzero_ps(); MR];
     for g in 0..groups {
         // Blocks of this group that exist; a short last group is read under a mask.
+        // `g < groups = nbp / gb` and `nbp - nb < gb`, so `1 <= present <= gb`.
         let present = (nb - gb * g).min(gb);
         let full = present == gb;
+        // SAFETY: group `g`'s quants are bytes `64 * g..64 * g + present * qlen` of `w`
+        // (`gb * qlen == 64`), inside its `nb * qlen` quant bytes (contract); a short group's
+        // mask enables only those (`present * qlen < 64`), and masked bytes are not read.
         let raw = if full {
             _mm512_loadu_si512(wq.add(64 * g) as *const _)
         } else {
@@ -114,30 +148,42 @@ pub(crate) unsafe fn packed<const T: u8, const MR: usize>(
                 _mm512_and_si512(_mm512_srli_epi16(raw, 4), low),
             )
         };
+        // SAFETY: group `g`'s `present` scales (and mins) are f16 `gb * g..gb * g + present`
+        // of the row's `nb` (contract), all of them when `full`.
         let d = group_f16::<T>(wd.add(2 * gb * g), present, full);
         let m = if T == Q4_1 {
+            // SAFETY: as the scales above.
             group_f16::<T>(wm.add(2 * gb * g), present, full)
         } else {
             _mm_setzero_ps()
         };
         for r in 0..MR {
             let row = i0 + r;
+            // SAFETY (the activation reads of this row): `row < a_rows` (contract). Its
+            // values `32 * gb * g..32 * gb * (g + 1)` (one 512-bit load for Q8_0, two for
+            // 4-bit) lie in its `a.kp = 32 * a.nbp` values since `g < a.nbp / gb`; its blocks
+            // `gb * g..gb * (g + 1)` of `a.d`, `a.s`, `a.isum` (2 or 4 values per load) lie in
+            // its `a.nbp`: all padded to whole groups by `PackedActs::pack`.
             let x = a.qs.as_ptr().add(row * a.kp + 32 * gb * g);
+            // SAFETY: values `0..64` from `x`, inside the group's `32 * gb` (above).
             let mut p = _mm512_dpbusd_epi32(
                 _mm512_setzero_si512(),
                 q0,
                 _mm512_loadu_si512(x as *const _),
             );
             if T != Q8_0 {
+                // SAFETY: values `64..128` from `x`, inside the 4-bit group's 128 (above).
                 p = _mm512_dpbusd_epi32(p, q1, _mm512_loadu_si512(x.add(64) as *const _));
             }
             let blk = row * a.nbp + gb * g;
+            // SAFETY: `gb` (2 or 4) values from block `blk` of `a.d`, the group's (above).
             let xd = if T == Q8_0 {
                 _mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(blk) as *const f64))
             } else {
                 _mm_loadu_ps(a.d.as_ptr().add(blk))
             };
             if T != Q4_1 {
+                // SAFETY: `gb` values from block `blk` of `a.isum`, the group's (above).
                 let isum = if T == Q8_0 {
                     _mm_loadl_epi64(a.isum.as_ptr().add(blk) as *const __m128i)
                 } else {
@@ -158,6 +204,7 @@ pub(crate) unsafe fn packed<const T: u8, const MR: usize>(
             let s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(d, xd)));
             acc[r] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[r]);
             if T == Q4_1 {
+                // SAFETY: 4 values from block `blk` of `a.s`, the group's (above).
                 mins[r] = _mm_fmadd_ps(m, _mm_loadu_ps(a.s.as_ptr().add(blk)), mins[r]);
             }
         }

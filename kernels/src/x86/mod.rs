@@ -11,6 +11,20 @@ pub(crate) mod avx512;
 
 /// The per-format kernels over `MR` (1..=4) activation rows. `$dot` multiplies unsigned bytes
 /// by signed bytes and sums each four adjacent products into an i32 lane.
+///
+/// # Safety (every `pub(crate)` kernel here, the contract of `dispatch::RowsKernel`)
+///
+/// - the CPU has `$features` (`QMatrix::new_for` refused an `Isa` not in `Isa::available()`);
+/// - `a` was filled by `QuantizedActs::quantize_on` in the weight type's activation format,
+///   so `a.qs.len() == a.rows * a.k`, `a.d` (and Q8's `a.s`) hold `a.rows * nb` values and
+///   Q8K's `a.bsums` `a.rows * nb * 16`, `nb = a.k / block_len` (its checked assert);
+/// - `i0 + MR <= a.rows` (`QMatrix::tiled`);
+/// - `w` is one GGUF row of `nb` whole blocks, `nb * block_bytes` bytes (`QMatrix::new_for`
+///   checked `data.len() == rows * row_bytes` with checked_mul, and the matrix's `cols` is
+///   `a.k`).
+///
+/// Every pointer offset below is inside one of those buffers by these lengths: the SAFETY
+/// comments say which.
 macro_rules! row_kernels {
     ($features:literal, $dot:ident) => {
         use std::arch::x86_64::*;
@@ -18,9 +32,14 @@ macro_rules! row_kernels {
         use crate::activations::QuantizedActs;
         use crate::formats::q4k_scale_min;
 
+        /// # Safety
+        ///
+        /// `$features`; `p` is valid for reading 2 bytes (any alignment).
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn f16(p: *const u8) -> f32 {
+            // SAFETY: 2 bytes at `p`, this function's contract; `read_unaligned` needs no
+            // alignment.
             _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
                 std::ptr::read_unaligned(p as *const u16) as i32,
             )))
@@ -35,9 +54,14 @@ macro_rules! row_kernels {
         }
 
         /// 16 bytes of nibbles as 32 bytes: the low nibbles (elements 0..16), then the high.
+        ///
+        /// # Safety
+        ///
+        /// `$features`; `p` is valid for reading 16 bytes (any alignment).
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn nibbles(p: *const u8) -> __m256i {
+            // SAFETY: 16 bytes at `p`, this function's contract; `loadu` is unaligned.
             let raw = _mm_loadu_si128(p as *const __m128i);
             _mm256_and_si256(
                 _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
@@ -45,9 +69,13 @@ macro_rules! row_kernels {
             )
         }
 
+        /// # Safety
+        ///
+        /// `$features`; `p` is valid for reading 32 bytes (any alignment).
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn load(p: *const i8) -> __m256i {
+            // SAFETY: 32 bytes at `p`, this function's contract.
             _mm256_loadu_si256(p as *const __m256i)
         }
 
@@ -64,9 +92,14 @@ macro_rules! row_kernels {
             let nb = a.k / 32;
             let bb = if Q8 { 34 } else { 18 };
             let mut acc = [_mm256_setzero_ps(); MR];
+            // SAFETY (the two offsets): `i0 < a.rows`, and `a.qs`, `a.d` are `a.rows * a.k`
+            // and `a.rows * nb` long (the macro's contract).
             let xq = a.qs.as_ptr().add(i0 * a.k);
             let xd = a.d.as_ptr().add(i0 * nb);
             for b in 0..nb {
+                // SAFETY: block `b < nb` of `w`, which holds `nb` blocks of `bb` bytes (the
+                // contract); the reads below are its 2-byte scale at 0 and its 32 (Q8_0) or
+                // 16 (Q4_0) quant bytes at 2, inside the block's `bb` (34 or 18) bytes.
                 let blk = w.as_ptr().add(bb * b);
                 let d = f16(blk);
                 let w = if Q8 {
@@ -76,6 +109,8 @@ macro_rules! row_kernels {
                 };
                 let aw = _mm256_sign_epi8(w, w);
                 for r in 0..MR {
+                    // SAFETY: row `i0 + r < a.rows`, values `32 * b..32 * b + 32` of its `a.k`,
+                    // and its block `b < nb` of `d` (the contract).
                     let x = _mm256_sign_epi8(load(xq.add(r * a.k + 32 * b)), w);
                     let p = $dot(aw, x);
                     acc[r] = _mm256_fmadd_ps(
@@ -123,14 +158,20 @@ macro_rules! row_kernels {
             let nb = a.k / 32;
             let mut acc = [_mm256_setzero_ps(); MR];
             let mut summ = [0f32; MR];
+            // SAFETY (the three offsets): `i0 < a.rows`; `a.qs` is `a.rows * a.k` long and
+            // `a.d`, `a.s` (Q8 activations) `a.rows * nb` (the macro's contract).
             let xq = a.qs.as_ptr().add(i0 * a.k);
             let xd = a.d.as_ptr().add(i0 * nb);
             let xs = a.s.as_ptr().add(i0 * nb);
             for b in 0..nb {
+                // SAFETY: block `b < nb` of `w` (`nb` blocks of 20 bytes, the contract): its
+                // scale at 0, min at 2 and 16 quant bytes at 4 end by byte 20.
                 let blk = w.add(20 * b);
                 let (d, m) = (f16(blk), f16(blk.add(2)));
                 let q = nibbles(blk.add(4));
                 for r in 0..MR {
+                    // SAFETY: row `i0 + r < a.rows`: its values `32 * b..32 * b + 32` and
+                    // its block `b < nb` of `d` and `s` (the contract).
                     let p = $dot(q, load(xq.add(r * a.k + 32 * b)));
                     acc[r] = _mm256_fmadd_ps(
                         _mm256_set1_ps(d * *xd.add(r * nb + b)),
@@ -161,6 +202,9 @@ macro_rules! row_kernels {
             let mut mins = [0f32; MR];
             let low = _mm256_set1_epi8(0x0F);
             for b in 0..nb {
+                // SAFETY: block `b < nb` of `w` (`nb` blocks of 144 bytes, the contract):
+                // `d` at 0, `dmin` at 2, 12 scale bytes at 4, and below 128 quant bytes at
+                // 16 (four loads of 32), all inside its 144 bytes.
                 let blk = w.add(144 * b);
                 let (d, dmin) = (f16(blk), f16(blk.add(2)));
                 let scales = std::slice::from_raw_parts(blk.add(4), 12);
@@ -173,12 +217,17 @@ macro_rules! row_kernels {
                     mn[j] = m as i32;
                 }
                 for c in 0..4 {
+                    // SAFETY: bytes `16 + 32 * c..48 + 32 * c <= 144` of the block.
                     let raw = _mm256_loadu_si256(blk.add(16 + 32 * c) as *const __m256i);
                     q[2 * c] = _mm256_and_si256(raw, low);
                     q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
                 }
                 for r in 0..MR {
                     let row = i0 + r;
+                    // SAFETY: `row < a.rows` (the contract): its super-block `b < nb`, values
+                    // `256 * b..256 * (b + 1)` of `a.k` (eight loads of 32), its scale
+                    // `row * nb + b` of `a.d` (`a.rows * nb`) and its 16 sums of `a.bsums`
+                    // (`a.rows * nb * 16`), all Q8K activations.
                     let x = a.qs.as_ptr().add(row * a.k + 256 * b);
                     let mut sumi = _mm256_setzero_si256();
                     for j in 0..8 {
@@ -218,11 +267,16 @@ macro_rules! row_kernels {
             let low = _mm256_set1_epi8(0x0F);
             let two_bits = _mm256_set1_epi8(3);
             for b in 0..nb {
+                // SAFETY: block `b < nb` of `w` (`nb` blocks of 210 bytes, the contract):
+                // 128 bytes of low bits at 0 and 64 of high bits at 128 (the loads below),
+                // 16 scales at 192 and `d` at 208, all inside its 210 bytes.
                 let blk = w.add(210 * b);
                 let d = f16(blk.add(208));
                 let sc: &[i8] = std::slice::from_raw_parts(blk.add(192) as *const i8, 16);
                 let mut q = [_mm256_setzero_si256(); 8];
                 for half in 0..2 {
+                    // SAFETY: bytes `64 * half..64 * half + 64` and
+                    // `128 + 32 * half..160 + 32 * half` of the block, below 192.
                     let l0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
                     let l1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
                     let h = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
@@ -249,6 +303,9 @@ macro_rules! row_kernels {
                 }
                 for r in 0..MR {
                     let row = i0 + r;
+                    // SAFETY: `row < a.rows` (the contract): its super-block `b < nb`, values
+                    // `256 * b..256 * (b + 1)` (eight loads of 32), its 16 sums of `a.bsums`
+                    // (`a.rows * nb * 16`) and scale `row * nb + b` of `a.d` (`a.rows * nb`).
                     let x = a.qs.as_ptr().add(row * a.k + 256 * b);
                     let mut sumi = _mm256_setzero_si256();
                     for v in 0..8 {
