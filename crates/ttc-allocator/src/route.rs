@@ -167,6 +167,9 @@ pub struct Decision {
     pub forced: bool,
     /// Seconds from the end of the prefill to the start of the chosen run.
     pub decision_s: f64,
+    /// Sampling at temperature 0: every sample would be the greedy answer, so only
+    /// one-sequence configurations were on the menu.
+    pub greedy_sampling: bool,
 }
 
 /// Answers the prompt `ids` (template applied) through the allocator.
@@ -203,6 +206,12 @@ pub fn answer(
         _ => Vec::new(),
     };
     menu.retain(|p| width_of(&p.config) <= widest);
+    // At temperature 0 every sample is the greedy answer: N of them cost N times as much for
+    // the same text, so only configurations of one sequence stay on the menu.
+    let greedy_sampling = req.base.params.temperature == 0.0;
+    if greedy_sampling {
+        menu.retain(|p| p.config.n == 1);
+    }
     // A scorer model (a PRM) reads every token a scored configuration generates, once (its
     // session keeps what it scored): priced at the speed its session measured on the question.
     let scorer_s_per_token = req.base.scorer.seconds_per_token();
@@ -217,7 +226,12 @@ pub fn answer(
             (p, false)
         }
         None if menu.is_empty() => {
-            let mut p = alloc.predict_without_probe(&fallback_config(), ids.len(), max_tokens);
+            let fallback = if greedy_sampling {
+                Config::GREEDY
+            } else {
+                fallback_config()
+            };
+            let mut p = alloc.predict_without_probe(&fallback, ids.len(), max_tokens);
             add_scorer_cost(&mut p, scorer_s_per_token);
             (p, true)
         }
@@ -240,6 +254,7 @@ pub fn answer(
             fallback,
             forced: req.forced.is_some(),
             decision_s,
+            greedy_sampling,
         },
     ))
 }

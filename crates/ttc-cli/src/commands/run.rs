@@ -42,6 +42,8 @@ struct CandidateOutput<'a> {
 #[derive(Serialize)]
 struct MethodOutput<'a> {
     text: &'a str,
+    /// Why the chosen candidate ended.
+    stop_reason: StopReason,
     model: &'a str,
     prompt_tokens: usize,
     tokens_generated: usize,
@@ -91,6 +93,8 @@ struct Chosen {
     lambda_latency: f64,
     /// True when no probe could predict accuracy and the fallback rule chose.
     fallback: bool,
+    /// Temperature 0: only one-sequence configurations were on the menu.
+    greedy_sampling: bool,
     decision_ms: f64,
     probe: Option<String>,
 }
@@ -233,6 +237,10 @@ fn run_allocated(
     if args.prompt_opts.json {
         let out = MethodOutput {
             text: &r.text,
+            stop_reason: r
+                .candidates
+                .get(r.chosen)
+                .map_or(StopReason::MaxTokens, |c| c.finish),
             model: &engine.name,
             prompt_tokens: r.prompt_tokens,
             tokens_generated: r.generated_tokens,
@@ -263,6 +271,7 @@ fn run_allocated(
                 lambda_tokens: d.lambdas.tokens,
                 lambda_latency: d.lambdas.latency,
                 fallback: d.fallback,
+                greedy_sampling: d.greedy_sampling,
                 decision_ms: d.decision_s * 1e3,
                 probe: sources.probe.clone(),
             }),
@@ -280,6 +289,12 @@ fn run_allocated(
             d.lambdas.latency,
             sources.probe.as_deref().unwrap_or("none")
         )?;
+        if d.greedy_sampling {
+            writeln!(
+                err,
+                "  temperature 0: every sample would be the greedy answer, so only greedy is on the menu"
+            )?;
+        }
         writeln!(
             err,
             "  {:<16} {:>9} {:>9} {:>10} {:>9}",
