@@ -2,7 +2,10 @@
 //! against prompt length, and one batched decode step's seconds against (width, context length). A
 //! configuration's latency for a prompt is its prefill plus its sequential decode steps:
 //!
-//!   L = prefill(P) + S * step(T / S, P + S / 2) + scorer_tokens * scorer_s_per_token
+//!   L = prefill(P) + S * step(T / S, P + S / 2)
+//!
+//! (A scorer model's time is not the device's generation time: `route` adds it, at the speed
+//! the scorer's session measured, outside the correction factors below.)
 //!
 //! with T the tokens it generates and S its sequential steps (from the token model). A step's
 //! time is close to linear in the width, so S steps at the mean width T/S cost what the real
@@ -93,8 +96,6 @@ pub struct LatencyProfile {
     pub key: ProfileKey,
     pub prefill: Vec<PrefillPoint>,
     pub decode: Vec<DecodePoint>,
-    /// Seconds per token a scorer model reads (0: the generator's own scores, which are free).
-    pub scorer_s_per_token: f64,
     /// Per kind of run: measured / predicted latency of finished requests, smoothed.
     #[serde(default)]
     pub corrections: std::collections::BTreeMap<WorkKind, Correction>,
@@ -189,9 +190,7 @@ impl LatencyProfile {
         let mut done = 0;
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         // Random prompts of ordinary tokens; a vocabulary with none is refused, not searched.
-        let ordinary: Vec<u32> = (0..engine.tokenizer.vocab_size() as u32)
-            .filter(|&t| !engine.tokenizer.is_special(t))
-            .collect();
+        let ordinary = engine.tokenizer.ordinary_ids();
         if ordinary.is_empty() {
             return Err(AllocatorError::Invalid(
                 "the model's vocabulary has no ordinary token to profile with".into(),
@@ -252,7 +251,6 @@ impl LatencyProfile {
             key,
             prefill,
             decode,
-            scorer_s_per_token: 0.0,
             corrections: Default::default(),
         })
     }
@@ -293,7 +291,7 @@ impl LatencyProfile {
 
     /// Predicted seconds for `work`, before the correction factor.
     pub fn raw_latency_s(&self, work: &Work) -> f64 {
-        let mut s = self.prefill_s(work.prompt_len) + work.scorer_tokens * self.scorer_s_per_token;
+        let mut s = self.prefill_s(work.prompt_len);
         if work.steps > 0.0 {
             let width = (work.tokens / work.steps).max(1.0);
             s += work.steps * self.step_s(width, work.prompt_len as f64 + work.steps / 2.0);
@@ -425,7 +423,6 @@ pub(crate) mod tests {
                 },
             ],
             decode,
-            scorer_s_per_token: 0.0,
             corrections: Default::default(),
         }
     }

@@ -280,11 +280,12 @@ pub fn check<R: Read + Seek>(r: R, file_len: u64) -> Result<(), Invalid> {
             .and_then(|x| x.checked_add(bytes));
         match end {
             Some(end) if end <= file_len => {}
-            _ => {
+            Some(end) => {
                 return Err(format!(
-                    "{what} ends past the file's {file_len} bytes (truncated download?)"
-                ))
+                "{what} ends past the file's {file_len} bytes, at byte {end} (truncated download?)"
+            ))
             }
+            None => return Err(format!("{what} ends past the file's {file_len} bytes")),
         }
     }
     Ok(())

@@ -296,6 +296,14 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Every id that is not a special token: what random prompts (benchmarks, latency
+    /// profiles) are drawn from. Empty for a vocabulary of special tokens only.
+    pub fn ordinary_ids(&self) -> Vec<u32> {
+        (0..self.vocab_size() as u32)
+            .filter(|&t| !self.is_special(t))
+            .collect()
+    }
+
     pub fn is_special(&self, id: u32) -> bool {
         self.special.get(id as usize).copied().unwrap_or(false)
     }

@@ -69,9 +69,7 @@ enum SuiteRow {
 fn random_prompt(engine: &Engine, len: usize, seed: u64) -> Result<Vec<u32>> {
     // Draw from the ordinary tokens only; a vocabulary without any is refused rather than
     // searched forever.
-    let ordinary: Vec<u32> = (0..engine.tokenizer.vocab_size() as u32)
-        .filter(|&t| !engine.tokenizer.is_special(t))
-        .collect();
+    let ordinary = engine.tokenizer.ordinary_ids();
     anyhow::ensure!(
         !ordinary.is_empty(),
         "the model's vocabulary has no ordinary token"
