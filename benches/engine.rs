@@ -31,6 +31,7 @@ fn session(engine: &Engine, width: usize, max_tokens: usize) -> Session<'_> {
         max_tokens,
         stop: vec![],
         ignore_eos: true,
+        prefix_cache: false,
     };
     engine.session(PROMPT_LEN, width, opts).expect("session")
 }

@@ -159,7 +159,7 @@ fn run(model: &Model, cache: &mut KvCache, seq: SeqId, tokens: &[u32]) -> Vec<f3
             cache,
         )
         .unwrap();
-    cache.commit(seq, tokens.len()).unwrap();
+    cache.commit(seq, tokens).unwrap();
     out.logits
         .unwrap()
         .squeeze(0)

@@ -116,7 +116,7 @@ pub fn teacher_forced_logits(
             _ => e.model.forward_batch(&batch, &cache),
         }
         .unwrap();
-        cache.commit(seq, input.len()).unwrap();
+        cache.commit(seq, &input).unwrap();
         out.push(
             result
                 .logits

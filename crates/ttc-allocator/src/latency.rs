@@ -114,7 +114,7 @@ pub enum WorkKind {
 impl WorkKind {
     pub fn of(method: ttc_methods::Method) -> Self {
         match method {
-            ttc_methods::Method::Greedy => Self::Greedy,
+            ttc_methods::Method::Greedy | ttc_methods::Method::Sample => Self::Greedy,
             m if m.is_search() => Self::Search,
             _ => Self::Parallel,
         }
@@ -213,6 +213,7 @@ impl LatencyProfile {
                 max_tokens: grid.steps + 1,
                 stop: vec![],
                 ignore_eos: true,
+                prefix_cache: false,
             };
             let mut session = engine.session(prompt.len(), widest, opts)?;
             let t = Instant::now();

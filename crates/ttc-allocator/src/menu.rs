@@ -34,6 +34,14 @@ impl Config {
         max_iters: 0,
     };
 
+    /// One answer at the request's temperature (no vote): for prompts without a final answer.
+    pub const SAMPLE: Config = Config {
+        method: Method::Sample,
+        n: 1,
+        beam_width: 1,
+        max_iters: 0,
+    };
+
     pub fn parallel(method: Method, n: usize) -> Self {
         Self {
             method,
@@ -58,6 +66,7 @@ impl Config {
     pub fn for_method(method: Method, n: usize, beam_width: usize, max_iters: usize) -> Self {
         match method {
             Method::Greedy => Self::GREEDY,
+            Method::Sample => Self::SAMPLE,
             m if m.is_search() => Self::search(m, n, beam_width, max_iters),
             m => Self::parallel(m, n),
         }
@@ -82,7 +91,8 @@ impl Config {
         let slot = match self.method {
             Method::Greedy => 0,
             Method::BestOfN => 1,
-            Method::Majority => 2,
+            // One sample is what a vote over one sample is: majority@1.
+            Method::Majority | Method::Sample => 2,
             Method::Weighted => 3,
             Method::Beam => 4,
             Method::Dvts => 5,
@@ -99,6 +109,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.method {
             Method::Greedy => write!(f, "greedy"),
+            Method::Sample => write!(f, "sample"),
             m if m.is_search() => write!(
                 f,
                 "{}({},{},{})",
@@ -122,10 +133,13 @@ impl FromStr for Config {
         if s == "greedy" {
             return Ok(Self::GREEDY);
         }
+        if s == "sample" {
+            return Ok(Self::SAMPLE);
+        }
         if let Some((method, n)) = s.split_once('@') {
             let method: Method = method.parse()?;
             let n: usize = n.parse().map_err(|_| bad())?;
-            if method.is_search() || method == Method::Greedy || n == 0 {
+            if method.is_search() || method.is_single() || n == 0 {
                 return Err(bad());
             }
             return Ok(Self::parallel(method, n));

@@ -1,6 +1,8 @@
 //! The engine: a loaded model with its tokenizer and chat template, and single-sequence
 //! generation (chunked prefill, then one token per step) with streaming and timings.
 
+use std::sync::{Mutex, MutexGuard};
+
 use candle_core::Device;
 
 use crate::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
@@ -8,7 +10,7 @@ use crate::device::DeviceKind;
 use crate::download::{self, ResolvedModel};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufModel;
-use crate::kv_cache::DEFAULT_BLOCK_SIZE;
+use crate::kv_cache::{KvCache, KvStats, DEFAULT_BLOCK_SIZE};
 use crate::models::{Architecture, Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
 
@@ -43,6 +45,8 @@ pub struct Engine {
     context_limit: usize,
     block_size: usize,
     kv_budget: usize,
+    /// The KV pool every session of this engine allocates from, with the prefix cache.
+    kv: Mutex<KvCache>,
 }
 
 impl Engine {
@@ -109,6 +113,7 @@ impl Engine {
             .unwrap_or_default();
         let context_limit = model.config().context_length;
         let kv_budget = default_kv_budget(device);
+        let kv = Mutex::new(kv_pool(model.config(), kv_budget, device)?);
         Ok(Self {
             model,
             tokenizer,
@@ -120,6 +125,7 @@ impl Engine {
             context_limit,
             block_size: DEFAULT_BLOCK_SIZE,
             kv_budget,
+            kv,
         })
     }
 
@@ -167,8 +173,30 @@ impl Engine {
         self.kv_budget
     }
 
-    pub fn set_kv_budget(&mut self, bytes: usize) {
+    /// Sets the KV budget; the pool starts again empty (its prefix cache too).
+    pub fn set_kv_budget(&mut self, bytes: usize) -> Result<()> {
+        let pool = kv_pool(self.config(), bytes, self.model.device())?;
+        self.kv = Mutex::new(pool);
         self.kv_budget = bytes;
+        Ok(())
+    }
+
+    /// The KV pool, locked (a panic elsewhere while it was held leaves it usable: every
+    /// operation on it is all or nothing).
+    pub(crate) fn kv(&self) -> MutexGuard<'_, KvCache> {
+        self.kv
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the KV pool holds now.
+    pub fn kv_stats(&self) -> KvStats {
+        self.kv().stats()
+    }
+
+    /// Evicts every prefix-cache block no live sequence holds; returns how many.
+    pub fn clear_prefix_cache(&self) -> usize {
+        self.kv().clear_prefix_cache()
     }
 
     /// Bytes of one KV block (all layers, K and V).
@@ -189,6 +217,13 @@ impl Engine {
         let per_sequence = self.blocks_for_plan(0, 1, max_new);
         budget_blocks.saturating_sub(self.blocks_for_plan(prompt_len, 0, max_new)) / per_sequence
     }
+}
+
+/// An empty pool that grows up to `budget` bytes (at least one block).
+fn kv_pool(config: &ModelConfig, budget: usize, device: &Device) -> Result<KvCache> {
+    let block_bytes = DEFAULT_BLOCK_SIZE * config.kv_bytes_per_token();
+    let max_blocks = (budget / block_bytes.max(1)).max(1);
+    KvCache::growable(config, 0, max_blocks, DEFAULT_BLOCK_SIZE, device)
 }
 
 /// Half of the memory available now (RAM on the CPU; a fixed 4 GiB on a GPU, whose free

@@ -20,6 +20,8 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// Set from another thread (Ctrl-C) to stop between two decode steps.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Start from (and leave behind) the prefix cache's blocks of this prompt.
+    pub prefix_cache: bool,
 }
 
 impl GenerateRequest {
@@ -31,6 +33,7 @@ impl GenerateRequest {
             stop: Vec::new(),
             ignore_eos: false,
             cancel: None,
+            prefix_cache: false,
         }
     }
 }
@@ -41,6 +44,8 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     pub logprobs: Vec<f32>,
     pub prompt_tokens: usize,
+    /// Prompt tokens computed (the rest came from the prefix cache).
+    pub prefill_tokens: usize,
     pub stop_reason: StopReason,
     pub prefill_s: f64,
     pub decode_s: f64,
@@ -61,6 +66,7 @@ impl Engine {
             max_tokens: req.max_tokens,
             stop: req.stop.clone(),
             ignore_eos: req.ignore_eos,
+            prefix_cache: req.prefix_cache,
         };
         let max_new = req
             .max_tokens
@@ -100,6 +106,7 @@ impl Engine {
             tokens: session.generated(seq)?.to_vec(),
             logprobs: session.logprobs(seq)?.to_vec(),
             prompt_tokens: prompt.len(),
+            prefill_tokens: c.prefill_tokens,
             stop_reason,
             prefill_s: c.prefill_s,
             decode_s: c.decode_s,

@@ -25,7 +25,8 @@ pub mod weights;
 pub use engine::{Engine, LoadOptions};
 pub use error::{EngineError, Result};
 pub use generate::{GenerateRequest, Generation};
+pub use kv_cache::KvStats;
 pub use kv_cache::SeqId;
-pub use session::{Counters, Session, SessionOptions, StepEvent, StopReason};
+pub use session::{Counters, KvUsage, Session, SessionOptions, StepEvent, StopReason};
 /// ttc's CPU kernels, for their thread pool and instruction-set report.
 pub use ttc_kernels as kernels;

@@ -163,7 +163,7 @@ impl RewardModel {
             }],
             cache,
         )?;
-        cache.commit(seq, tokens.len())?;
+        cache.commit(seq, tokens)?;
         hidden.ok_or_else(|| EngineError::InvalidArgument("no hidden state came back".into()))
     }
 

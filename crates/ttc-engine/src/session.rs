@@ -26,6 +26,23 @@ pub struct SessionOptions {
     /// Stop strings beside the model's own.
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// Prompts start from the full KV blocks the engine's prefix cache already holds for
+    /// their first tokens, and leave theirs behind (chat turns, a shared system prompt).
+    pub prefix_cache: bool,
+}
+
+impl Default for SessionOptions {
+    /// Default sampling, seed 0, 256 tokens, no stop strings, no prefix cache.
+    fn default() -> Self {
+        Self {
+            params: SamplingParams::default(),
+            seed: 0,
+            max_tokens: 256,
+            stop: Vec::new(),
+            ignore_eos: false,
+            prefix_cache: false,
+        }
+    }
 }
 
 /// Why a sequence stopped.
@@ -70,6 +87,8 @@ impl Engine {
 pub struct Counters {
     /// Prompt tokens run through the model.
     pub prefill_tokens: usize,
+    /// Prompt tokens whose K/V came from the prefix cache instead.
+    pub prefix_hit_tokens: usize,
     /// Tokens sampled by `step`.
     pub decode_tokens: usize,
     /// Forward passes (prefill chunks and batched decode steps).
@@ -112,6 +131,8 @@ struct SeqState {
     /// Final hidden state at the prompt's last token.
     prompt_hidden: Option<Tensor>,
     sampler: Sampler,
+    /// The sequence's place among those the session created (its random stream).
+    ordinal: u32,
     decoder: StreamDecoder,
     text: String,
     emitted: usize,
@@ -120,25 +141,26 @@ struct SeqState {
 
 pub struct Session<'e> {
     engine: &'e Engine,
-    cache: KvCache,
     seqs: BTreeMap<SeqId, SeqState>,
     opts: SessionOptions,
     stops: Vec<String>,
     counters: Counters,
+    /// The most KV blocks the session's sequences held at once.
+    peak_blocks: usize,
+    /// Sequences created so far.
+    created: u32,
 }
 
 impl<'e> Session<'e> {
-    /// A session whose cache holds `kv_blocks` blocks (see [`Engine::blocks_for_plan`]).
+    /// A session on the engine's KV pool, grown now to hold `kv_blocks` more blocks (see
+    /// [`Engine::blocks_for_plan`]) than its live sequences do.
     fn new(engine: &'e Engine, opts: SessionOptions, kv_blocks: usize) -> Result<Self> {
         opts.params
             .validate()
             .map_err(EngineError::InvalidArgument)?;
-        let cache = KvCache::new(
-            engine.config(),
-            kv_blocks,
-            engine.block_size(),
-            engine.model.device(),
-        )?;
+        {
+            engine.kv().ensure_capacity(kv_blocks)?;
+        }
         let stops = engine
             .stop_strings()
             .iter()
@@ -148,19 +170,28 @@ impl<'e> Session<'e> {
             .collect();
         Ok(Self {
             engine,
-            cache,
             seqs: BTreeMap::new(),
             opts,
             stops,
             counters: Counters::default(),
+            peak_blocks: 0,
+            created: 0,
         })
     }
 
-    fn sampler_for(&self, seq: SeqId) -> Sampler {
-        // splitmix-style mixing, so neighbouring ids get unrelated streams.
-        let mixed = (self.opts.seed ^ (u64::from(seq.0) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    /// The sampler of the session's `ordinal`-th sequence: seeded by the session's seed and
+    /// the sequence's place in the session (not its id in the shared pool), so a run is the
+    /// same whatever ran on the engine before it.
+    fn sampler_for(&self, ordinal: u32) -> Sampler {
+        // splitmix-style mixing, so neighbouring ordinals get unrelated streams.
+        let mixed = (self.opts.seed ^ (u64::from(ordinal) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
             .rotate_left(17);
         Sampler::new(self.opts.params.clone(), mixed)
+    }
+
+    fn next_ordinal(&mut self) -> u32 {
+        self.created += 1;
+        self.created - 1
     }
 
     /// Changes how tokens are sampled, for every sequence from now on (each keeps a fresh,
@@ -168,9 +199,9 @@ impl<'e> Session<'e> {
     pub fn set_sampling(&mut self, params: SamplingParams) -> Result<()> {
         params.validate().map_err(EngineError::InvalidArgument)?;
         self.opts.params = params;
-        let ids: Vec<SeqId> = self.seqs.keys().copied().collect();
-        for seq in ids {
-            let sampler = self.sampler_for(seq);
+        let ids: Vec<(SeqId, u32)> = self.seqs.iter().map(|(&k, st)| (k, st.ordinal)).collect();
+        for (seq, ordinal) in ids {
+            let sampler = self.sampler_for(ordinal);
             if let Some(st) = self.seqs.get_mut(&seq) {
                 st.sampler = sampler;
             }
@@ -192,14 +223,22 @@ impl<'e> Session<'e> {
             });
         }
         let t0 = Instant::now();
-        let seq = self.cache.new_sequence();
+        let engine = self.engine;
+        let mut kv = engine.kv();
+        let (seq, hit) = if self.opts.prefix_cache {
+            kv.new_sequence_with_prefix(prompt)
+        } else {
+            (kv.new_sequence(), 0)
+        };
         let result = (|| {
-            let chunks: Vec<&[u32]> = prompt.chunks(self.engine.prefill_chunk.max(1)).collect();
+            let chunks: Vec<&[u32]> = prompt[hit..]
+                .chunks(self.engine.prefill_chunk.max(1))
+                .collect();
             let mut last = None;
             for (i, chunk) in chunks.iter().enumerate() {
-                let start = self.cache.len(seq);
-                self.cache.reserve(seq, chunk.len())?;
-                let slots = self.cache.slots(seq, 0..start + chunk.len())?;
+                let start = kv.len(seq);
+                kv.reserve(seq, chunk.len())?;
+                let slots = kv.slots(seq, 0..start + chunk.len())?;
                 // Only the last chunk's logits and hidden state are needed.
                 let want_output = i + 1 == chunks.len();
                 let out = self.engine.model.forward_batch(
@@ -208,27 +247,29 @@ impl<'e> Session<'e> {
                         slots: &slots,
                         want_output,
                     }],
-                    &self.cache,
+                    &kv,
                 )?;
-                self.cache.commit(seq, chunk.len())?;
+                kv.commit(seq, chunk)?;
                 self.counters.forward_passes += 1;
                 last = Some(out);
             }
-            Ok::<_, EngineError>(last.expect("prompt is not empty"))
+            Ok::<_, EngineError>(last.expect("at least one prompt token is computed"))
         })();
         let out = match result {
             Ok(out) => out,
             Err(e) => {
-                self.cache.free(seq);
+                kv.free(seq);
                 return Err(e);
             }
         };
+        drop(kv);
         let logits = out
             .logits
             .expect("asked for output")
             .squeeze(0)?
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?;
+        let ordinal = self.next_ordinal();
         let state = SeqState {
             prompt_len: prompt.len(),
             generated: Vec::new(),
@@ -238,14 +279,18 @@ impl<'e> Session<'e> {
             step_start: 0,
             logits: Some(logits),
             prompt_hidden: out.hidden.map(|h| h.squeeze(0)).transpose()?,
-            sampler: self.sampler_for(seq),
+            sampler: self.sampler_for(ordinal),
+            ordinal,
             decoder: StreamDecoder::default(),
             text: String::new(),
             emitted: 0,
             finished: None,
         };
         self.seqs.insert(seq, state);
-        self.counters.prefill_tokens += prompt.len();
+        let engine = self.engine;
+        self.note_peak(&engine.kv());
+        self.counters.prefill_tokens += prompt.len() - hit;
+        self.counters.prefix_hit_tokens += hit;
         self.counters.prefill_s += t0.elapsed().as_secs_f64();
         Ok(seq)
     }
@@ -255,10 +300,13 @@ impl<'e> Session<'e> {
     pub fn fork(&mut self, seq: SeqId, n: usize) -> Result<Vec<SeqId>> {
         let parent = self.state(seq)?.clone();
         let mut children = Vec::with_capacity(n);
+        let engine = self.engine;
+        let mut kv = engine.kv();
         for _ in 0..n {
-            let child = self.cache.fork(seq)?;
+            let child = kv.fork(seq)?;
             let mut state = parent.clone();
-            state.sampler = self.sampler_for(child);
+            state.ordinal = self.next_ordinal();
+            state.sampler = self.sampler_for(state.ordinal);
             self.seqs.insert(child, state);
             children.push(child);
         }
@@ -267,8 +315,9 @@ impl<'e> Session<'e> {
 
     /// Drops `seq`; its blocks return to the pool when no other sequence holds them.
     pub fn free(&mut self, seq: SeqId) {
-        self.seqs.remove(&seq);
-        self.cache.free(seq);
+        if self.seqs.remove(&seq).is_some() {
+            self.engine.kv().free(seq);
+        }
     }
 
     /// Samples one token for each of `seqs` and runs one batched forward pass over those that
@@ -289,9 +338,11 @@ impl<'e> Session<'e> {
                 )));
             }
         }
+        let engine = self.engine;
+        let mut kv = engine.kv();
         for &seq in seqs {
             // Room for the token about to be sampled (unused if the sequence then ends).
-            self.cache.reserve(seq, 1)?;
+            kv.reserve(seq, 1)?;
         }
         // Sampling reads the whole vocabulary per sequence (log-sum-exp, top-k): done in
         // parallel, one task per sequence. Each has its own RNG, so order changes nothing.
@@ -318,7 +369,7 @@ impl<'e> Session<'e> {
         for &seq in seqs {
             let ignore_eos = self.opts.ignore_eos;
             let max_tokens = self.opts.max_tokens;
-            let kv_len = self.cache.len(seq);
+            let kv_len = kv.len(seq);
             let stops = &self.stops;
             let st = self.seqs.get_mut(&seq).expect("checked above");
             let s = sampled.remove(&seq).expect("sampled above");
@@ -387,17 +438,18 @@ impl<'e> Session<'e> {
         }
         self.counters.decode_tokens += events.iter().filter(|e| e.token.is_some()).count();
         if !go_on.is_empty() {
-            self.forward_decode(&go_on)?;
+            self.forward_decode(&mut kv, &go_on)?;
         }
+        self.note_peak(&kv);
         self.counters.decode_s += t0.elapsed().as_secs_f64();
         Ok(events)
     }
 
-    fn forward_decode(&mut self, go_on: &[(SeqId, u32)]) -> Result<()> {
+    fn forward_decode(&mut self, kv: &mut KvCache, go_on: &[(SeqId, u32)]) -> Result<()> {
         let mut slots = Vec::with_capacity(go_on.len());
         for &(seq, _) in go_on {
-            let len = self.cache.len(seq);
-            slots.push(self.cache.slots(seq, 0..len + 1)?); // reserved by `step`
+            let len = kv.len(seq);
+            slots.push(kv.slots(seq, 0..len + 1)?); // reserved by `step`
         }
         let toks: Vec<[u32; 1]> = go_on.iter().map(|&(_, t)| [t]).collect();
         let entries: Vec<BatchEntry> = toks
@@ -410,7 +462,7 @@ impl<'e> Session<'e> {
             })
             .collect();
         let t0 = Instant::now();
-        let out = self.engine.model.forward_batch(&entries, &self.cache)?;
+        let out = self.engine.model.forward_batch(&entries, kv)?;
         let logits = out
             .logits
             .expect("asked for output")
@@ -419,8 +471,8 @@ impl<'e> Session<'e> {
         self.counters.forward_passes += 1;
         self.counters.decode_forward_tokens += go_on.len();
         self.counters.decode_forward_s += t0.elapsed().as_secs_f64();
-        for (&(seq, _), row) in go_on.iter().zip(logits) {
-            self.cache.commit(seq, 1)?;
+        for (&(seq, token), row) in go_on.iter().zip(logits) {
+            kv.commit(seq, &[token])?;
             self.seqs.get_mut(&seq).expect("stepped").logits = Some(row);
         }
         Ok(())
@@ -501,8 +553,59 @@ impl<'e> Session<'e> {
         &self.counters
     }
 
-    pub fn kv_cache(&self) -> &KvCache {
-        &self.cache
+    /// The KV blocks this session's sequences hold now, and the most they held at once.
+    pub fn kv_usage(&self) -> KvUsage {
+        let kv = self.engine.kv();
+        KvUsage {
+            blocks: self.blocks_held(&kv),
+            peak_blocks: self.peak_blocks,
+            block_size: kv.block_size(),
+            block_bytes: kv.block_bytes(),
+            bytes_per_token: kv.bytes_per_token(),
+        }
+    }
+
+    /// Distinct blocks the session's sequences hold (a shared prompt counts once).
+    fn blocks_held(&self, kv: &KvCache) -> usize {
+        let mut blocks: Vec<u32> = self
+            .seqs
+            .keys()
+            .flat_map(|&s| kv.blocks(s).iter().copied())
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        blocks.len()
+    }
+
+    fn note_peak(&mut self, kv: &KvCache) {
+        self.peak_blocks = self.peak_blocks.max(self.blocks_held(kv));
+    }
+}
+
+/// What one session holds of the engine's KV pool (the pool itself: [`Engine::kv_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct KvUsage {
+    pub blocks: usize,
+    pub peak_blocks: usize,
+    pub block_size: usize,
+    pub block_bytes: usize,
+    pub bytes_per_token: usize,
+}
+
+impl KvUsage {
+    pub fn peak_bytes(&self) -> usize {
+        self.peak_blocks * self.block_bytes
+    }
+}
+
+impl Drop for Session<'_> {
+    /// Every sequence still held goes back to the pool (full blocks of indexed ones stay in
+    /// the prefix cache).
+    fn drop(&mut self) {
+        let mut kv = self.engine.kv();
+        for &seq in self.seqs.keys() {
+            kv.free(seq);
+        }
     }
 }
 

@@ -21,6 +21,9 @@ pub use scorer::{Scorer, ScorerSource, ScorerSpec};
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     Greedy,
+    /// One answer sampled at the request's temperature: what `--method plain` streams, and
+    /// what the allocator runs for a prompt without a final answer to vote on.
+    Sample,
     BestOfN,
     Majority,
     Weighted,
@@ -33,13 +36,14 @@ impl std::str::FromStr for Method {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "greedy" => Ok(Self::Greedy),
+            "sample" => Ok(Self::Sample),
             "best-of-n" | "bon" => Ok(Self::BestOfN),
             "majority" | "self-consistency" => Ok(Self::Majority),
             "weighted" => Ok(Self::Weighted),
             "beam" => Ok(Self::Beam),
             "dvts" => Ok(Self::Dvts),
             other => Err(format!(
-                "unknown method '{other}' (greedy, best-of-n, majority, weighted, beam, dvts)"
+                "unknown method '{other}' (greedy, sample, best-of-n, majority, weighted, beam, dvts)"
             )),
         }
     }
@@ -49,12 +53,18 @@ impl Method {
     pub fn name(self) -> &'static str {
         match self {
             Self::Greedy => "greedy",
+            Self::Sample => "sample",
             Self::BestOfN => "best-of-n",
             Self::Majority => "majority",
             Self::Weighted => "weighted",
             Self::Beam => "beam",
             Self::Dvts => "dvts",
         }
+    }
+
+    /// Greedy and one sample run one sequence, whose text can stream as it is made.
+    pub fn is_single(self) -> bool {
+        matches!(self, Self::Greedy | Self::Sample)
     }
 
     /// Beam search and DVTS generate step by step.
@@ -103,6 +113,41 @@ pub struct MethodConfig {
     pub stop: Vec<String>,
     /// Set from another thread (Ctrl-C) to stop between two decode steps.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Told the text as it is made (one-sequence methods) or the progress after each step.
+    pub observer: Option<Observer>,
+}
+
+/// What a running method reports as it goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress<'a> {
+    /// New text of the one sequence of a one-sequence method (greedy, sample): final text,
+    /// whole characters, never part of a stop string.
+    Text(&'a str),
+    /// After each decode step of a method that runs several sequences.
+    Step {
+        /// Sequences still generating in this phase, and how many it started with.
+        live: usize,
+        sequences: usize,
+        /// Tokens generated so far, every sequence together.
+        tokens: usize,
+        elapsed_s: f64,
+    },
+}
+
+/// A callback for [`Progress`], shared with the thread that shows it.
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn Fn(Progress<'_>) + Send + Sync>);
+
+impl Observer {
+    pub fn new(f: impl Fn(Progress<'_>) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl MethodConfig {
@@ -121,6 +166,7 @@ impl MethodConfig {
             max_tokens,
             stop: Vec::new(),
             cancel: None,
+            observer: None,
         }
     }
 
@@ -172,6 +218,11 @@ impl MethodConfig {
     /// Takes a flag or an `Option` of one (`None` clears it).
     pub fn cancel(mut self, cancel: impl Into<Option<Arc<AtomicBool>>>) -> Self {
         self.cancel = cancel.into();
+        self
+    }
+
+    pub fn observer(mut self, observer: impl Into<Option<Observer>>) -> Self {
+        self.observer = observer.into();
         self
     }
 
@@ -260,7 +311,7 @@ impl MethodConfig {
     /// Sequences alive at once: beams and their expansions for search, samples otherwise.
     pub fn width(&self) -> usize {
         match self.method {
-            Method::Greedy => 1,
+            Method::Greedy | Method::Sample => 1,
             m if m.is_search() => self.n + self.n / self.beam_width.max(1),
             _ => self.n,
         }
@@ -282,6 +333,7 @@ impl MethodConfig {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             ignore_eos: false,
+            prefix_cache: false,
         }
     }
 }
@@ -309,9 +361,12 @@ pub fn run_prefilled(
         scoring_s: 0.0,
         scorer_tokens: 0,
         cancel: cfg.cancel.clone(),
+        observer: cfg.observer.clone(),
+        single: cfg.method.is_single(),
+        t0,
     };
     let (candidates, chosen) = match cfg.method {
-        Method::Greedy => {
+        Method::Greedy | Method::Sample => {
             run.until_done(&[root])?;
             (vec![run.candidate(root)?], 0)
         }
@@ -346,11 +401,7 @@ pub fn run_prefilled(
         .ok_or_else(|| EngineError::InvalidArgument("no candidate was generated".into()))?;
     Ok(MethodResult {
         method: cfg.method,
-        n: if cfg.method == Method::Greedy {
-            1
-        } else {
-            cfg.n
-        },
+        n: if cfg.method.is_single() { 1 } else { cfg.n },
         beam_width: if cfg.method.is_search() {
             cfg.beam_width
         } else {
@@ -385,6 +436,10 @@ struct Run<'e> {
     scoring_s: f64,
     scorer_tokens: usize,
     cancel: Option<Arc<AtomicBool>>,
+    observer: Option<Observer>,
+    /// One sequence: its text is what the observer is told.
+    single: bool,
+    t0: Instant,
 }
 
 impl Run<'_> {
@@ -402,8 +457,22 @@ impl Run<'_> {
             {
                 return Err(EngineError::Cancelled);
             }
-            self.session.step(&live)?;
+            let events = self.session.step(&live)?;
             self.steps += 1;
+            if let Some(Observer(tell)) = &self.observer {
+                if self.single {
+                    for e in events.iter().filter(|e| !e.piece.is_empty()) {
+                        tell(Progress::Text(&e.piece));
+                    }
+                } else {
+                    tell(Progress::Step {
+                        live: self.session.live(seqs).len(),
+                        sequences: seqs.len(),
+                        tokens: self.session.counters().decode_tokens,
+                        elapsed_s: self.t0.elapsed().as_secs_f64(),
+                    });
+                }
+            }
         }
     }
 

@@ -94,6 +94,7 @@ fn measure(engine: &Engine, prompt: &[u32], width: usize, gen_len: usize) -> Res
         max_tokens: gen_len,
         stop: vec![],
         ignore_eos: true,
+        prefix_cache: false,
     };
     let mut session = engine.session(prompt.len(), width, opts)?;
     let root = session.prefill(prompt)?;
@@ -123,8 +124,8 @@ fn measure(engine: &Engine, prompt: &[u32], width: usize, gen_len: usize) -> Res
         decode_tok_s: c.decode_tokens as f64 / c.decode_s,
         forward_tok_s: c.decode_forward_tokens as f64 / c.decode_forward_s,
         step_ms: 1e3 * c.decode_forward_s / (c.decode_forward_tokens / width).max(1) as f64,
-        kv_bytes_peak: session.kv_cache().bytes_peak(),
-        kv_bytes_per_token: session.kv_cache().bytes_per_token(),
+        kv_bytes_peak: session.kv_usage().peak_bytes(),
+        kv_bytes_per_token: session.kv_usage().bytes_per_token,
     })
 }
 

@@ -345,6 +345,7 @@ impl Chat<'_> {
             stop: self.args.prompt_opts.stop.clone(),
             ignore_eos: self.args.prompt_opts.ignore_eos,
             cancel: Some(self.cancel.clone()),
+            prefix_cache: false,
         };
         let mut out = std::io::stdout();
         let g = self.engine.generate(ids, &req, |piece| {

@@ -30,7 +30,7 @@ pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
     };
     let mut engine = Engine::load(&args.model, &opts)?;
     if let Some(bytes) = args.kv_memory {
-        engine.set_kv_budget(bytes);
+        engine.set_kv_budget(bytes)?;
     }
     Ok(engine)
 }

@@ -352,6 +352,7 @@ fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParam
         stop: args.prompt_opts.stop.clone(),
         ignore_eos: args.prompt_opts.ignore_eos,
         cancel: None,
+        prefix_cache: false,
     };
     let t0 = Instant::now();
     let mut stdout = std::io::stdout().lock();
