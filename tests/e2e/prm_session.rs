@@ -142,14 +142,22 @@ fn the_allocator_prices_a_reward_models_tokens() {
     use ttc_methods::{Method, MethodConfig, Scorer};
     let e = ttc_e2e::engine();
     let question = "What is 3 + 4?";
-    let ids = e.encode_chat(&[Message::new("user", question)]).unwrap();
+    let plain = e.encode_chat(&[Message::new("user", question)]).unwrap();
+    let ids = route::PromptIds {
+        instructed: plain.clone(),
+        plain,
+    };
     let (alloc, _) = Allocator::for_engine(e, 2, None, |_| {}, |_, _, _| {}).unwrap();
     let decide = |scorer: Scorer| {
+        // Each decision computes its prompt afresh: the prefix cache would make the second
+        // one's prefill cheaper, and so every prediction's latency.
+        e.clear_prefix_cache();
         let req = Request {
             lambdas: Lambdas::DEFAULT,
             target: None,
             forced: None,
             base: MethodConfig::new(Method::Greedy, 8).scorer(scorer).seed(1),
+            open_max_tokens: 8,
         };
         route::answer(e, &alloc, &ids, &req).unwrap().1
     };

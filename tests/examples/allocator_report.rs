@@ -76,14 +76,23 @@ fn main() {
         .collect();
     let mut monotone_violations = 0;
     for (i, p) in problems.iter().enumerate() {
-        let ids = prompt::encode(engine, &p.question, Some(answer::DEFAULT_INSTRUCTION), None)
-            .expect("prompt");
+        let ids = route::PromptIds {
+            plain: prompt::encode(engine, &p.question, None, None).expect("prompt"),
+            instructed: prompt::encode(
+                engine,
+                &p.question,
+                Some(answer::DEFAULT_INSTRUCTION),
+                None,
+            )
+            .expect("prompt"),
+        };
         for (j, c) in configs.iter().enumerate() {
             let req = Request {
                 lambdas: Lambdas::DEFAULT,
                 target: None,
                 forced: Some(*c),
                 base: base.clone(),
+                open_max_tokens: base.max_tokens,
             };
             let (r, d) = route::answer(engine, &alloc, &ids, &req).expect("run");
             let measured = r.timing.total_s;
@@ -103,6 +112,7 @@ fn main() {
             target: None,
             forced: None,
             base: base.clone().max_tokens(1),
+            open_max_tokens: 1,
         };
         let (_, d) = route::answer(engine, &alloc, &ids, &req).expect("auto");
         decision_ms.push(d.decision_s * 1e3);

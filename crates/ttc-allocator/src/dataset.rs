@@ -92,12 +92,7 @@ struct JsonlLine {
 /// the last `####` is the reference; a bare number is taken as is). Blank lines are skipped; a
 /// malformed line is an error that names the file and the line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Problem>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| AllocatorError::Dataset(format!("cannot read {}: {e}", path.display())))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let (name, text) = read_named(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -134,6 +129,17 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Problem>> {
         )));
     }
     Ok(out)
+}
+
+/// A dataset file's name (what line ids start with) and its text.
+pub(crate) fn read_named(path: &Path) -> Result<(String, String)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AllocatorError::Dataset(format!("cannot read {}: {e}", path.display())))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((name, text))
 }
 
 /// Generates a built-in suite.

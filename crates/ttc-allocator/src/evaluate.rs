@@ -107,6 +107,7 @@ fn cell(alloc: &Allocator, q: &QuestionLabels, c: &Config) -> Option<Cell> {
     } else {
         alloc.profile.latency_s(&Work {
             prompt_len: q.prompt_tokens,
+            prefill_tokens: None,
             tokens: o.tokens,
             steps: o.steps,
             scorer_tokens: 0.0,

@@ -131,6 +131,10 @@ pub struct Correction {
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Work {
     pub prompt_len: usize,
+    /// Prompt tokens the prefill computes (fewer than `prompt_len` when the prefix cache holds
+    /// the rest; more when a request prefills two forms of its prompt); None: `prompt_len`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_tokens: Option<usize>,
     /// Generated tokens (all samples and beams).
     pub tokens: f64,
     /// Sequential decode steps.
@@ -292,7 +296,7 @@ impl LatencyProfile {
 
     /// Predicted seconds for `work`, before the correction factor.
     pub fn raw_latency_s(&self, work: &Work) -> f64 {
-        let mut s = self.prefill_s(work.prompt_len);
+        let mut s = self.prefill_s(work.prefill_tokens.unwrap_or(work.prompt_len));
         if work.steps > 0.0 {
             let width = (work.tokens / work.steps).max(1.0);
             s += work.steps * self.step_s(width, work.prompt_len as f64 + work.steps / 2.0);
@@ -438,6 +442,7 @@ pub(crate) mod tests {
         // 4 samples of 10 tokens, 11 steps: prefill + 11 steps at width 40/11.
         let w = Work {
             prompt_len: 64,
+            prefill_tokens: None,
             tokens: 40.0,
             steps: 11.0,
             scorer_tokens: 0.0,
@@ -452,6 +457,7 @@ pub(crate) mod tests {
         let mut p = synthetic();
         let w = Work {
             prompt_len: 64,
+            prefill_tokens: None,
             tokens: 10.0,
             steps: 10.0,
             scorer_tokens: 0.0,

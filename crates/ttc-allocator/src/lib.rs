@@ -12,6 +12,7 @@ pub mod error;
 pub mod latency;
 pub mod menu;
 pub mod prompt;
+pub mod prompt_kind;
 
 pub use error::{AllocatorError, Result};
 pub use menu::Config;

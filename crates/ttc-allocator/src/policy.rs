@@ -209,6 +209,7 @@ impl Allocator {
         let n = config.n.max(1) as f64;
         let work = Work {
             prompt_len,
+            prefill_tokens: None,
             tokens: n * sample,
             steps: sample + 1.0,
             scorer_tokens: 0.0,

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use ttc_engine::Engine;
+use ttc_engine::{Engine, SessionOptions};
 use ttc_methods::{MethodConfig, MethodResult};
 
 use crate::latency::{Grid, LatencyProfile, ProfileKey, Work, WorkKind};
 use crate::menu::Config;
 use crate::policy::{choose, fallback_config, solve, Allocator, Lambdas, Prediction, Target};
 use crate::probe::Probe;
+use crate::prompt_kind::KindDecision;
 use crate::Result;
 
 /// Probes shipped in the repository's `models/` folder, compiled in: (the GGUF file name the
@@ -150,14 +151,29 @@ pub struct Request {
     pub target: Option<Target>,
     /// Run this instead of choosing (still predicted).
     pub forced: Option<Config>,
-    /// Method, n, beam width and iterations are replaced by the chosen configuration's.
+    /// Method, n, beam width and iterations are replaced by the chosen configuration's;
+    /// `max_tokens` is the cap of answers to prompts with a final answer.
     pub base: MethodConfig,
+    /// The cap of a plain answer to an open-ended prompt.
+    pub open_max_tokens: usize,
+}
+
+/// A prompt's ids in the two forms the allocator may run (both templated): as typed, which
+/// the kind head reads and a plain answer continues, and with the answer-format instruction,
+/// which the accuracy probe reads and test-time scaling answers. Both start with the same
+/// tokens, so the second prefill takes the first's full blocks from the prefix cache.
+#[derive(Debug, Clone)]
+pub struct PromptIds {
+    pub plain: Vec<u32>,
+    pub instructed: Vec<u32>,
 }
 
 /// Why the allocator ran what it ran.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
-    /// Every configuration considered (empty without a probe).
+    /// Whether the prompt was taken to have a final answer to vote on (None when forced).
+    pub kind: Option<KindDecision>,
+    /// Every configuration considered (empty without a probe, and for open-ended prompts).
     pub menu: Vec<Prediction>,
     /// What ran, and what was predicted for it.
     pub predicted: Prediction,
@@ -165,24 +181,32 @@ pub struct Decision {
     /// True when no probe could predict accuracy and the fallback rule chose.
     pub fallback: bool,
     pub forced: bool,
-    /// Seconds from the end of the prefill to the start of the chosen run.
+    /// Seconds spent deciding: the kind head after the first prefill, and the predictions
+    /// after the instructed prefill (not the prefill itself).
     pub decision_s: f64,
     /// Sampling at temperature 0: every sample would be the greedy answer, so only
     /// one-sequence configurations were on the menu.
     pub greedy_sampling: bool,
+    /// The cap the answer ran with.
+    pub max_tokens: usize,
 }
 
-/// Answers the prompt `ids` (template applied) through the allocator.
+/// Answers `prompt` through the allocator: prefill it as typed, let the kind head decide
+/// whether it has a final answer; if not, answer it plainly from that prefill; if so, prefill
+/// the instructed form (its shared blocks come from the prefix cache), predict every
+/// configuration and run the best one.
 pub fn answer(
     engine: &Engine,
     alloc: &Allocator,
-    ids: &[u32],
+    prompt: &PromptIds,
     req: &Request,
 ) -> Result<(MethodResult, Decision)> {
     let t0 = Instant::now();
-    let max_tokens = req.base.max_tokens;
+    let final_cap = req.base.max_tokens;
+    let open_cap = req.open_max_tokens;
+    let both = prompt.plain.len() + prompt.instructed.len();
     // Only configurations whose KV cache fits are on the menu.
-    let fits = engine.max_width_for(ids.len(), max_tokens);
+    let fits = engine.max_width_for(both, final_cap);
     let width_of = |c: &Config| c.method_config(&req.base).width();
     let widest = match req.forced {
         Some(c) => width_of(&c),
@@ -194,13 +218,100 @@ pub fn answer(
             .max()
             .unwrap_or(1),
     };
-    let mut session = engine.session(ids.len(), widest, req.base.session_options())?;
-    let root = session.prefill(ids)?;
+    let blocks = engine
+        .blocks_for_plan(both, widest, final_cap)
+        .max(engine.blocks_for_plan(prompt.plain.len(), 1, open_cap));
+    let opts = SessionOptions {
+        prefix_cache: true,
+        ..req.base.session_options()
+    };
+    let mut session = engine.session_for_blocks(blocks, opts)?;
+    let greedy_sampling = req.base.params.temperature == 0.0;
+    let scorer_s_per_token = req.base.scorer.seconds_per_token();
+    let plain_config = if greedy_sampling {
+        Config::GREEDY
+    } else {
+        Config::SAMPLE
+    };
+
+    // A forced configuration: no kind decision; one sample answers the prompt as typed.
+    if let Some(c) = req.forced {
+        let single_plain = c.method == ttc_methods::Method::Sample;
+        let ids = if single_plain {
+            &prompt.plain
+        } else {
+            &prompt.instructed
+        };
+        let cap = if single_plain { open_cap } else { final_cap };
+        session.set_max_tokens(cap)?;
+        let root = session.prefill(ids)?;
+        let t_decide = Instant::now();
+        let hidden = hidden_of(&session, root)?;
+        let mut p = if single_plain {
+            predict_plain(alloc, ids.len(), &c, cap)
+        } else {
+            predict_one(alloc, hidden.as_deref(), ids.len(), &c, cap)?
+        };
+        add_scorer_cost(&mut p, scorer_s_per_token);
+        let cfg = c.method_config(&req.base).max_tokens(cap);
+        let decision_s = t_decide.elapsed().as_secs_f64();
+        let result = ttc_methods::run_prefilled(session, root, ids.len(), &cfg, t0)?;
+        return Ok((
+            result,
+            Decision {
+                kind: None,
+                menu: Vec::new(),
+                predicted: p,
+                lambdas: req.lambdas,
+                fallback: false,
+                forced: true,
+                decision_s,
+                greedy_sampling,
+                max_tokens: cap,
+            },
+        ));
+    }
+
+    let plain_root = session.prefill(&prompt.plain)?;
     let t_decide = Instant::now();
-    let hidden = session
-        .prompt_hidden(root)?
-        .map(|h| h.to_vec1::<f32>())
-        .transpose()?;
+    let plain_hidden = hidden_of(&session, plain_root)?;
+    let p_final = match (&plain_hidden, &alloc.probe) {
+        (Some(h), Some(probe)) => probe.p_final_answer(h)?,
+        _ => None,
+    };
+    let kind = KindDecision::from_p(p_final);
+    if !kind.final_answer {
+        // Open-ended (or no head to tell): the prompt as typed, answered plainly at its cap.
+        session.set_max_tokens(open_cap)?;
+        let predicted = predict_plain(alloc, prompt.plain.len(), &plain_config, open_cap);
+        let cfg = plain_config.method_config(&req.base).max_tokens(open_cap);
+        let decision_s = t_decide.elapsed().as_secs_f64();
+        let result = ttc_methods::run_prefilled(session, plain_root, prompt.plain.len(), &cfg, t0)?;
+        return Ok((
+            result,
+            Decision {
+                kind: Some(kind),
+                menu: Vec::new(),
+                predicted,
+                lambdas: req.lambdas,
+                fallback: false,
+                forced: false,
+                decision_s,
+                greedy_sampling,
+                max_tokens: open_cap,
+            },
+        ));
+    }
+
+    // A final answer: the instructed form, whose shared beginning the prefix cache holds.
+    let ids = &prompt.instructed;
+    session.set_max_tokens(final_cap)?;
+    let kind_s = t_decide.elapsed().as_secs_f64();
+    let root = session.prefill(ids)?;
+    let t_menu = Instant::now();
+    session.free(plain_root);
+    let prefilled = session.counters().prefill_tokens;
+    let hidden = hidden_of(&session, root)?;
     let mut menu = match (&hidden, &alloc.probe) {
         (Some(h), Some(_)) => alloc.predict(h, ids.len())?,
         _ => Vec::new(),
@@ -208,55 +319,87 @@ pub fn answer(
     menu.retain(|p| width_of(&p.config) <= widest);
     // At temperature 0 every sample is the greedy answer: N of them cost N times as much for
     // the same text, so only configurations of one sequence stay on the menu.
-    let greedy_sampling = req.base.params.temperature == 0.0;
     if greedy_sampling {
         menu.retain(|p| p.config.n == 1);
     }
-    // A scorer model (a PRM) reads every token a scored configuration generates, once (its
-    // session keeps what it scored): priced at the speed its session measured on the question.
-    let scorer_s_per_token = req.base.scorer.seconds_per_token();
+    // What the prefills really computed (both forms, less what the prefix cache held), and
+    // what a scorer model (a PRM) costs: it reads every token a scored configuration
+    // generates, once, at the speed its session measured on the question.
     for p in &mut menu {
+        p.work.prefill_tokens = Some(prefilled);
+        p.latency_s = alloc.profile.latency_s(&p.work);
         add_scorer_cost(p, scorer_s_per_token);
     }
     let mut lambdas = req.lambdas;
-    let (predicted, fallback) = match req.forced {
-        Some(c) => {
-            let mut p = predict_one(alloc, hidden.as_deref(), ids.len(), &c, max_tokens)?;
-            add_scorer_cost(&mut p, scorer_s_per_token);
-            (p, false)
+    let (predicted, fallback) = if menu.is_empty() {
+        let fallback = if greedy_sampling {
+            Config::GREEDY
+        } else {
+            fallback_config()
+        };
+        let mut p = alloc.predict_without_probe(&fallback, ids.len(), final_cap);
+        add_scorer_cost(&mut p, scorer_s_per_token);
+        (p, true)
+    } else {
+        if let Some(t) = req.target {
+            lambdas = solve(std::slice::from_ref(&menu), t, lambdas);
         }
-        None if menu.is_empty() => {
-            let fallback = if greedy_sampling {
-                Config::GREEDY
-            } else {
-                fallback_config()
-            };
-            let mut p = alloc.predict_without_probe(&fallback, ids.len(), max_tokens);
-            add_scorer_cost(&mut p, scorer_s_per_token);
-            (p, true)
-        }
-        None => {
-            if let Some(t) = req.target {
-                lambdas = solve(std::slice::from_ref(&menu), t, lambdas);
-            }
-            (menu[choose(&menu, lambdas)], false)
-        }
+        (menu[choose(&menu, lambdas)], false)
     };
     let cfg = predicted.config.method_config(&req.base);
-    let decision_s = t_decide.elapsed().as_secs_f64();
+    // Deciding: the kind head, then the menu's predictions (the second prefill is not counted).
+    let decision_s = kind_s + t_menu.elapsed().as_secs_f64();
     let result = ttc_methods::run_prefilled(session, root, ids.len(), &cfg, t0)?;
     Ok((
         result,
         Decision {
+            kind: Some(kind),
             menu,
             predicted,
             lambdas,
             fallback,
-            forced: req.forced.is_some(),
+            forced: false,
             decision_s,
             greedy_sampling,
+            max_tokens: final_cap,
         },
     ))
+}
+
+fn hidden_of(
+    session: &ttc_engine::Session<'_>,
+    seq: ttc_engine::SeqId,
+) -> Result<Option<Vec<f32>>> {
+    Ok(session
+        .prompt_hidden(seq)?
+        .map(|h| h.to_vec1::<f32>())
+        .transpose()?)
+}
+
+/// The prediction for a plain answer (one sequence, no vote): its tokens from the lengths of
+/// plain answers the kind head measured, cut at `cap` (half the cap without them).
+fn predict_plain(alloc: &Allocator, prompt_len: usize, c: &Config, cap: usize) -> Prediction {
+    let tokens = alloc
+        .probe
+        .as_ref()
+        .and_then(|p| p.meta.kind.as_ref())
+        .and_then(|k| k.open_tokens(cap))
+        .unwrap_or(cap as f64 / 2.0);
+    let work = Work {
+        prompt_len,
+        prefill_tokens: None,
+        tokens,
+        steps: tokens,
+        scorer_tokens: 0.0,
+        kind: WorkKind::of(c.method),
+    };
+    Prediction {
+        config: *c,
+        accuracy: None,
+        tokens,
+        latency_s: alloc.profile.latency_s(&work),
+        work,
+    }
 }
 
 /// The prediction for one configuration, on the menu or not.
@@ -303,6 +446,7 @@ pub fn generation_s(r: &MethodResult) -> f64 {
 pub fn observed_work(r: &MethodResult) -> Work {
     Work {
         prompt_len: r.prompt_tokens,
+        prefill_tokens: Some(r.prefill_tokens),
         tokens: r.generated_tokens as f64,
         steps: r.steps as f64,
         // Scoring time is taken out of what the device model is refined with.

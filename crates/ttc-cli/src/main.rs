@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         None if cli.run.prompt.is_none() => commands::chat::run(&args::ChatArgs {
             gen: cli.run.gen.clone(),
             prompt_opts: cli.run.prompt_opts.clone(),
+            independent_lines: true,
         }),
         None => commands::run::run(&cli.run),
         Some(Command::Run(a)) => commands::run::run(a),
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         Some(Command::Models) => commands::models::run(),
         Some(Command::Fetch(a)) => commands::fetch::run(a),
         Some(Command::Bench(a)) => commands::bench::run(a),
+        Some(Command::TrainKind(a)) => commands::train_kind::run(a),
         Some(Command::Calibrate(a)) => commands::calibrate::run(a),
         Some(Command::Profile(a)) => commands::profile::run(a),
         Some(Command::Eval(a)) => commands::eval::run(a),

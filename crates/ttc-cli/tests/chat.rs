@@ -37,11 +37,22 @@ fn exit_code(p: &expectrl::session::OsSession) -> i32 {
 fn a_conversation_with_method_switching_ctrl_c_and_quit() {
     let mut p = chat(&["--max-tokens", "300"]);
     p.expect(">>> ").unwrap();
+    // The chat starts in auto: an open-ended prompt is answered plainly (greedy at
+    // temperature 0), and the status line says what was chosen and what it cost.
+    p.send_line("Name three colors of the rainbow.").unwrap();
+    p.expect(Regex(
+        r"\[auto: open-ended -> greedy \| \d+ tokens \| [0-9.]+ s \| [0-9.]+ tok/s \| prefill \d+ of \d+\]",
+    ))
+    .unwrap();
+    p.send_line("/method plain").unwrap();
+    p.expect("method: plain").unwrap();
+    p.send_line("/reset").unwrap();
+    p.expect("conversation cleared").unwrap();
     p.send_line("What is 12 + 35? Answer with just the number.")
         .unwrap();
     p.expect("12 + 35 = 50").unwrap();
     p.expect(Regex(
-        r"\[plain \| \d+ tokens \| [0-9.]+ s \| [0-9.]+ tok/s\]",
+        r"\[plain \| \d+ tokens \| [0-9.]+ s \| [0-9.]+ tok/s \| prefill \d+ of \d+\]",
     ))
     .unwrap();
 
@@ -65,7 +76,7 @@ fn a_conversation_with_method_switching_ctrl_c_and_quit() {
     p.send(ControlCode::EndOfText).unwrap();
     p.expect("stopped]").unwrap();
     p.send_line("/stats").unwrap();
-    p.expect(Regex(r"3 answers, \d+ tokens generated")).unwrap();
+    p.expect(Regex(r"4 answers, \d+ tokens generated")).unwrap();
 
     p.send_line("/quit").unwrap();
     assert_eq!(exit_code(&p), 0);
@@ -92,6 +103,8 @@ fn piped(extra: &[&str], input: &str) -> std::process::Output {
             "0",
             "--max-tokens",
             "24",
+            "--method",
+            "plain",
         ])
         .args(extra)
         .stdin(Stdio::piped())

@@ -622,7 +622,7 @@ fn bad_profile_and_probe_files_are_reported_and_replaced() {
         "{err}"
     );
     assert!(
-        err.contains("no accuracy probe") && err.contains("majority@4"),
+        err.contains("no probe for") && err.contains("answers plainly"),
         "{err}"
     );
     assert!(
@@ -630,8 +630,10 @@ fn bad_profile_and_probe_files_are_reported_and_replaced() {
         "{err}"
     );
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(v["chosen"]["config"], "majority@4");
-    assert_eq!(v["chosen"]["fallback"], true);
+    // Without a probe there is no telling whether voting would help: a plain answer.
+    assert_eq!(v["chosen"]["config"], "sample");
+    assert_eq!(v["chosen"]["kind"]["kind"], "open-ended");
+    assert!(v["chosen"]["kind"]["p_final_answer"].is_null());
     assert!(v["predicted"]["accuracy"].is_null() && v["predicted"]["latency_s"].is_number());
     // The profile measured in its place is now a good one.
     let text =

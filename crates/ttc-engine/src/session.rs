@@ -71,6 +71,13 @@ impl Engine {
         opts: SessionOptions,
     ) -> Result<Session<'_>> {
         let blocks = self.blocks_for_plan(prompt_len, width.max(1), opts.max_tokens);
+        self.session_for_blocks(blocks, opts)
+    }
+
+    /// A session for a plan of `blocks` KV blocks (a request that prefills several prompts or
+    /// may end up with one of two shapes: the largest of [`Engine::blocks_for_plan`]), refused
+    /// if it cannot fit the KV budget.
+    pub fn session_for_blocks(&self, blocks: usize, opts: SessionOptions) -> Result<Session<'_>> {
         let needed_bytes = blocks * self.kv_block_bytes();
         if needed_bytes > self.kv_budget() {
             return Err(EngineError::OverKvBudget {
@@ -206,6 +213,18 @@ impl<'e> Session<'e> {
                 st.sampler = sampler;
             }
         }
+        Ok(())
+    }
+
+    /// Changes the most tokens each sequence generates, from now on (the allocator learns after
+    /// the prefill what kind of answer it is running).
+    pub fn set_max_tokens(&mut self, max_tokens: usize) -> Result<()> {
+        if max_tokens == 0 {
+            return Err(EngineError::InvalidArgument(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        self.opts.max_tokens = max_tokens;
         Ok(())
     }
 

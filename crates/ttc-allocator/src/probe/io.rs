@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::features::Features;
+use super::kind::KindHead;
 use super::net::Net;
 use super::{Probe, ProbeMeta};
 use crate::error::{AllocatorError, Result};
@@ -104,6 +105,33 @@ impl Probe {
             projection,
             components: meta.components,
         };
+        let kind = match &meta.kind {
+            None => None,
+            Some(k) => {
+                // Lengths are summed per request: bounded, like every value read from a file.
+                const MAX_LENGTHS: usize = 1 << 16;
+                if k.open_lengths.len() > MAX_LENGTHS
+                    || !(1..=MAX_TOKEN_CAP).contains(&k.length_cap.max(1))
+                    || !k.bias.is_finite()
+                {
+                    return Err("bad kind head metadata".into());
+                }
+                let head = KindHead {
+                    mean: vec("kind.mean")?,
+                    std: vec("kind.std")?,
+                    weight: vec("kind.weight")?,
+                    bias: k.bias,
+                };
+                let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+                if !finite(&head.mean)
+                    || !finite(&head.weight)
+                    || !head.std.iter().all(|&s| s.is_finite() && s > 0.0)
+                {
+                    return Err("the kind head has values that are not finite".into());
+                }
+                Some(head)
+            }
+        };
         let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
         let net = Net::new(&vb, meta.components, meta.mlp_width)
             .map_err(|e| format!("bad probe weights ({})", first_line(&e.to_string())))?;
@@ -112,6 +140,7 @@ impl Probe {
             net,
             features,
             tensors,
+            kind,
         })
     }
 }

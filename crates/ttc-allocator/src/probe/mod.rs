@@ -16,6 +16,7 @@
 
 mod features;
 mod io;
+pub mod kind;
 mod net;
 mod paths;
 mod platt;
@@ -61,6 +62,9 @@ pub struct ProbeMeta {
     pub tokens: TokenModel,
     pub datasets: Vec<String>,
     pub report: TrainingReport,
+    /// The prompt-kind head ([`kind`]), when the probe has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<kind::KindMeta>,
 }
 
 /// What a probe records about where it came from.
@@ -107,6 +111,7 @@ pub struct Probe {
     /// Everything the file stores: the network's weights, and the features' mean, spread and
     /// projection.
     tensors: HashMap<String, Tensor>,
+    kind: Option<kind::KindHead>,
 }
 
 impl Probe {
@@ -280,13 +285,44 @@ impl Probe {
             tokens,
             datasets: meta_base.datasets,
             report,
+            kind: None,
         };
         Ok(Self {
             meta,
             net,
             features,
             tensors,
+            kind: None,
         })
+    }
+
+    /// This probe with `head` as its prompt-kind head (replacing any it had).
+    pub fn with_kind_head(mut self, head: kind::KindHead, meta: kind::KindMeta) -> Result<Self> {
+        let d = self.meta.hidden_dim;
+        if head.mean.len() != d || head.std.len() != d || head.weight.len() != d {
+            return Err(AllocatorError::Invalid(format!(
+                "a kind head of {} values for a probe of hidden size {d}",
+                head.weight.len()
+            )));
+        }
+        for (name, v) in [
+            ("kind.mean", &head.mean),
+            ("kind.std", &head.std),
+            ("kind.weight", &head.weight),
+        ] {
+            self.tensors
+                .insert(name.to_string(), Tensor::new(v.as_slice(), &Device::Cpu)?);
+        }
+        self.meta.kind = Some(meta);
+        self.kind = Some(head);
+        Ok(self)
+    }
+
+    /// P(the prompt has a short final answer) from the hidden state of the prompt as typed
+    /// (no instruction); None when the probe has no kind head.
+    pub fn p_final_answer(&self, hidden: &[f32]) -> Result<Option<f64>> {
+        self.check_dim(hidden)?;
+        Ok(self.kind.as_ref().map(|k| k.p_final_answer(hidden)))
     }
 
     /// Calibrated P(correct) of each of `configs` for a prompt with this hidden state.

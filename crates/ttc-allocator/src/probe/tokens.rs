@@ -77,6 +77,7 @@ impl TokenModel {
         }
         Some(Work {
             prompt_len,
+            prefill_tokens: None,
             tokens: tokens.max(1.0),
             steps: steps.max(1.0),
             scorer_tokens: 0.0,
@@ -112,6 +113,7 @@ impl TokenModel {
                 let n = config.n.max(1) as f64;
                 Work {
                     prompt_len,
+                    prefill_tokens: None,
                     tokens: n * sample_tokens,
                     steps: sample_tokens + 1.0,
                     scorer_tokens: 0.0,

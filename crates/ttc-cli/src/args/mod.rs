@@ -44,6 +44,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Build the accuracy probe and token model of a model from labelled questions.
     Calibrate(CalibrateArgs),
+    /// Add the prompt-kind head (final answer or open-ended) to a probe, from prompt files.
+    TrainKind(TrainKindArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -131,6 +133,17 @@ pub struct SamplingArgs {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> ttc_engine::sampler::SamplingParams {
+        ttc_engine::sampler::SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+        }
+    }
 }
 
 /// What every command that generates takes: the model, sampling, length, system prompt and
@@ -296,6 +309,10 @@ pub struct ChatArgs {
     pub gen: GenerationArgs,
     #[command(flatten)]
     pub prompt_opts: PromptArgs,
+    /// Piped lines are independent prompts, not turns of one conversation (`ttc-run` with no
+    /// prompt; `ttc-run chat` keeps the conversation).
+    #[arg(skip)]
+    pub independent_lines: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -433,6 +450,36 @@ pub struct CalibrateArgs {
     /// Do not label: train from --labels files (repeatable) as they are.
     #[arg(long, conflicts_with = "label_only")]
     pub train_only: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainKindArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompts with a short final answer: a JSONL file (`prompt` or `question` on each line)
+    /// or builtin:NAME. Repeatable.
+    #[arg(long = "final-answer", required = true)]
+    pub final_answer: Vec<String>,
+    /// Open-ended prompts (JSONL with `prompt`). Repeatable.
+    #[arg(long = "open-ended", required = true)]
+    pub open_ended: Vec<String>,
+    /// Prompts per file at most (the first ones).
+    #[arg(long, value_parser = positive(1 << 20))]
+    pub limit: Option<usize>,
+    /// The probe to add the head to (default: the one `auto` would load for the model).
+    #[arg(long)]
+    pub probe: Option<std::path::PathBuf>,
+    /// Where to write the probe with its head (default: the cache's probe for this model).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Open-ended prompts whose plain answers are generated to measure their length.
+    #[arg(long, default_value_t = 64)]
+    pub length_prompts: usize,
+    /// The cap those answers are generated with.
+    #[arg(long, default_value_t = 512, value_parser = positive(1 << 16))]
+    pub length_cap: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 #[cfg(test)]

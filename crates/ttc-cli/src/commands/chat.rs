@@ -2,25 +2,32 @@
 //! shows what each answer cost. With stdin not a terminal, one prompt per line in and one
 //! answer per line out.
 //!
-//! Each turn renders the whole conversation through the model's template and prefills it (the
-//! KV cache is not kept across turns yet). Ctrl-C while an answer is generated stops it and
-//! returns to the prompt; Ctrl-D or /quit leaves with status 0.
+//! It starts in `auto`: each turn the allocator decides whether the prompt has a final answer
+//! to vote on or is answered plainly, and the status line names what it chose and what that
+//! cost. Each turn renders the whole conversation through the model's template, and the
+//! engine's prefix cache holds the K/V of every full block of earlier turns, so only what is
+//! new is computed. Ctrl-C while an answer is generated stops it and returns to the prompt;
+//! Ctrl-D or /quit leaves with status 0.
+//!
+//! Piped, `ttc-run chat` reads one turn of one conversation per line; `ttc-run` with no
+//! prompt reads one independent prompt per line.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use rustyline::error::ReadlineError;
 use ttc_allocator::policy::{Allocator, Lambdas};
-use ttc_allocator::route::{self, Request};
+use ttc_allocator::route::{self, PromptIds, Request};
 use ttc_allocator::{AllocatorError, Config};
 use ttc_engine::chat_template::Message;
 use ttc_engine::sampler::SamplingParams;
-use ttc_engine::{Engine, EngineError, GenerateRequest, StopReason};
+use ttc_engine::{Engine, EngineError, GenerateRequest, Generation, StopReason};
 use ttc_methods::{Method, MethodConfig};
 
+use super::run::DEFAULT_MAX_TOKENS;
 use crate::args::{ChatArgs, MethodChoice};
 
 const HELP: &str = "\
@@ -37,8 +44,13 @@ const HELP: &str = "\
 /// What one answer cost.
 struct Turn {
     label: String,
+    /// Under auto: what the allocator chose, and whether it took the prompt to have a final
+    /// answer.
+    chosen: Option<ChosenOutput>,
     /// The prompt as the model saw it (the templated conversation so far).
     prompt_tokens: usize,
+    /// Prompt tokens computed this turn (the rest came from the prefix cache).
+    prefill_tokens: usize,
     tokens: usize,
     seconds: f64,
     stopped: bool,
@@ -46,12 +58,22 @@ struct Turn {
     stop_reason: Option<StopReason>,
 }
 
+#[derive(Debug, Clone, serde::Serialize)]
+struct ChosenOutput {
+    config: Config,
+    kind: &'static str,
+    p_final_answer: Option<f64>,
+}
+
 /// One piped turn with `--json`.
 #[derive(serde::Serialize)]
 struct TurnOutput<'a> {
     text: &'a str,
     method: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chosen: Option<&'a ChosenOutput>,
     prompt_tokens: usize,
+    prefill_tokens: usize,
     tokens_generated: usize,
     latency_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,7 +112,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         args,
         system: args.gen.system.clone(),
         messages: Vec::new(),
-        method: args.gen.method.method.unwrap_or(MethodChoice::Plain),
+        method: args.gen.method.method.unwrap_or(MethodChoice::Auto),
         n: args.gen.method.samples,
         allocator: None,
         scorers: ttc_methods::ScorerSource::load(&args.gen.method.scorer, &engine)?,
@@ -138,8 +160,14 @@ impl Chat<'_> {
                             let rate = turn.tokens as f64 / turn.seconds.max(1e-9);
                             let stopped = if turn.stopped { " | stopped" } else { "" };
                             println!(
-                                "\x1b[2m[{} | {} tokens | {:.2} s | {:.1} tok/s{}]\x1b[0m",
-                                turn.label, turn.tokens, turn.seconds, rate, stopped
+                                "\x1b[2m[{} | {} tokens | {:.2} s | {:.1} tok/s | prefill {} of {}{}]\x1b[0m",
+                                turn.label,
+                                turn.tokens,
+                                turn.seconds,
+                                rate,
+                                turn.prefill_tokens,
+                                turn.prompt_tokens,
+                                stopped
                             );
                         }
                         Err(e) => println!("error: {e}"),
@@ -164,7 +192,9 @@ impl Chat<'_> {
                 continue;
             }
             any = true;
-            self.messages.clear();
+            if self.args.independent_lines {
+                self.messages.clear();
+            }
             let turn = self.answer(line.trim(), false)?;
             let text = self
                 .messages
@@ -175,7 +205,9 @@ impl Chat<'_> {
                 let out = TurnOutput {
                     text,
                     method: &turn.label,
+                    chosen: turn.chosen.as_ref(),
                     prompt_tokens: turn.prompt_tokens,
+                    prefill_tokens: turn.prefill_tokens,
                     tokens_generated: turn.tokens,
                     latency_s: turn.seconds,
                     stop_reason: turn.stop_reason,
@@ -205,17 +237,11 @@ impl Chat<'_> {
         }
     }
 
-    /// The conversation with `user` as its next turn; a method's answer needs the
-    /// instruction that makes it extractable (the text kept in the history has none).
-    /// With `--raw`, the prompt alone, untemplated.
-    fn prompt_ids(&self, user: &str) -> Result<Vec<u32>> {
-        let opts = &self.args.prompt_opts;
-        let instruction = match self.method {
-            MethodChoice::Plain => None,
-            _ => opts.instruction(),
-        };
+    /// The conversation with `user` as its next turn, with `instruction` appended to it (the
+    /// text kept in the history has none). With `--raw`, the prompt alone, untemplated.
+    fn prompt_ids(&self, user: &str, instruction: Option<&str>) -> Result<Vec<u32>> {
         let content = ttc_allocator::prompt::user_message(user, instruction);
-        if opts.raw {
+        if self.args.prompt_opts.raw {
             return Ok(self.engine.tokenizer.encode_prompt(&content)?);
         }
         let mut messages = Vec::new();
@@ -228,27 +254,28 @@ impl Chat<'_> {
     }
 
     fn params(&self) -> SamplingParams {
-        let s = &self.args.gen.sampling;
-        SamplingParams {
-            temperature: s.temperature,
-            top_k: s.top_k,
-            top_p: s.top_p,
-            min_p: s.min_p,
-        }
+        self.args.gen.sampling.params()
     }
 
-    /// Answers `user` in the conversation; streams when `show` and the method is plain.
+    /// Answers `user` in the conversation; streams (or shows progress) when `show`.
     fn answer(&mut self, user: &str, show: bool) -> Result<Turn> {
         self.cancel.store(false, Ordering::Relaxed);
-        let ids = self.prompt_ids(user)?;
+        let plain = self.prompt_ids(user, None)?;
         let t0 = Instant::now();
         let mut label = self.method_label();
         let mut stop_reason = None;
-        let (text, tokens, stopped) = match self.method {
+        let mut chosen = None;
+        let (prompt_tokens, prefill_tokens, text, tokens, stopped) = match self.method {
             MethodChoice::Plain => {
-                let (text, tokens, reason) = self.stream(&ids, show)?;
+                let (g, reason) = self.stream(&plain, show)?;
                 stop_reason = Some(reason);
-                (text, tokens, reason == StopReason::Cancelled)
+                (
+                    plain.len(),
+                    g.prefill_tokens,
+                    g.text,
+                    g.tokens.len(),
+                    reason == StopReason::Cancelled,
+                )
             }
             choice => {
                 if self.allocator.is_none() {
@@ -261,12 +288,10 @@ impl Chat<'_> {
                     );
                 }
                 let alloc = self.allocator.as_ref().expect("loaded above");
-                let spinner = show.then(|| {
-                    let s = indicatif::ProgressBar::new_spinner();
-                    s.set_message(format!("{}: generating candidates", self.method_label()));
-                    s.enable_steady_tick(Duration::from_millis(120));
-                    s
-                });
+                let ids = PromptIds {
+                    instructed: self.prompt_ids(user, self.args.prompt_opts.instruction())?,
+                    plain,
+                };
                 let forced = match choice {
                     MethodChoice::Fixed(m) => Some(Config::for_method(
                         m,
@@ -277,41 +302,64 @@ impl Chat<'_> {
                     _ => None,
                 };
                 let scorer = self.scorers.for_question(self.engine, user)?;
-                let max_tokens = self
-                    .args
-                    .gen
-                    .max_tokens
-                    .or(alloc.max_tokens())
-                    .unwrap_or(512);
-                let base = MethodConfig::new(Method::Greedy, max_tokens)
-                    .beam_width(self.args.gen.method.beam_width)
-                    .max_iters(self.args.gen.method.max_iters)
-                    .scorer(scorer)
-                    .params(self.params())
-                    .seed(self.args.gen.sampling.seed + self.totals.0 as u64)
-                    .stop(self.args.prompt_opts.stop.clone())
-                    .cancel(self.cancel.clone());
+                let streamed = Arc::new(AtomicBool::new(false));
+                let base = MethodConfig::new(
+                    Method::Greedy,
+                    self.args
+                        .gen
+                        .max_tokens
+                        .or(alloc.max_tokens())
+                        .unwrap_or(DEFAULT_MAX_TOKENS),
+                )
+                .beam_width(self.args.gen.method.beam_width)
+                .max_iters(self.args.gen.method.max_iters)
+                .scorer(scorer)
+                .params(self.params())
+                .seed(self.args.gen.sampling.seed + self.totals.0 as u64)
+                .stop(self.args.prompt_opts.stop.clone())
+                .cancel(self.cancel.clone())
+                .observer(show.then(|| super::progress::observer(true, streamed.clone())));
                 let req = Request {
                     lambdas: self.lambdas,
                     target: None,
                     forced,
                     base,
+                    open_max_tokens: self.args.gen.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                 };
                 let result = route::answer(self.engine, alloc, &ids, &req);
-                if let Some(s) = spinner {
-                    s.finish_and_clear();
-                }
+                super::progress::clear();
                 match result {
                     Ok((r, d)) => {
-                        if choice == MethodChoice::Auto {
-                            label = format!("auto: {}", d.predicted.config);
+                        if let Some(k) = d.kind {
+                            label = format!("auto: {} -> {}", k.label(), d.predicted.config);
+                            chosen = Some(ChosenOutput {
+                                config: d.predicted.config,
+                                kind: k.label(),
+                                p_final_answer: k.p_final_answer,
+                            });
                         }
                         if show {
-                            println!("{}", r.text);
+                            if streamed.load(Ordering::Relaxed) {
+                                println!();
+                            } else {
+                                println!("{}", r.text);
+                            }
                         }
-                        (r.text, r.generated_tokens, false)
+                        stop_reason = r.candidates.get(r.chosen).map(|c| c.finish);
+                        (
+                            r.prompt_tokens,
+                            r.prefill_tokens,
+                            r.text,
+                            r.generated_tokens,
+                            false,
+                        )
                     }
-                    Err(AllocatorError::Engine(EngineError::Cancelled)) => (String::new(), 0, true),
+                    Err(AllocatorError::Engine(EngineError::Cancelled)) => {
+                        if show && streamed.load(Ordering::Relaxed) {
+                            println!();
+                        }
+                        (ids.instructed.len(), 0, String::new(), 0, true)
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -328,7 +376,9 @@ impl Chat<'_> {
         );
         Ok(Turn {
             label,
-            prompt_tokens: ids.len(),
+            chosen,
+            prompt_tokens,
+            prefill_tokens,
             tokens,
             seconds,
             stopped,
@@ -337,15 +387,15 @@ impl Chat<'_> {
     }
 
     /// Plain sampling, streamed token by token; Ctrl-C stops it.
-    fn stream(&self, ids: &[u32], show: bool) -> Result<(String, usize, StopReason)> {
+    fn stream(&self, ids: &[u32], show: bool) -> Result<(Generation, StopReason)> {
         let req = GenerateRequest {
             params: self.params(),
             seed: self.args.gen.sampling.seed + self.totals.0 as u64,
-            max_tokens: self.args.gen.max_tokens.unwrap_or(512),
+            max_tokens: self.args.gen.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             stop: self.args.prompt_opts.stop.clone(),
             ignore_eos: self.args.prompt_opts.ignore_eos,
             cancel: Some(self.cancel.clone()),
-            prefix_cache: false,
+            prefix_cache: true,
         };
         let mut out = std::io::stdout();
         let g = self.engine.generate(ids, &req, |piece| {
@@ -357,7 +407,8 @@ impl Chat<'_> {
         if show {
             println!();
         }
-        Ok((g.text, g.tokens.len(), g.stop_reason))
+        let reason = g.stop_reason;
+        Ok((g, reason))
     }
 
     /// Runs a slash command; false to quit.

@@ -7,9 +7,11 @@ pub mod eval;
 pub mod fetch;
 pub mod models;
 pub mod profile;
+pub mod progress;
 pub mod run;
 pub mod tokenize;
 pub mod train;
+pub mod train_kind;
 
 use anyhow::Result;
 use ttc_engine::{Engine, LoadOptions};

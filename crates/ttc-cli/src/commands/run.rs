@@ -3,18 +3,25 @@
 //! completion; a named method runs as given. Text, or one JSON object with `--json`.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
 use ttc_allocator::policy::{Lambdas, Prediction, Target};
-use ttc_allocator::route::{self, Request};
+use ttc_allocator::prompt_kind::KindDecision;
+use ttc_allocator::route::{self, PromptIds, Request};
 use ttc_allocator::{prompt, Config};
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, GenerateRequest, StopReason};
 use ttc_methods::{Method, MethodConfig, Scorer, Timing};
 
 use crate::args::{MethodChoice, RunArgs};
+
+/// The cap of a plain answer when none is given (llama.cpp's `-n` runs on; Ollama's
+/// `num_predict` does too, bounded by the context: 512 keeps one answer bounded).
+pub const DEFAULT_MAX_TOKENS: usize = 512;
 
 #[derive(Serialize)]
 struct RunOutput<'a> {
@@ -44,8 +51,12 @@ struct MethodOutput<'a> {
     text: &'a str,
     /// Why the chosen candidate ended.
     stop_reason: StopReason,
+    /// The cap it ran with.
+    max_tokens: usize,
     model: &'a str,
     prompt_tokens: usize,
+    /// Prompt tokens computed (both forms of the prompt, less what the prefix cache held).
+    prefill_tokens: usize,
     tokens_generated: usize,
     latency_s: f64,
     method: Method,
@@ -87,6 +98,8 @@ impl From<&Prediction> for Predicted {
 
 #[derive(Serialize)]
 struct Chosen {
+    /// Whether the prompt was taken to have a final answer, and how sure the head was.
+    kind: Option<KindOutput>,
     config: Config,
     utility: f64,
     lambda_tokens: f64,
@@ -97,6 +110,23 @@ struct Chosen {
     greedy_sampling: bool,
     decision_ms: f64,
     probe: Option<String>,
+}
+
+#[derive(Serialize)]
+struct KindOutput {
+    kind: &'static str,
+    p_final_answer: Option<f64>,
+    confidence: Option<f64>,
+}
+
+impl From<KindDecision> for KindOutput {
+    fn from(k: KindDecision) -> Self {
+        Self {
+            kind: k.label(),
+            p_final_answer: k.p_final_answer,
+            confidence: k.confidence(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -163,12 +193,14 @@ fn run_allocated(
     params: SamplingParams,
 ) -> Result<()> {
     let a = &args.gen.method.allocator;
-    let instruction = args.prompt_opts.instruction();
-    let ids = encode(args, engine, prompt, instruction)?;
+    let ids = PromptIds {
+        plain: encode(args, engine, prompt, None)?,
+        instructed: encode(args, engine, prompt, args.prompt_opts.instruction())?,
+    };
     // A prompt over the context is refused before a latency profile is measured for nothing.
-    if ids.len() >= engine.context_limit() {
+    if ids.instructed.len().max(ids.plain.len()) >= engine.context_limit() {
         return Err(ttc_engine::EngineError::PromptTooLong {
-            prompt_tokens: ids.len(),
+            prompt_tokens: ids.instructed.len().max(ids.plain.len()),
             context: engine.context_limit(),
         }
         .into());
@@ -183,19 +215,28 @@ fn run_allocated(
         )),
         _ => None,
     };
+    let streamed = Arc::new(AtomicBool::new(false));
     let mut base = MethodConfig::new(Method::Greedy, args.gen.max_tokens.unwrap_or(1))
         .max_iters(m.max_iters)
         .scorer(Scorer::from_spec(&m.scorer, engine, prompt)?)
         .params(params)
         .seed(args.gen.sampling.seed)
-        .stop(args.prompt_opts.stop.clone());
+        .stop(args.prompt_opts.stop.clone())
+        .observer(super::progress::observer(
+            !args.prompt_opts.json,
+            streamed.clone(),
+        ));
     if let Some(c) = forced {
         c.method_config(&base)
             .validate()
             .map_err(anyhow::Error::msg)?;
     }
     let (mut alloc, sources) = super::load_allocator(engine, a.probe.as_deref())?;
-    base.max_tokens = args.gen.max_tokens.or(alloc.max_tokens()).unwrap_or(512);
+    base.max_tokens = args
+        .gen
+        .max_tokens
+        .or(alloc.max_tokens())
+        .unwrap_or(DEFAULT_MAX_TOKENS);
     let target = a
         .target_latency
         .map(Target::Latency)
@@ -208,20 +249,31 @@ fn run_allocated(
         target,
         forced,
         base,
+        open_max_tokens: args.gen.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
     };
     let (r, d) = route::answer(engine, &alloc, &ids, &req)?;
+    super::progress::clear();
     alloc
         .profile
         .observe(&route::observed_work(&r), route::generation_s(&r));
     if let Err(e) = alloc.save_profile() {
         eprintln!("ttc: could not save the refined latency profile: {e}");
     }
-    if d.fallback {
+    if alloc.probe.is_none() && !d.forced {
+        eprintln!(
+            "ttc: no probe for {}: auto answers plainly (`ttc-run calibrate` and `ttc-run train-kind` build one)",
+            engine.name
+        );
+    } else if d.fallback {
         eprintln!(
             "ttc: no accuracy probe for {}: auto runs {} (`ttc-run calibrate` builds one)",
             engine.name, d.predicted.config
         );
     }
+    let stop_reason = r
+        .candidates
+        .get(r.chosen)
+        .map_or(StopReason::MaxTokens, |c| c.finish);
     let menu: Vec<MenuRow> = d
         .menu
         .iter()
@@ -237,12 +289,11 @@ fn run_allocated(
     if args.prompt_opts.json {
         let out = MethodOutput {
             text: &r.text,
-            stop_reason: r
-                .candidates
-                .get(r.chosen)
-                .map_or(StopReason::MaxTokens, |c| c.finish),
+            stop_reason,
+            max_tokens: d.max_tokens,
             model: &engine.name,
             prompt_tokens: r.prompt_tokens,
+            prefill_tokens: r.prefill_tokens,
             tokens_generated: r.generated_tokens,
             latency_s: r.timing.total_s,
             method: r.method,
@@ -266,6 +317,7 @@ fn run_allocated(
             seed: args.gen.sampling.seed,
             predicted: Predicted::from(&d.predicted),
             chosen: (!d.forced).then(|| Chosen {
+                kind: d.kind.map(KindOutput::from),
                 config: d.predicted.config,
                 utility: d.predicted.utility(d.lambdas),
                 lambda_tokens: d.lambdas.tokens,
@@ -289,10 +341,26 @@ fn run_allocated(
             d.lambdas.latency,
             sources.probe.as_deref().unwrap_or("none")
         )?;
+        match d.kind {
+            Some(k) => writeln!(
+                err,
+                "  prompt kind: {} ({}), so {}",
+                k.label(),
+                k.p_final_answer
+                    .map(|p| format!("P(final answer)={p:.3}"))
+                    .unwrap_or_else(|| "no kind head in the probe".into()),
+                if k.final_answer {
+                    "test-time scaling with the answer-format instruction"
+                } else {
+                    "a plain answer to the prompt as typed, no instruction"
+                }
+            )?,
+            None => writeln!(err, "  forced: {}", d.predicted.config)?,
+        }
         if d.greedy_sampling {
             writeln!(
                 err,
-                "  temperature 0: every sample would be the greedy answer, so only greedy is on the menu"
+                "  temperature 0: every sample would be the greedy answer, so only one-sequence configurations run"
             )?;
         }
         writeln!(
@@ -326,12 +394,35 @@ fn run_allocated(
             d.decision_s * 1e3
         )?;
     }
-    writeln!(stdout, "{}", r.text)?;
+    if streamed.load(Ordering::Relaxed) {
+        writeln!(stdout)?;
+    } else {
+        writeln!(stdout, "{}", r.text)?;
+    }
+    if stop_reason == StopReason::MaxTokens {
+        eprintln!(
+            "ttc: the answer stopped at the {}-token cap{} (--max-tokens raises it)",
+            d.max_tokens,
+            if args.gen.max_tokens.is_none() && d.kind.is_some_and(|k| k.final_answer) {
+                " the probe was calibrated with"
+            } else {
+                ""
+            }
+        );
+    }
     let p = &d.predicted;
+    // An open-ended answer has no final answer to report.
+    let answer = if d.kind.is_some_and(|k| !k.final_answer) {
+        String::new()
+    } else {
+        format!(" answer={}", r.answer.as_deref().unwrap_or("-"))
+    };
     eprintln!(
-        "ttc: {} answer={} tokens={} steps={} {:.2}s (predicted: P={} tokens={:.0} {:.2}s)",
+        "ttc: {}{}{answer} tokens={} steps={} {:.2}s (predicted: P={} tokens={:.0} {:.2}s)",
+        d.kind
+            .map(|k| format!("{} -> ", k.label()))
+            .unwrap_or_default(),
         p.config,
-        r.answer.as_deref().unwrap_or("-"),
         r.generated_tokens,
         r.steps,
         r.timing.total_s,
@@ -348,7 +439,7 @@ fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParam
     let req = GenerateRequest {
         params,
         seed: args.gen.sampling.seed,
-        max_tokens: args.gen.max_tokens.unwrap_or(512),
+        max_tokens: args.gen.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         stop: args.prompt_opts.stop.clone(),
         ignore_eos: args.prompt_opts.ignore_eos,
         cancel: None,
