@@ -1,5 +1,7 @@
-//! The engine's prefix cache on the real model: a chat turn computes only what is new, its
-//! logits are a full prefill's, and evicted blocks return the pool to its baseline.
+//! The engine's one KV pool on the real model, shared by concurrent sessions: a chat turn
+//! computes only what is new and its logits are a full prefill's; evicted blocks return the
+//! pool to its baseline; sessions decoding at the same time share forward passes and compute
+//! what each would alone.
 
 use ttc_e2e::load_default_engine;
 use ttc_engine::chat_template::Message;
@@ -154,4 +156,47 @@ fn the_prefix_cache_evicts_unused_blocks_and_returns_the_pool_to_its_baseline() 
     assert_eq!(after.in_use_blocks, 0, "{after:?}");
     assert_eq!(after.free_blocks, after.capacity_blocks);
     assert_eq!(after.cached_blocks, 0);
+}
+
+#[test]
+fn concurrent_sessions_decode_in_shared_passes_and_get_what_they_would_alone() {
+    let e = load_default_engine();
+    let prompts: Vec<Vec<u32>> = ["Describe a river.", "Describe a mountain.", "Count to ten."]
+        .iter()
+        .map(|q| {
+            e.encode_chat(&[Message::new("user", q.to_string())])
+                .unwrap()
+        })
+        .collect();
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let req = GenerateRequest {
+                ignore_eos: true,
+                ..GenerateRequest::greedy(32)
+            };
+            e.generate(p, &req, |_| {}).unwrap().tokens
+        })
+        .collect();
+    assert_eq!(e.batch_stats().widest, 1, "one session alone decodes alone");
+    let together: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                s.spawn(|| {
+                    let req = GenerateRequest {
+                        ignore_eos: true,
+                        ..GenerateRequest::greedy(32)
+                    };
+                    e.generate(p, &req, |_| {}).unwrap().tokens
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+    let stats = e.batch_stats();
+    assert!(stats.widest >= 2, "no pass was shared: {stats:?}");
+    assert_eq!(stats.decoding_sessions, 0, "every session left");
+    assert_eq!(e.kv_stats().in_use_blocks, 0);
 }

@@ -5,6 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use candle_core::Device;
 
+use crate::batcher::{BatchStats, DecodeBatcher};
 use crate::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
 use crate::device::DeviceKind;
 use crate::download::{self, ResolvedModel};
@@ -47,6 +48,8 @@ pub struct Engine {
     kv_budget: usize,
     /// The KV pool every session of this engine allocates from, with the prefix cache.
     kv: Mutex<KvCache>,
+    /// Decode steps of concurrent sessions, run as one forward pass.
+    pub(crate) batcher: DecodeBatcher,
 }
 
 impl Engine {
@@ -126,6 +129,7 @@ impl Engine {
             block_size: DEFAULT_BLOCK_SIZE,
             kv_budget,
             kv,
+            batcher: DecodeBatcher::default(),
         })
     }
 
@@ -192,6 +196,11 @@ impl Engine {
     /// What the KV pool holds now.
     pub fn kv_stats(&self) -> KvStats {
         self.kv().stats()
+    }
+
+    /// What the decode batcher did so far (sessions decoding now, the last pass's width).
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batcher.stats()
     }
 
     /// Evicts every prefix-cache block no live sequence holds; returns how many.

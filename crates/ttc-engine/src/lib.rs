@@ -4,6 +4,7 @@
 //! [`chat_template`] turn conversations into ids, [`sampler`] picks tokens, [`registry`] and
 //! [`download`] turn an alias into files, and [`engine`] puts them together.
 
+pub mod batcher;
 pub mod chat_template;
 pub mod device;
 pub mod download;

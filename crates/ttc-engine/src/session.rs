@@ -156,6 +156,8 @@ pub struct Session<'e> {
     peak_blocks: usize,
     /// Sequences created so far.
     created: u32,
+    /// Whether the session decodes in the engine's batcher (from its first step to its end).
+    joined: bool,
 }
 
 impl<'e> Session<'e> {
@@ -183,6 +185,7 @@ impl<'e> Session<'e> {
             counters: Counters::default(),
             peak_blocks: 0,
             created: 0,
+            joined: false,
         })
     }
 
@@ -456,40 +459,41 @@ impl<'e> Session<'e> {
             });
         }
         self.counters.decode_tokens += events.iter().filter(|e| e.token.is_some()).count();
-        if !go_on.is_empty() {
-            self.forward_decode(&mut kv, &go_on)?;
-        }
         self.note_peak(&kv);
+        if !go_on.is_empty() {
+            // The pass may be shared with other sessions' rows: the pool is theirs too.
+            drop(kv);
+            self.forward_decode(&go_on)?;
+        }
         self.counters.decode_s += t0.elapsed().as_secs_f64();
         Ok(events)
     }
 
-    fn forward_decode(&mut self, kv: &mut KvCache, go_on: &[(SeqId, u32)]) -> Result<()> {
-        let mut slots = Vec::with_capacity(go_on.len());
-        for &(seq, _) in go_on {
-            let len = kv.len(seq);
-            slots.push(kv.slots(seq, 0..len + 1)?); // reserved by `step`
+    /// The decode pass for `go_on` (slots reserved by `step`), batched with whatever other
+    /// sessions of the engine decode at the same time ([`crate::batcher`]).
+    fn forward_decode(&mut self, go_on: &[(SeqId, u32)]) -> Result<()> {
+        let engine = self.engine;
+        let slots = {
+            let kv = engine.kv();
+            go_on
+                .iter()
+                .map(|&(seq, _)| {
+                    let len = kv.len(seq);
+                    kv.slots(seq, 0..len + 1)
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        if !self.joined {
+            engine.batcher.join();
+            self.joined = true;
         }
-        let toks: Vec<[u32; 1]> = go_on.iter().map(|&(_, t)| [t]).collect();
-        let entries: Vec<BatchEntry> = toks
-            .iter()
-            .zip(&slots)
-            .map(|(t, s)| BatchEntry {
-                tokens: t,
-                slots: s,
-                want_output: true,
-            })
-            .collect();
         let t0 = Instant::now();
-        let out = self.engine.model.forward_batch(&entries, kv)?;
-        let logits = out
-            .logits
-            .expect("asked for output")
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
+        let tokens = go_on.iter().map(|&(_, t)| t).collect();
+        let logits = engine.batcher.decode(engine, tokens, slots)?;
         self.counters.forward_passes += 1;
         self.counters.decode_forward_tokens += go_on.len();
         self.counters.decode_forward_s += t0.elapsed().as_secs_f64();
+        let mut kv = engine.kv();
         for (&(seq, token), row) in go_on.iter().zip(logits) {
             kv.commit(seq, &[token])?;
             self.seqs.get_mut(&seq).expect("stepped").logits = Some(row);
@@ -624,6 +628,10 @@ impl Drop for Session<'_> {
         let mut kv = self.engine.kv();
         for &seq in self.seqs.keys() {
             kv.free(seq);
+        }
+        drop(kv);
+        if self.joined {
+            self.engine.batcher.leave();
         }
     }
 }
