@@ -158,6 +158,7 @@ fn the_allocator_prices_a_reward_models_tokens() {
             forced: None,
             base: MethodConfig::new(Method::Greedy, 8).scorer(scorer).seed(1),
             open_max_tokens: 8,
+            background_width: 0,
         };
         route::answer(e, &alloc, &ids, &req).unwrap().1
     };

@@ -93,6 +93,7 @@ fn main() {
                 forced: Some(*c),
                 base: base.clone(),
                 open_max_tokens: base.max_tokens,
+                background_width: 0,
             };
             let (r, d) = route::answer(engine, &alloc, &ids, &req).expect("run");
             let measured = r.timing.total_s;
@@ -113,6 +114,7 @@ fn main() {
             forced: None,
             base: base.clone().max_tokens(1),
             open_max_tokens: 1,
+            background_width: 0,
         };
         let (_, d) = route::answer(engine, &alloc, &ids, &req).expect("auto");
         decision_ms.push(d.decision_s * 1e3);

@@ -43,6 +43,7 @@ fn request(alloc: &Allocator, forced: Option<Config>) -> Request {
             .params(params())
             .seed(42),
         open_max_tokens: OPEN_CAP,
+        background_width: 0,
     }
 }
 

@@ -108,6 +108,7 @@ fn cell(alloc: &Allocator, q: &QuestionLabels, c: &Config) -> Option<Cell> {
         alloc.profile.latency_s(&Work {
             prompt_len: q.prompt_tokens,
             prefill_tokens: None,
+            background_width: 0.0,
             tokens: o.tokens,
             steps: o.steps,
             scorer_tokens: 0.0,

@@ -135,6 +135,10 @@ pub struct Work {
     /// the rest; more when a request prefills two forms of its prompt); None: `prompt_len`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefill_tokens: Option<usize>,
+    /// Sequences other requests decode in the same passes (a server's load): each step then
+    /// runs at this much more width.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub background_width: f64,
     /// Generated tokens (all samples and beams).
     pub tokens: f64,
     /// Sequential decode steps.
@@ -142,6 +146,10 @@ pub struct Work {
     /// Tokens read by a scorer model.
     pub scorer_tokens: f64,
     pub kind: WorkKind,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// The measurement grid of `profile`.
@@ -298,7 +306,7 @@ impl LatencyProfile {
     pub fn raw_latency_s(&self, work: &Work) -> f64 {
         let mut s = self.prefill_s(work.prefill_tokens.unwrap_or(work.prompt_len));
         if work.steps > 0.0 {
-            let width = (work.tokens / work.steps).max(1.0);
+            let width = (work.tokens / work.steps).max(1.0) + work.background_width.max(0.0);
             s += work.steps * self.step_s(width, work.prompt_len as f64 + work.steps / 2.0);
         }
         s
@@ -443,6 +451,7 @@ pub(crate) mod tests {
         let w = Work {
             prompt_len: 64,
             prefill_tokens: None,
+            background_width: 0.0,
             tokens: 40.0,
             steps: 11.0,
             scorer_tokens: 0.0,
@@ -458,6 +467,7 @@ pub(crate) mod tests {
         let w = Work {
             prompt_len: 64,
             prefill_tokens: None,
+            background_width: 0.0,
             tokens: 10.0,
             steps: 10.0,
             scorer_tokens: 0.0,

@@ -210,6 +210,7 @@ impl Allocator {
         let work = Work {
             prompt_len,
             prefill_tokens: None,
+            background_width: 0.0,
             tokens: n * sample,
             steps: sample + 1.0,
             scorer_tokens: 0.0,

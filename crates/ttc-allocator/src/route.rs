@@ -156,6 +156,9 @@ pub struct Request {
     pub base: MethodConfig,
     /// The cap of a plain answer to an open-ended prompt.
     pub open_max_tokens: usize,
+    /// Sequences other requests are decoding now (a server's load): every prediction's decode
+    /// steps run at that much more width.
+    pub background_width: usize,
 }
 
 /// A prompt's ids in the two forms the allocator may run (both templated): as typed, which
@@ -189,6 +192,8 @@ pub struct Decision {
     pub greedy_sampling: bool,
     /// The cap the answer ran with.
     pub max_tokens: usize,
+    /// The load the predictions accounted for ([`Request::background_width`]).
+    pub background_width: usize,
 }
 
 /// Answers `prompt` through the allocator: prefill it as typed, let the kind head decide
@@ -252,6 +257,7 @@ pub fn answer(
         } else {
             predict_one(alloc, hidden.as_deref(), ids.len(), &c, cap)?
         };
+        under_load(alloc, &mut p, None, req.background_width);
         add_scorer_cost(&mut p, scorer_s_per_token);
         let cfg = c.method_config(&req.base).max_tokens(cap);
         let decision_s = t_decide.elapsed().as_secs_f64();
@@ -268,6 +274,7 @@ pub fn answer(
                 decision_s,
                 greedy_sampling,
                 max_tokens: cap,
+                background_width: req.background_width,
             },
         ));
     }
@@ -283,7 +290,8 @@ pub fn answer(
     if !kind.final_answer {
         // Open-ended (or no head to tell): the prompt as typed, answered plainly at its cap.
         session.set_max_tokens(open_cap)?;
-        let predicted = predict_plain(alloc, prompt.plain.len(), &plain_config, open_cap);
+        let mut predicted = predict_plain(alloc, prompt.plain.len(), &plain_config, open_cap);
+        under_load(alloc, &mut predicted, None, req.background_width);
         let cfg = plain_config.method_config(&req.base).max_tokens(open_cap);
         let decision_s = t_decide.elapsed().as_secs_f64();
         let result = ttc_methods::run_prefilled(session, plain_root, prompt.plain.len(), &cfg, t0)?;
@@ -299,6 +307,7 @@ pub fn answer(
                 decision_s,
                 greedy_sampling,
                 max_tokens: open_cap,
+                background_width: req.background_width,
             },
         ));
     }
@@ -326,8 +335,7 @@ pub fn answer(
     // what a scorer model (a PRM) costs: it reads every token a scored configuration
     // generates, once, at the speed its session measured on the question.
     for p in &mut menu {
-        p.work.prefill_tokens = Some(prefilled);
-        p.latency_s = alloc.profile.latency_s(&p.work);
+        under_load(alloc, p, Some(prefilled), req.background_width);
         add_scorer_cost(p, scorer_s_per_token);
     }
     let mut lambdas = req.lambdas;
@@ -362,6 +370,7 @@ pub fn answer(
             decision_s,
             greedy_sampling,
             max_tokens: final_cap,
+            background_width: req.background_width,
         },
     ))
 }
@@ -376,6 +385,21 @@ fn hidden_of(
         .transpose()?)
 }
 
+/// Re-predicts `p`'s latency with the prefill that really ran (`prefilled` tokens computed)
+/// and with `background_width` other sequences sharing its decode passes.
+fn under_load(
+    alloc: &Allocator,
+    p: &mut Prediction,
+    prefilled: Option<usize>,
+    background_width: usize,
+) {
+    if prefilled.is_some() {
+        p.work.prefill_tokens = prefilled;
+    }
+    p.work.background_width = background_width as f64;
+    p.latency_s = alloc.profile.latency_s(&p.work);
+}
+
 /// The prediction for a plain answer (one sequence, no vote): its tokens from the lengths of
 /// plain answers the kind head measured, cut at `cap` (half the cap without them).
 fn predict_plain(alloc: &Allocator, prompt_len: usize, c: &Config, cap: usize) -> Prediction {
@@ -388,6 +412,7 @@ fn predict_plain(alloc: &Allocator, prompt_len: usize, c: &Config, cap: usize) -
     let work = Work {
         prompt_len,
         prefill_tokens: None,
+        background_width: 0.0,
         tokens,
         steps: tokens,
         scorer_tokens: 0.0,
@@ -447,6 +472,7 @@ pub fn observed_work(r: &MethodResult) -> Work {
     Work {
         prompt_len: r.prompt_tokens,
         prefill_tokens: Some(r.prefill_tokens),
+        background_width: 0.0,
         tokens: r.generated_tokens as f64,
         steps: r.steps as f64,
         // Scoring time is taken out of what the device model is refined with.

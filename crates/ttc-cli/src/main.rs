@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Some(Command::Fetch(a)) => commands::fetch::run(a),
         Some(Command::Bench(a)) => commands::bench::run(a),
         Some(Command::TrainKind(a)) => commands::train_kind::run(a),
+        Some(Command::Serve(a)) => commands::serve::run(a),
         Some(Command::Calibrate(a)) => commands::calibrate::run(a),
         Some(Command::Profile(a)) => commands::profile::run(a),
         Some(Command::Eval(a)) => commands::eval::run(a),

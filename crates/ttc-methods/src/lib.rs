@@ -256,6 +256,9 @@ pub struct Candidate {
     /// shared and what it pruned).
     #[serde(skip)]
     pub token_ids: Vec<u32>,
+    /// log p of each of those tokens under the model (temperature 1).
+    #[serde(skip)]
+    pub logprobs: Vec<f32>,
     pub finish: StopReason,
 }
 
@@ -488,7 +491,9 @@ impl Run<'_> {
         let score = self.score(seq)?;
         let text = self.session.text(seq)?.to_string();
         let token_ids = self.session.generated(seq)?.to_vec();
+        let logprobs = self.session.logprobs(seq)?.to_vec();
         Ok(Candidate {
+            logprobs,
             answer: answer::extract(&text),
             text,
             score,

@@ -78,6 +78,7 @@ impl TokenModel {
         Some(Work {
             prompt_len,
             prefill_tokens: None,
+            background_width: 0.0,
             tokens: tokens.max(1.0),
             steps: steps.max(1.0),
             scorer_tokens: 0.0,
@@ -114,6 +115,7 @@ impl TokenModel {
                 Work {
                     prompt_len,
                     prefill_tokens: None,
+                    background_width: 0.0,
                     tokens: n * sample_tokens,
                     steps: sample_tokens + 1.0,
                     scorer_tokens: 0.0,

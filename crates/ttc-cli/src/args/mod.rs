@@ -46,6 +46,8 @@ pub enum Command {
     Calibrate(CalibrateArgs),
     /// Add the prompt-kind head (final answer or open-ended) to a probe, from prompt files.
     TrainKind(TrainKindArgs),
+    /// Serve an OpenAI-compatible HTTP API (chat, completions, models, health, metrics).
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -450,6 +452,36 @@ pub struct CalibrateArgs {
     /// Do not label: train from --labels files (repeatable) as they are.
     #[arg(long, conflicts_with = "label_only")]
     pub train_only: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to bind (loopback by default: nothing outside this machine can connect).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free one; the one bound is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, env = "TTC_API_KEY")]
+    pub api_key: Option<String>,
+    /// Requests running at once; their sequences decode in the same forward passes.
+    #[arg(long, default_value_t = 8, value_parser = positive(1024))]
+    pub max_running: usize,
+    /// Requests waiting for a slot at most; beyond, 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_queued: usize,
+    /// Limit the context to N tokens (default: the model's trained context).
+    #[arg(long, value_parser = positive(u32::MAX as u64))]
+    pub context: Option<usize>,
+    /// Another probe for the allocator.
+    #[arg(long)]
+    pub probe: Option<std::path::PathBuf>,
+    /// The answer-format instruction for prompts with a final answer.
+    #[arg(long, default_value = ttc_methods::answer::DEFAULT_INSTRUCTION)]
+    pub instruction: String,
 }
 
 #[derive(Args, Debug)]

@@ -325,6 +325,7 @@ impl Chat<'_> {
                     forced,
                     base,
                     open_max_tokens: self.args.gen.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                    background_width: 0,
                 };
                 let result = route::answer(self.engine, alloc, &ids, &req);
                 super::progress::clear();

@@ -9,6 +9,7 @@ pub mod models;
 pub mod profile;
 pub mod progress;
 pub mod run;
+pub mod serve;
 pub mod tokenize;
 pub mod train;
 pub mod train_kind;

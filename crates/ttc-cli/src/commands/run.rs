@@ -250,6 +250,7 @@ fn run_allocated(
         forced,
         base,
         open_max_tokens: args.gen.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        background_width: 0,
     };
     let (r, d) = route::answer(engine, &alloc, &ids, &req)?;
     super::progress::clear();
