@@ -177,3 +177,67 @@ fn labels_resume_and_a_probe_trained_on_them_beats_a_constant() {
         .to_string()
         .contains("hidden state"));
 }
+
+/// The load-aware allocator: with other sequences decoding in the same passes, every
+/// configuration's predicted latency grows by its steps at the busier width, so at the same
+/// prices a busy server never chooses a configuration of more sequential steps than an idle
+/// one would.
+#[test]
+fn a_busy_server_prices_steps_higher_and_never_chooses_a_longer_run() {
+    use ttc_allocator::policy::{Allocator, Lambdas};
+    use ttc_allocator::route::{self, PromptIds, Request};
+    use ttc_engine::chat_template::Message;
+    let e = engine();
+    let (alloc, _) = Allocator::for_engine(e, 2, None, |_| {}, |_, _, _| {}).unwrap();
+    let q = "What is 6 + 7?";
+    let ids = PromptIds {
+        plain: e.encode_chat(&[Message::new("user", q)]).unwrap(),
+        instructed: e
+            .encode_chat(&[Message::new(
+                "user",
+                ttc_allocator::prompt::user_message(
+                    q,
+                    Some(ttc_methods::answer::DEFAULT_INSTRUCTION),
+                ),
+            )])
+            .unwrap(),
+    };
+    for latency in [0.001, 0.01, 0.05] {
+        let decide = |background_width: usize| {
+            e.clear_prefix_cache();
+            let req = Request {
+                lambdas: Lambdas {
+                    latency,
+                    tokens: 0.0,
+                },
+                target: None,
+                forced: None,
+                base: MethodConfig::new(Method::Greedy, 8).seed(3),
+                open_max_tokens: 8,
+                background_width,
+            };
+            route::answer(e, &alloc, &ids, &req).unwrap().1
+        };
+        let (idle, busy) = (decide(0), decide(48));
+        assert_eq!(busy.background_width, 48);
+        assert!(!idle.menu.is_empty());
+        for (a, b) in idle.menu.iter().zip(&busy.menu) {
+            assert_eq!(a.config, b.config);
+            assert!(
+                b.latency_s > a.latency_s,
+                "{}: {} !> {}",
+                a.config,
+                b.latency_s,
+                a.latency_s
+            );
+        }
+        assert!(
+            busy.predicted.work.steps <= idle.predicted.work.steps + 1e-9,
+            "lambda_L={latency}: busy chose {} ({} steps), idle {} ({} steps)",
+            busy.predicted.config,
+            busy.predicted.work.steps,
+            idle.predicted.config,
+            idle.predicted.work.steps
+        );
+    }
+}
