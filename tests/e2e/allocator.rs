@@ -184,6 +184,8 @@ fn labels_resume_and_a_probe_trained_on_them_beats_a_constant() {
 /// one would.
 #[test]
 fn a_busy_server_prices_steps_higher_and_never_chooses_a_longer_run() {
+    // Its runs would share decode passes with the profile test's measurements.
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     use ttc_allocator::policy::{Allocator, Lambdas};
     use ttc_allocator::route::{self, PromptIds, Request};
     use ttc_engine::chat_template::Message;
