@@ -3,26 +3,14 @@
 //! panic, a hang or an unbounded allocation.
 #![no_main]
 
-use std::io::Write;
-
 use libfuzzer_sys::fuzz_target;
 use ttc_engine::gguf::GgufModel;
 use ttc_engine::models::ModelConfig;
 use ttc_engine::tokenizer::Tokenizer;
 
 fuzz_target!(|data: &[u8]| {
-    // GgufModel reads files: one per process, rewritten for each input (tmpfs when there).
-    let dir = if std::path::Path::new("/dev/shm").is_dir() {
-        std::path::PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let path = dir.join(format!("ttc-fuzz-{}.gguf", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&path).expect("a scratch file");
-        f.write_all(data).expect("write the input");
-    }
-    let Ok(gguf) = GgufModel::open(&[path.clone()]) else {
+    let path = ttc_fuzz::scratch_file("gguf", data);
+    let Ok(gguf) = GgufModel::open(&[path]) else {
         return;
     };
     let _ = ModelConfig::from_gguf(&gguf);
