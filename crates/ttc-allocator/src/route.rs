@@ -144,6 +144,10 @@ fn load_probe(
     (None, None)
 }
 
+/// The cap of a plain answer when a request gives none: `ttc-run`, the chat and the server all
+/// use it (llama.cpp's `-n` runs on; 512 keeps one answer bounded).
+pub const DEFAULT_MAX_TOKENS: usize = 512;
+
 /// What to run: prices or a budget, or a forced configuration; and the method settings
 /// (scorer, sampling, seed, cap, stops) every configuration shares.
 pub struct Request {

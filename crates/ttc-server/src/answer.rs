@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde_json::json;
 use ttc_allocator::policy::{Lambdas, Target};
-use ttc_allocator::route::{self, PromptIds, Request};
+use ttc_allocator::route::{self, PromptIds, Request, DEFAULT_MAX_TOKENS};
 use ttc_allocator::Config;
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{SessionOptions, StopReason};
@@ -19,9 +19,6 @@ use ttc_methods::{Candidate, Method, MethodConfig, Observer, Progress};
 use crate::api_error::ApiError;
 use crate::wire::{Logprobs, TokenLogprob, Usage};
 use crate::App;
-
-/// A plain answer's cap when the request gives none (as `ttc-run`).
-pub const DEFAULT_MAX_TOKENS: usize = 512;
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -38,7 +38,6 @@ use ttc_engine::sampler::SamplingParams;
 use ttc_engine::Engine;
 use ttc_methods::Method;
 
-pub use answer::DEFAULT_MAX_TOKENS;
 use answer::{Job, Outcome, Plan, Sink};
 pub use api_error::ApiError;
 use metrics::Metrics;
@@ -325,14 +324,16 @@ fn plan(common: &Common) -> Result<(Plan, usize, usize), ApiError> {
 }
 
 fn sampling(common: &Common) -> Result<SamplingParams, ApiError> {
-    let temperature = common.temperature.unwrap_or(0.8);
+    // OpenAI's fields over ttc's defaults (those of `ttc-run`).
+    let defaults = SamplingParams::default();
+    let temperature = common.temperature.unwrap_or(defaults.temperature);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::bad_request(
             "invalid_value",
             format!("temperature must be in 0..=2, got {temperature}"),
         ));
     }
-    let top_p = common.top_p.unwrap_or(0.95);
+    let top_p = common.top_p.unwrap_or(defaults.top_p);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::bad_request(
             "invalid_value",
@@ -341,9 +342,8 @@ fn sampling(common: &Common) -> Result<SamplingParams, ApiError> {
     }
     Ok(SamplingParams {
         temperature,
-        top_k: 40,
         top_p,
-        min_p: 0.05,
+        ..defaults
     })
 }
 

@@ -20,14 +20,13 @@ use std::time::Instant;
 use anyhow::Result;
 use rustyline::error::ReadlineError;
 use ttc_allocator::policy::{Allocator, Lambdas};
-use ttc_allocator::route::{self, PromptIds, Request};
+use ttc_allocator::route::{self, PromptIds, Request, DEFAULT_MAX_TOKENS};
 use ttc_allocator::{AllocatorError, Config};
 use ttc_engine::chat_template::Message;
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, EngineError, GenerateRequest, Generation, StopReason};
 use ttc_methods::{Method, MethodConfig};
 
-use super::run::DEFAULT_MAX_TOKENS;
 use crate::args::{ChatArgs, MethodChoice};
 
 const HELP: &str = "\

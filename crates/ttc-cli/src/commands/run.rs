@@ -11,17 +11,13 @@ use anyhow::Result;
 use serde::Serialize;
 use ttc_allocator::policy::{Lambdas, Prediction, Target};
 use ttc_allocator::prompt_kind::KindDecision;
-use ttc_allocator::route::{self, PromptIds, Request};
+use ttc_allocator::route::{self, PromptIds, Request, DEFAULT_MAX_TOKENS};
 use ttc_allocator::{prompt, Config};
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::{Engine, GenerateRequest, StopReason};
 use ttc_methods::{Method, MethodConfig, Scorer, Timing};
 
 use crate::args::{MethodChoice, RunArgs};
-
-/// The cap of a plain answer when none is given (llama.cpp's `-n` runs on; Ollama's
-/// `num_predict` does too, bounded by the context: 512 keeps one answer bounded).
-pub const DEFAULT_MAX_TOKENS: usize = 512;
 
 #[derive(Serialize)]
 struct RunOutput<'a> {
