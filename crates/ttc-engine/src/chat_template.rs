@@ -9,6 +9,7 @@ use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
+use crate::sandbox;
 
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -31,6 +32,13 @@ impl Message {
 const TEMPLATE_FUEL: u64 = 50_000_000;
 /// A rendering may add this much to its messages' own text (and at most double it).
 const MIN_OUTPUT_LIMIT: usize = 1 << 20;
+/// What a template from a model file may spend on one rendering, enforced from outside
+/// ([`crate::sandbox`]): a real template renders a long conversation in milliseconds and a
+/// few megabytes.
+const TEMPLATE_LIMITS: sandbox::Limits = sandbox::Limits {
+    time: std::time::Duration::from_secs(5),
+    memory_bytes: 256 << 20,
+};
 
 /// The rendered text, refusing to grow past `limit` bytes.
 struct BoundedOutput {
@@ -57,6 +65,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// ttc's own ChatML renders in this process; a template from a file in a sandbox.
+    trusted: bool,
 }
 
 impl ChatTemplate {
@@ -82,10 +92,43 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            trusted: source == CHATML_TEMPLATE,
         })
     }
 
+    /// The prompt text of `messages`. A template from a model file is a program from whoever
+    /// made the file: it renders in a child process that is stopped past 5 s or 256 MiB
+    /// ([`crate::sandbox`]; fuel and the output cap bound it further inside).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        if self.trusted {
+            return self.render_here(messages, add_generation_prompt);
+        }
+        let rendered = sandbox::run(TEMPLATE_LIMITS, || {
+            self.render_here(messages, add_generation_prompt)
+                .map_err(|e| match e {
+                    EngineError::Template(m) => m,
+                    other => other.to_string(),
+                })
+        });
+        match rendered {
+            Ok(Ok(text)) => Ok(text),
+            Ok(Err(m)) => Err(EngineError::Template(m)),
+            Err(sandbox::Failure::Time) => Err(EngineError::Template(format!(
+                "the chat template ran longer than {} s; it is refused",
+                TEMPLATE_LIMITS.time.as_secs()
+            ))),
+            Err(sandbox::Failure::Memory) => Err(EngineError::Template(format!(
+                "the chat template needed more than {} MiB; it is refused",
+                TEMPLATE_LIMITS.memory_bytes >> 20
+            ))),
+            Err(sandbox::Failure::Unavailable(m)) => Err(EngineError::Template(format!(
+                "the chat template could not be rendered in its sandbox: {m}"
+            ))),
+        }
+    }
+
+    /// Renders in this process, bounded by fuel and the output cap only.
+    fn render_here(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
@@ -197,7 +240,8 @@ mod tests {
             .render(&[Message::new("user", "hi")], true)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("fuel"), "{err}");
+        // Out of fuel, or stopped by the sandbox's clock first on a slow machine.
+        assert!(err.contains("fuel") || err.contains("longer than"), "{err}");
         assert!(start.elapsed().as_secs() < 30);
         let huge = "{% for a in range(100000) %}{{ 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' }}{% endfor %}";
         let t = ChatTemplate::new(huge, "", "").unwrap();
@@ -206,6 +250,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("more than"), "{err}");
+    }
+
+    /// Templates whose single instructions cost without bound: a string doubled in a loop
+    /// (terabytes from a hundred bytes) and repetitions of a 100 MB string (minutes in bounded
+    /// memory; the form the `chat_template` fuzz target found).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn templates_that_would_exhaust_memory_or_time_are_stopped_from_outside() {
+        let doubling = "{% set ns = namespace(s='x') %}{% for i in range(48) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}";
+        let repeating = "{% for i in range(1000) %}{% set s = messages[0].content[:1] * 99999999 %}{% endfor %}";
+        for (source, why) in [(doubling, "MiB"), (repeating, "longer than")] {
+            let t = ChatTemplate::new(source, "", "").unwrap();
+            let start = std::time::Instant::now();
+            let err = t
+                .render(&[Message::new("user", "hi")], true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{source}: {err}");
+            assert!(start.elapsed().as_secs() < 15, "{source}");
+        }
+        // A real template still renders through the sandbox.
+        let t = ChatTemplate::new(&CHATML_TEMPLATE.replace("im_", "im-"), "", "").unwrap();
+        assert!(t
+            .render(&[Message::new("user", "hi")], true)
+            .unwrap()
+            .contains("hi"));
     }
 
     #[test]

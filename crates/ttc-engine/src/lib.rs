@@ -19,6 +19,7 @@ pub mod models;
 pub mod registry;
 pub mod reward_model;
 pub mod sampler;
+pub mod sandbox;
 pub mod session;
 pub mod tokenizer;
 pub mod weights;
