@@ -68,6 +68,48 @@ fn parallel_methods_cost_one_prefill_and_count_every_token() {
 }
 
 #[test]
+fn an_adaptive_vote_answers_as_majority_and_stops_once_decided() {
+    let mut stopped_early = 0;
+    for q in [
+        "Repeat this number: 41",
+        "What is 2 + 2?",
+        "What is 3 times 3?",
+    ] {
+        let p = prompt(q);
+        let maj = ttc_methods::run(engine(), &p, &config(Method::Majority, 8, 64)).unwrap();
+        let ada = ttc_methods::run(engine(), &p, &config(Method::MajorityAdaptive, 8, 64)).unwrap();
+        assert_eq!(
+            ada.answer, maj.answer,
+            "{q}: a decided vote elects majority's answer"
+        );
+        assert_eq!(ada.candidates.len() + ada.cancelled, 8, "{q}");
+        // The same seed draws the same samples: what finished is among majority's samples.
+        for c in &ada.candidates {
+            assert!(
+                maj.candidates.iter().any(|m| m.token_ids == c.token_ids),
+                "{q}: an adaptive sample majority did not draw: {:?}",
+                c.text
+            );
+        }
+        assert!(ada.generated_tokens <= maj.generated_tokens, "{q}");
+        assert!(ada.steps <= maj.steps, "{q}");
+        if ada.cancelled > 0 {
+            stopped_early += 1;
+            assert!(
+                ada.steps < maj.steps && ada.generated_tokens < maj.generated_tokens,
+                "{q}: cancelled samples must save steps and tokens ({} vs {} steps)",
+                ada.steps,
+                maj.steps
+            );
+        }
+    }
+    assert!(
+        stopped_early > 0,
+        "no vote was decided before its last sample ended"
+    );
+}
+
+#[test]
 fn the_vote_picks_what_the_voting_rule_says() {
     let p = prompt("What is 9 + 4?");
     let maj = ttc_methods::run(engine(), &p, &config(Method::Majority, 8, 40)).unwrap();

@@ -211,14 +211,23 @@ impl QuestionLabels {
                     let chosen = match m {
                         Method::BestOfN => vote::best_of_n(&ballots),
                         Method::Weighted => vote::weighted(&ballots),
+                        // Majority-adaptive stops once the vote is decided: the same answer.
                         _ => vote::majority(&ballots),
                     }
                     .unwrap_or(0);
                     if picked[chosen].answer.as_deref() == Some(self.reference.as_str()) {
                         correct += 1.0;
                     }
-                    tokens += picked.iter().map(|s| s.tokens as f64).sum::<f64>();
-                    steps += picked.iter().map(|s| s.steps).max().unwrap_or(0) as f64;
+                    let (t, s) = if m == Method::MajorityAdaptive {
+                        decided_at(&picked)
+                    } else {
+                        (
+                            picked.iter().map(|s| s.tokens).sum(),
+                            picked.iter().map(|s| s.steps).max().unwrap_or(0),
+                        )
+                    };
+                    tokens += t as f64;
+                    steps += s as f64;
                 }
                 let d = draws as f64;
                 Some(Outcome {
@@ -237,6 +246,32 @@ impl QuestionLabels {
         }
         self.samples.iter().map(|s| s.tokens as f64).sum::<f64>() / self.samples.len() as f64
     }
+}
+
+/// Tokens and steps of a majority-adaptive run over `samples`, decoding as one batch: the
+/// first step after which [`vote::majority_decided`] holds, the samples finished by then with
+/// their tokens, those still running with one token per step so far (as the real run spends
+/// them before it cancels them).
+fn decided_at(samples: &[&SampleRecord]) -> (usize, usize) {
+    let mut ends: Vec<usize> = samples.iter().map(|s| s.steps).collect();
+    ends.sort_unstable();
+    ends.dedup();
+    for &t in &ends {
+        let finished: Vec<Option<&str>> = samples
+            .iter()
+            .filter(|s| s.steps <= t)
+            .map(|s| s.answer.as_deref())
+            .collect();
+        let running = samples.len() - finished.len();
+        if vote::majority_decided(&finished, running) {
+            let tokens = samples
+                .iter()
+                .map(|s| if s.steps <= t { s.tokens } else { t })
+                .sum();
+            return (tokens, t);
+        }
+    }
+    unreachable!("with every sample finished the vote is decided")
 }
 
 fn run_outcome(r: &RunRecord) -> Outcome {
@@ -371,6 +406,45 @@ mod tests {
     }
 
     #[test]
+    fn an_adaptive_vote_stops_when_decided_and_answers_as_majority() {
+        // Four samples of 7 end first (steps 11..14), three of 5 run long: after the third 7
+        // the four still running could overtake it (3 < 0 + 4); after the fourth they cannot
+        // (4 > 0 + 3).
+        let mut q = labels(&[
+            ("7", -1.0),
+            ("7", -1.0),
+            ("7", -1.0),
+            ("7", -1.0),
+            ("5", -1.0),
+            ("5", -1.0),
+            ("5", -1.0),
+        ]);
+        for (i, s) in q.samples.iter_mut().enumerate() {
+            (s.tokens, s.steps) = if i < 4 { (10 + i, 11 + i) } else { (90, 91) };
+        }
+        let (tokens, steps) = decided_at(&q.samples.iter().collect::<Vec<_>>());
+        assert_eq!(steps, 14);
+        assert_eq!(tokens, 10 + 11 + 12 + 13 + 3 * 14);
+        let n = q.samples.len();
+        let full = q.outcome(&Config::parallel(Method::Majority, n)).unwrap();
+        let adaptive = q
+            .outcome(&Config::parallel(Method::MajorityAdaptive, n))
+            .unwrap();
+        assert_eq!(adaptive.accuracy, full.accuracy);
+        assert_eq!((adaptive.tokens, adaptive.steps), (tokens as f64, 14.0));
+        assert!(full.steps == 91.0 && full.tokens > adaptive.tokens);
+        // Resampled widths draw the same samples as majority: the same accuracy.
+        for k in [4, 6] {
+            let m = q.outcome(&Config::parallel(Method::Majority, k)).unwrap();
+            let a = q
+                .outcome(&Config::parallel(Method::MajorityAdaptive, k))
+                .unwrap();
+            assert_eq!(a.accuracy, m.accuracy);
+            assert!(a.tokens <= m.tokens && a.steps <= m.steps);
+        }
+    }
+
+    #[test]
     fn labels_with_an_unscored_sample_read_back() {
         // A sample without logprobs scores -inf; it must survive a write and a read.
         let mut q = labels(&[("7", -1.0), ("5", f32::NEG_INFINITY)]);
@@ -424,6 +498,13 @@ mod tests {
         assert!(two.accuracy > 0.5 && two.accuracy < 1.0, "{two:?}");
         assert!(q.outcome(&Config::parallel(Method::Majority, 8)).is_none());
         assert_eq!(q.outcome(&Config::GREEDY).unwrap().accuracy, 1.0);
+        // Adaptive: samples end at steps 11..14 with 7, 7, 5, 7; after step 12 it is 2 to 0
+        // with 2 running (not decided), after 13 it is 2 to 1 with 1 running (not decided),
+        // so it runs to the end: the same as majority@4.
+        let adaptive = q
+            .outcome(&Config::parallel(Method::MajorityAdaptive, 4))
+            .unwrap();
+        assert_eq!(adaptive, all);
         assert!(q.outcome(&Config::search(Method::Beam, 4, 2, 10)).is_none());
     }
 }

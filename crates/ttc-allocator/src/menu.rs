@@ -72,6 +72,16 @@ impl Config {
         }
     }
 
+    /// The configuration whose answer this one always gives: majority@N for
+    /// majority-adaptive@N (it stops only once the vote is decided), itself otherwise. The
+    /// accuracy probe learns each twin once and predicts the same accuracy for both.
+    pub fn accuracy_twin(&self) -> Config {
+        match self.method {
+            Method::MajorityAdaptive => Self::parallel(Method::Majority, self.n),
+            _ => *self,
+        }
+    }
+
     pub fn label(&self) -> String {
         self.to_string()
     }
@@ -91,8 +101,9 @@ impl Config {
         let slot = match self.method {
             Method::Greedy => 0,
             Method::BestOfN => 1,
-            // One sample is what a vote over one sample is: majority@1.
-            Method::Majority | Method::Sample => 2,
+            // One sample is what a vote over one sample is: majority@1. An adaptive majority
+            // elects what majority elects (see `accuracy_twin`).
+            Method::Majority | Method::MajorityAdaptive | Method::Sample => 2,
             Method::Weighted => 3,
             Method::Beam => 4,
             Method::Dvts => 5,
@@ -205,8 +216,8 @@ impl FromStr for ConfigList {
 /// per question, so N stops at 16 here.
 pub const PARALLEL_WIDTHS: [usize; 4] = [2, 4, 8, 16];
 
-/// The default menu: greedy; majority, best-of-N and weighted at each of [`PARALLEL_WIDTHS`];
-/// beam search (4,2,10) and (8,4,10) and DVTS (8,2,10): the paper's smaller search settings,
+/// The default menu: greedy; majority, best-of-N and weighted at each of [`PARALLEL_WIDTHS`],
+/// and majority-adaptive at those above 2 (two samples are decided only when both end); beam search (4,2,10) and (8,4,10) and DVTS (8,2,10): the paper's smaller search settings,
 /// with 10 iterations (answers of the small models this runs on CPU have few steps).
 pub fn default_menu() -> Vec<Config> {
     let mut menu = vec![Config::GREEDY];
@@ -214,6 +225,9 @@ pub fn default_menu() -> Vec<Config> {
         for n in PARALLEL_WIDTHS {
             menu.push(Config::parallel(method, n));
         }
+    }
+    for n in PARALLEL_WIDTHS.into_iter().filter(|&n| n > 2) {
+        menu.push(Config::parallel(Method::MajorityAdaptive, n));
     }
     menu.push(Config::search(Method::Beam, 4, 2, 10));
     menu.push(Config::search(Method::Beam, 8, 4, 10));
@@ -276,12 +290,22 @@ mod tests {
     }
 
     #[test]
-    fn features_tell_configurations_apart() {
+    fn features_tell_configurations_apart_unless_they_answer_alike() {
         let menu = default_menu();
         for (i, a) in menu.iter().enumerate() {
             for b in &menu[i + 1..] {
-                assert_ne!(a.features(), b.features(), "{a} vs {b}");
+                if a.accuracy_twin() == b.accuracy_twin() {
+                    assert_eq!(a.features(), b.features(), "{a} vs {b}");
+                } else {
+                    assert_ne!(a.features(), b.features(), "{a} vs {b}");
+                }
             }
         }
+        let adaptive = Config::parallel(Method::MajorityAdaptive, 8);
+        assert_eq!(adaptive.label(), "majority-adaptive@8");
+        assert_eq!(
+            adaptive.accuracy_twin(),
+            Config::parallel(Method::Majority, 8)
+        );
     }
 }

@@ -26,6 +26,9 @@ pub enum Method {
     Sample,
     BestOfN,
     Majority,
+    /// Majority vote that stops once it is decided ([`vote::majority_decided`]): the samples
+    /// still running are cancelled and their blocks freed. Its answer is majority's.
+    MajorityAdaptive,
     Weighted,
     Beam,
     Dvts,
@@ -39,11 +42,12 @@ impl std::str::FromStr for Method {
             "sample" => Ok(Self::Sample),
             "best-of-n" | "bon" => Ok(Self::BestOfN),
             "majority" | "self-consistency" => Ok(Self::Majority),
+            "majority-adaptive" => Ok(Self::MajorityAdaptive),
             "weighted" => Ok(Self::Weighted),
             "beam" => Ok(Self::Beam),
             "dvts" => Ok(Self::Dvts),
             other => Err(format!(
-                "unknown method '{other}' (greedy, sample, best-of-n, majority, weighted, beam, dvts)"
+                "unknown method '{other}' (greedy, sample, best-of-n, majority, majority-adaptive, weighted, beam, dvts)"
             )),
         }
     }
@@ -56,6 +60,7 @@ impl Method {
             Self::Sample => "sample",
             Self::BestOfN => "best-of-n",
             Self::Majority => "majority",
+            Self::MajorityAdaptive => "majority-adaptive",
             Self::Weighted => "weighted",
             Self::Beam => "beam",
             Self::Dvts => "dvts",
@@ -281,6 +286,9 @@ pub struct MethodResult {
     pub answer: Option<String>,
     pub chosen: usize,
     pub candidates: Vec<Candidate>,
+    /// Samples cancelled before they finished, once the vote was decided (majority-adaptive);
+    /// they are not among the candidates, and their tokens are in `generated_tokens`.
+    pub cancelled: usize,
     pub prompt_tokens: usize,
     /// Prompt tokens run through the model: the prompt once, whatever n is.
     pub prefill_tokens: usize,
@@ -368,16 +376,24 @@ pub fn run_prefilled(
         single: cfg.method.is_single(),
         t0,
     };
+    let mut cancelled = 0;
     let (candidates, chosen) = match cfg.method {
         Method::Greedy | Method::Sample => {
             run.until_done(&[root])?;
             (vec![run.candidate(root)?], 0)
         }
-        Method::BestOfN | Method::Majority | Method::Weighted => {
+        Method::BestOfN | Method::Majority | Method::MajorityAdaptive | Method::Weighted => {
             let samples = run.session.fork(root, cfg.n)?;
             run.session.free(root);
-            run.until_done(&samples)?;
-            let cands = samples
+            // An adaptive vote cancels the samples still running once it is decided.
+            let finished = if cfg.method == Method::MajorityAdaptive {
+                run.until_decided(&samples)?
+            } else {
+                run.until_done(&samples)?;
+                samples
+            };
+            cancelled = cfg.n - finished.len();
+            let cands = finished
                 .iter()
                 .map(|&s| run.candidate(s))
                 .collect::<ttc_engine::Result<Vec<_>>>()?;
@@ -390,8 +406,8 @@ pub fn run_prefilled(
                 .collect();
             let chosen = match cfg.method {
                 Method::BestOfN => vote::best_of_n(&ballots),
-                Method::Majority => vote::majority(&ballots),
-                _ => vote::weighted(&ballots),
+                Method::Weighted => vote::weighted(&ballots),
+                _ => vote::majority(&ballots),
             };
             (cands, chosen.unwrap_or(0))
         }
@@ -415,6 +431,7 @@ pub fn run_prefilled(
         answer: chosen_c.answer,
         chosen,
         candidates,
+        cancelled,
         prompt_tokens: prompt_len,
         prefill_tokens: c.prefill_tokens,
         generated_tokens: c.decode_tokens,
@@ -453,30 +470,58 @@ impl Run<'_> {
             if live.is_empty() {
                 return Ok(());
             }
-            if self
-                .cancel
-                .as_ref()
-                .is_some_and(|c| c.load(Ordering::Relaxed))
-            {
-                return Err(EngineError::Cancelled);
-            }
-            let events = self.session.step(&live)?;
-            self.steps += 1;
-            if let Some(Observer(tell)) = &self.observer {
-                if self.single {
-                    for e in events.iter().filter(|e| !e.piece.is_empty()) {
-                        tell(Progress::Text(&e.piece));
-                    }
-                } else {
-                    tell(Progress::Step {
-                        live: self.session.live(seqs).len(),
-                        sequences: seqs.len(),
-                        tokens: self.session.counters().decode_tokens,
-                        elapsed_s: self.t0.elapsed().as_secs_f64(),
-                    });
+            self.step_once(seqs, &live)?;
+        }
+    }
+
+    /// Steps `seqs` like [`Run::until_done`] until the majority vote over the finished ones is
+    /// decided ([`vote::majority_decided`]); frees the ones still running then. Returns the
+    /// finished ones, in the order of `seqs`.
+    fn until_decided(&mut self, seqs: &[SeqId]) -> ttc_engine::Result<Vec<SeqId>> {
+        loop {
+            let live = self.session.live(seqs);
+            let finished: Vec<SeqId> = seqs.iter().copied().filter(|s| !live.contains(s)).collect();
+            let answers: Vec<Option<String>> = finished
+                .iter()
+                .map(|&s| self.session.text(s).map(answer::extract))
+                .collect::<ttc_engine::Result<_>>()?;
+            let votes: Vec<Option<&str>> = answers.iter().map(Option::as_deref).collect();
+            if vote::majority_decided(&votes, live.len()) {
+                for s in live {
+                    self.session.free(s);
                 }
+                return Ok(finished);
+            }
+            self.step_once(seqs, &live)?;
+        }
+    }
+
+    /// One batched step of `live` (of `seqs`), with the cancel check and the observer.
+    fn step_once(&mut self, seqs: &[SeqId], live: &[SeqId]) -> ttc_engine::Result<()> {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(EngineError::Cancelled);
+        }
+        let events = self.session.step(live)?;
+        self.steps += 1;
+        if let Some(Observer(tell)) = &self.observer {
+            if self.single {
+                for e in events.iter().filter(|e| !e.piece.is_empty()) {
+                    tell(Progress::Text(&e.piece));
+                }
+            } else {
+                tell(Progress::Step {
+                    live: self.session.live(seqs).len(),
+                    sequences: seqs.len(),
+                    tokens: self.session.counters().decode_tokens,
+                    elapsed_s: self.t0.elapsed().as_secs_f64(),
+                });
             }
         }
+        Ok(())
     }
 
     fn score(&mut self, seq: SeqId) -> ttc_engine::Result<f32> {
@@ -611,6 +656,7 @@ mod tests {
             Method::Greedy,
             Method::BestOfN,
             Method::Majority,
+            Method::MajorityAdaptive,
             Method::Weighted,
             Method::Beam,
             Method::Dvts,

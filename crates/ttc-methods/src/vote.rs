@@ -74,6 +74,31 @@ pub fn weighted(ballots: &[Ballot]) -> Option<usize> {
     })
 }
 
+/// Whether a majority vote is already decided: the leading answer among the `finished`
+/// candidates' answers holds more votes than the runner-up could reach were every one of the
+/// `running` candidates to vote for it. Then every completion of the vote elects the same
+/// answer, outright (no tie for the earliest-candidate rule to break), so the running
+/// candidates can be cancelled without changing the result (`majority-adaptive`). With nothing
+/// running the vote is decided, whatever it holds.
+pub fn majority_decided(finished: &[Option<&str>], running: usize) -> bool {
+    if running == 0 {
+        return true;
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for a in finished.iter().flatten() {
+        *counts.entry(a).or_default() += 1;
+    }
+    let (mut first, mut second) = (0, 0);
+    for &c in counts.values() {
+        if c > first {
+            (first, second) = (c, first);
+        } else if c > second {
+            second = c;
+        }
+    }
+    first > second + running
+}
+
 /// Sums `weight` per answer; returns the first candidate of the winning answer.
 fn tally(ballots: &[Ballot], weight: impl Fn(&Ballot) -> f32) -> Option<usize> {
     if ballots.is_empty() {
@@ -131,6 +156,31 @@ mod tests {
             "no answers at all: the first candidate"
         );
         assert_eq!(majority(&[]), None);
+    }
+
+    #[test]
+    fn a_vote_is_decided_only_when_the_runners_cannot_change_it() {
+        let (a, b) = (Some("4"), Some("5"));
+        // 3 votes to 1 with 1 running: 1 + 1 < 3, decided.
+        assert!(majority_decided(&[a, a, b, a], 1));
+        // 3 to 1 with 2 running: they could tie it, not decided.
+        assert!(!majority_decided(&[a, a, b, a], 2));
+        // Candidates without an answer do not vote, and nothing finished decides nothing.
+        assert!(!majority_decided(&[None, None, a], 1));
+        assert!(majority_decided(&[None, a, a], 1));
+        assert!(!majority_decided(&[], 1));
+        assert!(majority_decided(&[], 0));
+        // Whatever the running candidates say, the full vote elects the leader.
+        let finished = [a, b, a, a, a, None];
+        for tail in [[a, a], [b, b], [None, b], [Some("6"), b]] {
+            assert!(majority_decided(&finished, tail.len()));
+            let all: Vec<Ballot> = finished
+                .iter()
+                .chain(&tail)
+                .map(|&answer| Ballot { answer, score: 0.0 })
+                .collect();
+            assert_eq!(all[majority(&all).unwrap()].answer, a);
+        }
     }
 
     #[test]

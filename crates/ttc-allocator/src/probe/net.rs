@@ -101,7 +101,8 @@ impl Rows {
         };
         for q in questions {
             let h = features.row(&q.hidden, q.prompt_tokens);
-            for c in menu {
+            // A configuration that answers as another does adds no accuracy rows of its own.
+            for c in menu.iter().filter(|c| c.accuracy_twin() == **c) {
                 if let Some(o) = q.outcome(c) {
                     r.x.extend(probe_row(&h, c));
                     r.y.push(o.accuracy as f32);
