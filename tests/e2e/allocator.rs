@@ -151,7 +151,17 @@ fn labels_resume_and_a_probe_trained_on_them_beats_a_constant() {
         max_tokens: 16,
         datasets: vec![],
     };
-    let probe = Probe::train(&labels.questions, &menu, base, &TrainOptions::default()).unwrap();
+    let probe = Probe::train(
+        &labels.questions,
+        &menu,
+        base,
+        &TrainOptions {
+            // One setting: the hyperparameter search has its own unit test.
+            search: None,
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap();
     let r = &probe.meta.report;
     assert!(r.heldout_questions >= 2, "{r:?}");
     assert!(r.heldout_log_loss < r.constant_log_loss, "{r:?}");
@@ -213,6 +223,7 @@ fn a_busy_server_prices_steps_higher_and_never_chooses_a_longer_run() {
                     tokens: 0.0,
                 },
                 target: None,
+                max_latency: None,
                 forced: None,
                 base: MethodConfig::new(Method::Greedy, 8).seed(3),
                 open_max_tokens: 8,

@@ -155,6 +155,7 @@ fn the_allocator_prices_a_reward_models_tokens() {
         let req = Request {
             lambdas: Lambdas::DEFAULT,
             target: None,
+            max_latency: None,
             forced: None,
             base: MethodConfig::new(Method::Greedy, 8).scorer(scorer).seed(1),
             open_max_tokens: 8,

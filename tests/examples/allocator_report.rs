@@ -90,6 +90,7 @@ fn main() {
             let req = Request {
                 lambdas: Lambdas::DEFAULT,
                 target: None,
+                max_latency: None,
                 forced: Some(*c),
                 base: base.clone(),
                 open_max_tokens: base.max_tokens,
@@ -111,6 +112,7 @@ fn main() {
         let req = Request {
             lambdas: Lambdas::DEFAULT,
             target: None,
+            max_latency: None,
             forced: None,
             base: base.clone().max_tokens(1),
             open_max_tokens: 1,

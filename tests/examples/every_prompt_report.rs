@@ -38,6 +38,7 @@ fn request(alloc: &Allocator, forced: Option<Config>) -> Request {
     Request {
         lambdas: Lambdas::DEFAULT,
         target: None,
+        max_latency: None,
         forced,
         base: MethodConfig::new(Method::Greedy, alloc.max_tokens().unwrap_or(96))
             .params(params())

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::latency::{LatencyProfile, Work, WorkKind};
 use crate::menu::{Config, PARALLEL_WIDTHS};
-use crate::probe::Probe;
+use crate::probe::{CostPoint, Probe};
 use crate::Result;
 use ttc_methods::Method;
 
@@ -41,7 +41,11 @@ pub struct Prediction {
     pub accuracy: Option<f64>,
     /// Generated tokens (all samples and beams).
     pub tokens: f64,
+    /// Expected seconds.
     pub latency_s: f64,
+    /// The 90th percentile of its seconds (answers run longer than predicted as often as
+    /// shorter): what a bound on this one request holds to. The mean where nothing says more.
+    pub latency_p90_s: f64,
     #[serde(skip)]
     pub work: Work,
 }
@@ -183,11 +187,17 @@ impl Allocator {
                     .zip(acc)
                     .filter_map(|(c, a)| {
                         let work = probe.meta.tokens.work(c, sample, prompt_len)?;
+                        let p90 =
+                            probe
+                                .meta
+                                .tokens
+                                .work_at(c, sample, prompt_len, CostPoint::P90)?;
                         Some(Prediction {
                             config: *c,
                             accuracy: Some(a),
                             tokens: work.tokens,
                             latency_s: self.profile.latency_s(&work),
+                            latency_p90_s: self.profile.latency_s(&p90),
                             work,
                         })
                     })
@@ -216,11 +226,13 @@ impl Allocator {
             scorer_tokens: 0.0,
             kind: WorkKind::of(config.method),
         };
+        let latency_s = self.profile.latency_s(&work);
         Prediction {
             config: *config,
             accuracy: None,
             tokens: work.tokens,
-            latency_s: self.profile.latency_s(&work),
+            latency_s,
+            latency_p90_s: latency_s,
             work,
         }
     }
@@ -241,6 +253,7 @@ mod tests {
                     accuracy: Some(rng.random_range(0.0..1.0)),
                     tokens,
                     latency_s: rng.random_range(0.2..30.0f64),
+                    latency_p90_s: 0.0,
                     work: Work::default(),
                 }
             })

@@ -13,6 +13,7 @@ use ttc_methods::{MethodConfig, MethodResult};
 use crate::latency::{Grid, LatencyProfile, ProfileKey, Work, WorkKind};
 use crate::menu::Config;
 use crate::policy::{choose, fallback_config, solve, Allocator, Lambdas, Prediction, Target};
+use crate::probe::CostPoint;
 use crate::probe::Probe;
 use crate::prompt_kind::KindDecision;
 use crate::Result;
@@ -153,6 +154,9 @@ pub const DEFAULT_MAX_TOKENS: usize = 512;
 pub struct Request {
     pub lambdas: Lambdas,
     pub target: Option<Target>,
+    /// Seconds this one request may take: configurations are held to their predicted 90th
+    /// percentile of latency.
+    pub max_latency: Option<f64>,
     /// Run this instead of choosing (still predicted).
     pub forced: Option<Config>,
     /// Method, n, beam width and iterations are replaced by the chosen configuration's;
@@ -342,6 +346,19 @@ pub fn answer(
         under_load(alloc, p, Some(prefilled), req.background_width);
         add_scorer_cost(p, scorer_s_per_token);
     }
+    // A bound on this request's latency: only configurations whose 90th percentile fits it
+    // (if none does, the one that comes closest).
+    if let Some(bound) = req.max_latency {
+        if menu.iter().any(|p| p.latency_p90_s <= bound) {
+            menu.retain(|p| p.latency_p90_s <= bound);
+        } else if let Some(best) = menu
+            .iter()
+            .min_by(|a, b| a.latency_p90_s.total_cmp(&b.latency_p90_s))
+            .copied()
+        {
+            menu = vec![best];
+        }
+    }
     let mut lambdas = req.lambdas;
     let (predicted, fallback) = if menu.is_empty() {
         let fallback = if greedy_sampling {
@@ -401,7 +418,10 @@ fn under_load(
         p.work.prefill_tokens = prefilled;
     }
     p.work.background_width = background_width as f64;
+    // The percentile keeps its ratio to the mean: both move with the same prefill and load.
+    let spread = p.latency_p90_s / p.latency_s.max(1e-12);
     p.latency_s = alloc.profile.latency_s(&p.work);
+    p.latency_p90_s = p.latency_s * spread;
 }
 
 /// The prediction for a plain answer (one sequence, no vote): its tokens from the lengths of
@@ -422,11 +442,13 @@ fn predict_plain(alloc: &Allocator, prompt_len: usize, c: &Config, cap: usize) -
         scorer_tokens: 0.0,
         kind: WorkKind::of(c.method),
     };
+    let latency_s = alloc.profile.latency_s(&work);
     Prediction {
         config: *c,
         accuracy: None,
         tokens,
-        latency_s: alloc.profile.latency_s(&work),
+        latency_s,
+        latency_p90_s: latency_s,
         work,
     }
 }
@@ -444,11 +466,19 @@ fn predict_one(
             let accuracy = probe.accuracy(h, prompt_len, std::slice::from_ref(c))?[0];
             let sample = probe.sample_tokens(h, prompt_len)?;
             let work = probe.meta.tokens.work_nearest(c, sample, prompt_len);
+            let latency_s = alloc.profile.latency_s(&work);
+            // Off the menu there is no percentile: the mean stands in.
+            let latency_p90_s = probe
+                .meta
+                .tokens
+                .work_at(c, sample, prompt_len, CostPoint::P90)
+                .map_or(latency_s, |w| alloc.profile.latency_s(&w));
             Ok(Prediction {
                 config: *c,
                 accuracy: Some(accuracy),
                 tokens: work.tokens,
-                latency_s: alloc.profile.latency_s(&work),
+                latency_s,
+                latency_p90_s,
                 work,
             })
         }
@@ -461,6 +491,7 @@ fn add_scorer_cost(p: &mut Prediction, scorer_s_per_token: f64) {
     if scorer_s_per_token > 0.0 && p.config.method.uses_scores() {
         p.work.scorer_tokens = p.work.tokens;
         p.latency_s += p.work.scorer_tokens * scorer_s_per_token;
+        p.latency_p90_s += p.work.scorer_tokens * scorer_s_per_token;
     }
 }
 

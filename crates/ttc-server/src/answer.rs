@@ -27,6 +27,7 @@ pub enum Plan {
     Auto {
         lambdas: Lambdas,
         target: Option<Target>,
+        max_latency: Option<f64>,
     },
     /// This configuration, still predicted.
     Forced(Config),
@@ -172,9 +173,13 @@ pub fn run(app: &App, job: Job) -> Result<Outcome, ApiError> {
             })
         }
         plan => {
-            let (lambdas, target, forced) = match plan {
-                Plan::Auto { lambdas, target } => (*lambdas, *target, None),
-                Plan::Forced(c) => (Lambdas::DEFAULT, None, Some(*c)),
+            let (lambdas, target, max_latency, forced) = match plan {
+                Plan::Auto {
+                    lambdas,
+                    target,
+                    max_latency,
+                } => (*lambdas, *target, *max_latency, None),
+                Plan::Forced(c) => (Lambdas::DEFAULT, None, None, Some(*c)),
                 Plan::Samples(_) => unreachable!("handled above"),
             };
             if let Some(c) = forced {
@@ -185,6 +190,7 @@ pub fn run(app: &App, job: Job) -> Result<Outcome, ApiError> {
             let req = Request {
                 lambdas,
                 target,
+                max_latency,
                 forced,
                 base,
                 open_max_tokens: open_cap,

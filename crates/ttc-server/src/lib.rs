@@ -286,14 +286,16 @@ fn plan(common: &Common) -> Result<(Plan, usize, usize), ApiError> {
             ));
         }
     }
-    if ext
-        .target_latency_s
-        .is_some_and(|x| !x.is_finite() || x <= 0.0)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_value",
-            "ttc.target_latency_s must be positive",
-        ));
+    for (name, v) in [
+        ("target_latency_s", ext.target_latency_s),
+        ("max_latency_s", ext.max_latency_s),
+    ] {
+        if v.is_some_and(|x| !x.is_finite() || x <= 0.0) {
+            return Err(ApiError::bad_request(
+                "invalid_value",
+                format!("ttc.{name} must be positive"),
+            ));
+        }
     }
     let auto = || Plan::Auto {
         lambdas: Lambdas {
@@ -301,6 +303,7 @@ fn plan(common: &Common) -> Result<(Plan, usize, usize), ApiError> {
             tokens: ext.lambda_tokens.unwrap_or(Lambdas::DEFAULT.tokens),
         },
         target: ext.target_latency_s.map(Target::Latency),
+        max_latency: ext.max_latency_s,
     };
     let plan = match ext.method.as_deref() {
         // OpenAI's n: that many plain samples of one prefill.

@@ -78,6 +78,9 @@ pub struct TtcOptions {
     pub lambda_latency: Option<f64>,
     pub lambda_tokens: Option<f64>,
     pub target_latency_s: Option<f64>,
+    /// Seconds this request may take: the allocator holds each configuration's predicted 90th
+    /// percentile of latency to it.
+    pub max_latency_s: Option<f64>,
 }
 
 /// The fields `/v1/chat/completions` and `/v1/completions` share.

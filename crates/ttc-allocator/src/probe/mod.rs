@@ -40,9 +40,9 @@ use report::log_loss;
 
 pub use paths::default_path;
 pub(crate) use paths::sanitize;
-pub use report::TrainingReport;
+pub use report::{HyperPoint, TrainingReport};
 pub use split::{part_of, Part, FOLDS};
-pub use tokens::{Ratio, TokenModel};
+pub use tokens::{CostPoint, Ratio, TokenModel};
 
 /// A probe file's header: what the probe reads, how it was trained and how well it did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +87,9 @@ pub struct TrainOptions {
     pub learning_rate: f64,
     pub weight_decay: f64,
     pub seed: u64,
+    /// Hyperparameters to choose among by cross-validation (the three above are then
+    /// ignored); None: those three as they are.
+    pub search: Option<HyperGrid>,
 }
 
 impl Default for TrainOptions {
@@ -98,7 +101,52 @@ impl Default for TrainOptions {
             learning_rate: 1e-3,
             weight_decay: 0.01,
             seed: 0,
+            search: Some(HyperGrid::default()),
         }
+    }
+}
+
+/// The hyperparameters cross-validation chooses among: every combination.
+#[derive(Debug, Clone)]
+pub struct HyperGrid {
+    pub components: Vec<usize>,
+    pub mlp_width: Vec<usize>,
+    pub weight_decay: Vec<f64>,
+}
+
+impl Default for HyperGrid {
+    /// From a few components of a 576-wide hidden state (few questions) to many, a narrow and
+    /// a wider network, light and strong weight decay.
+    fn default() -> Self {
+        Self {
+            components: vec![4, 8, 16, 32],
+            mlp_width: vec![16, 32],
+            weight_decay: vec![0.01, 0.1],
+        }
+    }
+}
+
+impl TrainOptions {
+    /// The settings cross-validation compares: each point of the grid, or these alone.
+    fn candidates(&self) -> Vec<TrainOptions> {
+        let Some(grid) = &self.search else {
+            return vec![self.clone()];
+        };
+        let mut out = Vec::new();
+        for &components in &grid.components {
+            for &mlp_width in &grid.mlp_width {
+                for &weight_decay in &grid.weight_decay {
+                    out.push(TrainOptions {
+                        components,
+                        mlp_width,
+                        weight_decay,
+                        search: None,
+                        ..self.clone()
+                    });
+                }
+            }
+        }
+        out
     }
 }
 
@@ -152,51 +200,26 @@ impl Probe {
             )));
         }
 
-        // Cross-validation on the training part: per fold, features and a network fitted on the
-        // other folds; at every check, the fold's loss (weighted by its rows) and its logits.
-        let fold = split::folds(&train, |q| q.id.as_str());
-        let mut cv_loss = vec![0f64; checks];
-        let mut cv_logits: Vec<Vec<f64>> = vec![Vec::new(); checks];
-        let mut cv_labels = Vec::new();
-        for f in 0..FOLDS {
-            let in_fold = |want: bool| -> Vec<&QuestionLabels> {
-                train
-                    .iter()
-                    .zip(&fold)
-                    .filter(|&(_, &k)| (k == f) == want)
-                    .map(|(q, _)| *q)
-                    .collect()
-            };
-            let (held, fitted) = (in_fold(true), in_fold(false));
-            let features = Features::fit(&hidden_states(&fitted), opts.components);
-            let fdim = features.components;
-            let fit_batch = Rows::of(&features, menu, &fitted).tensors(fdim, &dev)?;
-            let held_rows = Rows::of(&features, menu, &held);
-            let held_batch = held_rows.tensors(fdim, &dev)?;
-            let weight = held_rows.y.len() as f64;
-            cv_labels.extend(held_rows.labels());
-            net::train(
-                &fit_batch,
-                fdim,
-                opts,
-                opts.max_epochs,
-                &dev,
-                |epoch, net| {
-                    let i = epoch / CHECK_EVERY - 1;
-                    cv_loss[i] +=
-                        f64::from(net::loss(net, &held_batch)?.to_scalar::<f32>()?) * weight;
-                    cv_logits[i].extend(net.logits_f64(&held_batch.x)?);
-                    Ok(())
-                },
-            )?;
+        // Hyperparameters, the epoch to stop at and the Platt scaling, all by cross-validation
+        // on the training part: the test part is read once, for the report.
+        let mut tried = Vec::new();
+        let mut best: Option<(TrainOptions, CrossValidation)> = None;
+        for candidate in opts.candidates() {
+            let cv = cross_validate(&train, menu, &candidate, checks, &dev)?;
+            tried.push(HyperPoint {
+                components: candidate.components,
+                mlp_width: candidate.mlp_width,
+                weight_decay: candidate.weight_decay,
+                epochs: cv.epoch,
+                cv_log_loss: cv.log_loss,
+            });
+            if best.as_ref().is_none_or(|(_, b)| cv.log_loss < b.log_loss) {
+                best = Some((candidate, cv));
+            }
         }
-        // The first check with the lowest loss out of fold, and the Platt scaling of the
-        // out-of-fold logits there.
-        let best = (0..checks)
-            .min_by(|&a, &b| cv_loss[a].total_cmp(&cv_loss[b]))
-            .expect("at least one check");
-        let best_epoch = (best + 1) * CHECK_EVERY;
-        let platt = fit_platt(&cv_logits[best], &cv_labels);
+        let (opts, cv) = best.expect("at least one candidate");
+        let opts = &opts;
+        let (best_epoch, platt) = (cv.epoch, cv.platt);
 
         // The probe: fitted on the whole training part for the chosen epochs.
         let features = Features::fit(&hidden_states(&train), opts.components);
@@ -257,8 +280,18 @@ impl Probe {
             constant_log_loss: log_loss(&vec![base; y.len()], &y),
             per_config_log_loss: log_loss(&per_config, &y),
             heldout_length_log_error: length_err,
+            cv_log_loss: cv.log_loss,
+            hyperparameters: tried,
         };
-        let tokens = TokenModel::fit(&train, menu, meta_base.max_tokens);
+        // The token model's ratios, against the length head's predictions on the training part.
+        let cap = meta_base.max_tokens.max(1) as f64;
+        let train_len: Vec<f64> = net
+            .log_length(&fit_rows.tensors(fdim, &dev)?.h)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|l| f64::from(l).exp().clamp(1.0, cap))
+            .collect();
+        let tokens = TokenModel::fit(&train, &train_len, menu, meta_base.max_tokens);
         let mut tensors = weights;
         tensors.insert(
             "hidden_mean".into(),
@@ -369,6 +402,78 @@ impl Probe {
     }
 }
 
+/// What cross-validation on the training part found for one set of hyperparameters.
+struct CrossValidation {
+    /// Out-of-fold log-loss (Platt-scaled) at the best epoch, per row.
+    log_loss: f64,
+    epoch: usize,
+    platt: [f64; 2],
+}
+
+/// [`FOLDS`]-fold cross-validation of `opts` on `train`: per fold, features and a network fitted
+/// on the other folds; at every check, the fold's loss (weighted by its rows) and its logits.
+/// The first check with the lowest loss out of fold is the epoch; the Platt scaling is fitted
+/// on the out-of-fold logits there, and the loss reported is of the scaled predictions.
+fn cross_validate(
+    train: &[&QuestionLabels],
+    menu: &[Config],
+    opts: &TrainOptions,
+    checks: usize,
+    dev: &Device,
+) -> Result<CrossValidation> {
+    let fold = split::folds(train, |q| q.id.as_str());
+    let mut cv_loss = vec![0f64; checks];
+    let mut cv_logits: Vec<Vec<f64>> = vec![Vec::new(); checks];
+    let mut cv_labels = Vec::new();
+    for f in 0..FOLDS {
+        let in_fold = |want: bool| -> Vec<&QuestionLabels> {
+            train
+                .iter()
+                .zip(&fold)
+                .filter(|&(_, &k)| (k == f) == want)
+                .map(|(q, _)| *q)
+                .collect()
+        };
+        let (held, fitted) = (in_fold(true), in_fold(false));
+        let features = Features::fit(&hidden_states(&fitted), opts.components);
+        let fdim = features.components;
+        let fit_batch = Rows::of(&features, menu, &fitted).tensors(fdim, dev)?;
+        let held_rows = Rows::of(&features, menu, &held);
+        let held_batch = held_rows.tensors(fdim, dev)?;
+        let weight = held_rows.y.len() as f64;
+        cv_labels.extend(held_rows.labels());
+        net::train(
+            &fit_batch,
+            fdim,
+            opts,
+            opts.max_epochs,
+            dev,
+            |epoch, net| {
+                let i = epoch / CHECK_EVERY - 1;
+                cv_loss[i] += f64::from(net::loss(net, &held_batch)?.to_scalar::<f32>()?) * weight;
+                cv_logits[i].extend(net.logits_f64(&held_batch.x)?);
+                Ok(())
+            },
+        )?;
+    }
+    // The first check with the lowest loss out of fold, and the Platt scaling of the
+    // out-of-fold logits there.
+    let best = (0..checks)
+        .min_by(|&a, &b| cv_loss[a].total_cmp(&cv_loss[b]))
+        .expect("at least one check");
+    let platt = fit_platt(&cv_logits[best], &cv_labels);
+    let [a, b] = platt;
+    let scaled: Vec<f64> = cv_logits[best]
+        .iter()
+        .map(|&z| sigmoid(a * z + b))
+        .collect();
+    Ok(CrossValidation {
+        log_loss: log_loss(&scaled, &cv_labels),
+        epoch: (best + 1) * CHECK_EVERY,
+        platt,
+    })
+}
+
 /// The hidden states of `questions`, for fitting the features.
 fn hidden_states<'a>(questions: &[&'a QuestionLabels]) -> Vec<&'a [f32]> {
     questions.iter().map(|q| q.hidden.as_slice()).collect()
@@ -415,10 +520,32 @@ mod tests {
             components: 4,
             max_epochs: 300,
             learning_rate: 1e-2,
+            search: Some(HyperGrid {
+                components: vec![1, 4],
+                mlp_width: vec![8],
+                weight_decay: vec![0.01, 0.1],
+            }),
             ..TrainOptions::default()
         };
         let p = Probe::train(&qs, &[Config::GREEDY], meta_base(), &opts).unwrap();
         let r = &p.meta.report;
+        // Each point of the grid was cross-validated, and the chosen one is the best of them.
+        assert_eq!(r.hyperparameters.len(), 4);
+        let best = r
+            .hyperparameters
+            .iter()
+            .map(|h| h.cv_log_loss)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(r.cv_log_loss, best);
+        let chosen = r
+            .hyperparameters
+            .iter()
+            .find(|h| h.cv_log_loss == best)
+            .unwrap();
+        assert_eq!(
+            (p.meta.components, p.meta.mlp_width, r.epochs),
+            (chosen.components, chosen.mlp_width, chosen.epochs)
+        );
         let tested = qs.iter().filter(|q| part_of(&q.id) == Part::Test).count();
         assert_eq!(
             (r.heldout_questions, r.train_questions),

@@ -28,6 +28,24 @@ pub struct TrainingReport {
     pub per_config_log_loss: f64,
     /// Mean |log predicted - log actual| of a sampled answer's length on the test questions.
     pub heldout_length_log_error: f64,
+    /// The chosen hyperparameters' out-of-fold log-loss on the training part.
+    #[serde(default)]
+    pub cv_log_loss: f64,
+    /// Every set of hyperparameters cross-validation compared (empty in older probes, whose
+    /// settings were fixed by hand).
+    #[serde(default)]
+    pub hyperparameters: Vec<HyperPoint>,
+}
+
+/// One set of hyperparameters and how it did out of fold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HyperPoint {
+    pub components: usize,
+    pub mlp_width: usize,
+    pub weight_decay: f64,
+    /// The epoch early stopping chose for it.
+    pub epochs: usize,
+    pub cv_log_loss: f64,
 }
 
 /// Mean binary cross-entropy of predictions `p` against soft labels `y`; predictions are

@@ -1,6 +1,14 @@
 //! The token model: each configuration's generated tokens and sequential decode steps on a
 //! prompt, from the predicted length of one sampled answer to it (the probe's length head)
 //! and ratios measured in calibration. The latency model turns these into seconds.
+//!
+//! An answer's length varies more than any probe predicts (a sampled answer runs on or stops
+//! early; a parallel run lasts as long as its longest sample), so each configuration's cost is
+//! a distribution around the prediction. The ratios are fitted against the length head's own
+//! predictions on the training questions, as a ratio of sums: the mean predicted cost over
+//! them is the mean measured cost, whatever the head's bias (a log-length regression predicts
+//! a geometric mean, below the mean). The 90th percentile of each question's cost over its
+//! prediction gives a p90 factor, for a bound the user wants to hold per request.
 
 use std::collections::BTreeMap;
 
@@ -10,11 +18,26 @@ use crate::calibrate::QuestionLabels;
 use crate::latency::{Work, WorkKind};
 use crate::menu::Config;
 
-/// A configuration's tokens and steps relative to one sampled answer of the same question.
+/// A configuration's tokens and steps relative to the predicted length of one sampled answer
+/// of the same question: the mean, and the 90th percentile over questions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Ratio {
     pub tokens: f64,
     pub steps: f64,
+    /// 0 in a probe made before percentiles were kept: the mean stands in.
+    #[serde(default)]
+    pub tokens_p90: f64,
+    #[serde(default)]
+    pub steps_p90: f64,
+}
+
+/// Which point of a configuration's cost distribution to predict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostPoint {
+    /// The expected cost: what budgets over many prompts add up.
+    Mean,
+    /// The 90th percentile: what a bound on one request should hold to.
+    P90,
 }
 
 /// Predicted generated tokens and sequential steps per configuration.
@@ -22,32 +45,55 @@ pub struct Ratio {
 pub struct TokenModel {
     /// Mean tokens of one sampled answer over the training questions.
     pub mean_sample_tokens: f64,
-    /// Per configuration label: mean over questions of its tokens (steps) divided by the
-    /// question's mean sampled-answer length.
+    /// Per configuration label: its tokens (steps) over the questions' predicted sampled-answer
+    /// lengths.
     pub ratios: BTreeMap<String, Ratio>,
     /// The answer length cap the statistics were measured under.
     pub max_tokens: usize,
 }
 
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
 impl TokenModel {
-    pub fn fit(questions: &[&QuestionLabels], menu: &[Config], max_tokens: usize) -> Self {
+    /// Fits the ratios of each of `menu` on `questions`, whose sampled answers the length head
+    /// predicts to be `predicted` tokens long (one per question).
+    pub fn fit(
+        questions: &[&QuestionLabels],
+        predicted: &[f64],
+        menu: &[Config],
+        max_tokens: usize,
+    ) -> Self {
+        debug_assert_eq!(questions.len(), predicted.len());
         let mut ratios = BTreeMap::new();
         for c in menu {
-            let (mut t, mut s, mut k) = (0.0, 0.0, 0.0);
-            for q in questions {
+            let (mut tokens, mut steps, mut length) = (0.0, 0.0, 0.0);
+            let (mut per_tokens, mut per_steps) = (Vec::new(), Vec::new());
+            for (q, &len) in questions.iter().zip(predicted) {
                 if let Some(o) = q.outcome(c) {
-                    let len = q.mean_sample_tokens().max(1.0);
-                    t += o.tokens / len;
-                    s += o.steps / len;
-                    k += 1.0;
+                    let len = len.max(1.0);
+                    tokens += o.tokens;
+                    steps += o.steps;
+                    length += len;
+                    per_tokens.push(o.tokens / len);
+                    per_steps.push(o.steps / len);
                 }
             }
-            if k > 0.0 {
+            if length > 0.0 {
                 ratios.insert(
                     c.label(),
                     Ratio {
-                        tokens: t / k,
-                        steps: s / k,
+                        tokens: tokens / length,
+                        steps: steps / length,
+                        tokens_p90: quantile(per_tokens, 0.9),
+                        steps_p90: quantile(per_steps, 0.9),
                     },
                 );
             }
@@ -67,9 +113,24 @@ impl TokenModel {
     /// `config`'s work on a prompt of `prompt_len` whose sampled answers are expected to be
     /// `sample_tokens` long. None for a configuration without statistics.
     pub fn work(&self, config: &Config, sample_tokens: f64, prompt_len: usize) -> Option<Work> {
+        self.work_at(config, sample_tokens, prompt_len, CostPoint::Mean)
+    }
+
+    /// [`TokenModel::work`] at a point of the cost distribution.
+    pub fn work_at(
+        &self,
+        config: &Config,
+        sample_tokens: f64,
+        prompt_len: usize,
+        point: CostPoint,
+    ) -> Option<Work> {
         let r = self.ratios.get(&config.label())?;
         let cap = self.max_tokens as f64;
-        let (mut tokens, mut steps) = (r.tokens * sample_tokens, r.steps * sample_tokens);
+        let (rt, rs) = match point {
+            CostPoint::P90 if r.tokens_p90 > 0.0 => (r.tokens_p90, r.steps_p90),
+            _ => (r.tokens, r.steps),
+        };
+        let (mut tokens, mut steps) = (rt * sample_tokens, rs * sample_tokens);
         if !config.method.is_search() {
             // A parallel run cannot outlast one capped answer.
             steps = steps.min(cap + 1.0);
@@ -122,6 +183,66 @@ impl TokenModel {
                     kind: WorkKind::of(config.method),
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibrate::{RunRecord, SampleRecord};
+    use ttc_methods::Method;
+
+    fn question(i: usize, len: usize) -> QuestionLabels {
+        QuestionLabels {
+            id: format!("q{i}"),
+            reference: "1".into(),
+            prompt_tokens: 10,
+            hidden: vec![0.0],
+            greedy: RunRecord {
+                answer: None,
+                correct: false,
+                tokens: len,
+                steps: len + 1,
+                latency_s: 0.1,
+            },
+            samples: (0..4)
+                .map(|k| SampleRecord {
+                    answer: None,
+                    score: -1.0,
+                    tokens: len + k,
+                    steps: len + k + 1,
+                })
+                .collect(),
+            search: Default::default(),
+        }
+    }
+
+    #[test]
+    fn predictions_are_right_on_average_whatever_the_length_heads_bias() {
+        // Lengths 10..100; a head that predicts half of each (a geometric-mean-like bias).
+        let qs: Vec<QuestionLabels> = (0..10).map(|i| question(i, 10 + 10 * i)).collect();
+        let refs: Vec<&QuestionLabels> = qs.iter().collect();
+        let predicted: Vec<f64> = qs.iter().map(|q| q.mean_sample_tokens() / 2.0).collect();
+        let menu = [Config::GREEDY, Config::parallel(Method::Majority, 4)];
+        let m = TokenModel::fit(&refs, &predicted, &menu, 1000);
+        for c in &menu {
+            let predicted_mean: f64 = predicted
+                .iter()
+                .map(|&p| m.work(c, p, 10).unwrap().tokens)
+                .sum::<f64>()
+                / 10.0;
+            let measured_mean: f64 = refs
+                .iter()
+                .map(|q| q.outcome(c).unwrap().tokens)
+                .sum::<f64>()
+                / 10.0;
+            assert!(
+                (predicted_mean / measured_mean - 1.0).abs() < 1e-9,
+                "{c}: {predicted_mean} vs {measured_mean}"
+            );
+            let p90 = m.work_at(c, 50.0, 10, CostPoint::P90).unwrap().tokens;
+            assert!(p90 >= m.work(c, 50.0, 10).unwrap().tokens, "{c}");
         }
     }
 }

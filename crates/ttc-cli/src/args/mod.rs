@@ -279,6 +279,10 @@ pub struct AllocatorArgs {
     /// lambda_tokens).
     #[arg(long)]
     pub target_tokens: Option<f64>,
+    /// Seconds this answer may take: only configurations whose predicted 90th percentile of
+    /// latency fits (answers run longer than predicted as often as shorter).
+    #[arg(long)]
+    pub max_latency: Option<f64>,
     /// Print every configuration's predicted accuracy, tokens and latency, and the choice.
     #[arg(long)]
     pub explain: bool,
@@ -297,8 +301,11 @@ impl AllocatorArgs {
         }
         if self.target_latency.is_some_and(|t| t.is_nan() || t <= 0.0)
             || self.target_tokens.is_some_and(|t| t.is_nan() || t <= 0.0)
+            || self.max_latency.is_some_and(|t| t.is_nan() || t <= 0.0)
         {
-            return Err("--target-latency and --target-tokens must be positive".into());
+            return Err(
+                "--target-latency, --target-tokens and --max-latency must be positive".into(),
+            );
         }
         Ok(())
     }
@@ -385,6 +392,13 @@ pub struct EvalArgs {
     /// Token prices of the allocator sweep (latency free), e.g. 1e-4,1e-3.
     #[arg(long, value_delimiter = ',')]
     pub token_lambdas: Vec<f64>,
+    /// Mean latency budgets to meet over the questions, e.g. 0.5,1,2: each solves
+    /// lambda_latency on the predictions, and the report gives what its choices took.
+    #[arg(long, value_delimiter = ',')]
+    pub target_latency: Vec<f64>,
+    /// Mean token budgets, likewise (solves lambda_tokens).
+    #[arg(long, value_delimiter = ',')]
+    pub target_tokens: Vec<f64>,
     /// Answers sampled per question (K).
     #[arg(long, default_value_t = 16)]
     pub samples: usize,

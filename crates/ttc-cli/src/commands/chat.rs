@@ -321,6 +321,7 @@ impl Chat<'_> {
                 let req = Request {
                     lambdas: self.lambdas,
                     target: None,
+                    max_latency: None,
                     forced,
                     base,
                     open_max_tokens: self.args.gen.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),

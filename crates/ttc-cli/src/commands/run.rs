@@ -131,6 +131,7 @@ struct MenuRow {
     accuracy: Option<f64>,
     tokens: f64,
     latency_s: f64,
+    latency_p90_s: f64,
     utility: f64,
 }
 
@@ -243,6 +244,7 @@ fn run_allocated(
             latency: a.lambda_latency,
         },
         target,
+        max_latency: a.max_latency,
         forced,
         base,
         open_max_tokens: args.gen.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
@@ -279,6 +281,7 @@ fn run_allocated(
             accuracy: p.accuracy,
             tokens: p.tokens,
             latency_s: p.latency_s,
+            latency_p90_s: p.latency_p90_s,
             utility: p.utility(d.lambdas),
         })
         .collect();
@@ -362,8 +365,8 @@ fn run_allocated(
         }
         writeln!(
             err,
-            "  {:<16} {:>9} {:>9} {:>10} {:>9}",
-            "config", "P(correct)", "tokens", "latency_s", "utility"
+            "  {:<22} {:>10} {:>7} {:>9} {:>9} {:>9}",
+            "config", "P(correct)", "tokens", "latency_s", "p90_s", "utility"
         )?;
         for row in &menu {
             let mark = if row.config == d.predicted.config {
@@ -377,11 +380,12 @@ fn run_allocated(
                 .unwrap_or_else(|| "-".into());
             writeln!(
                 err,
-                "  {:<16} {:>9} {:>9.0} {:>10.2} {:>9.4}{mark}",
+                "  {:<22} {:>10} {:>7.0} {:>9.2} {:>9.2} {:>9.4}{mark}",
                 row.config.to_string(),
                 acc,
                 row.tokens,
                 row.latency_s,
+                row.latency_p90_s,
                 row.utility
             )?;
         }

@@ -44,13 +44,26 @@ pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result
         max_tokens: header.max_tokens,
         datasets: sources(&questions),
     };
+    let opts = TrainOptions::default();
     eprintln!(
-        "training the probe on {} questions x {} configurations",
+        "training the probe on {} questions x {} configurations ({} hyperparameter settings, each cross-validated in {} folds)",
         questions.len(),
-        menu.len()
+        menu.len(),
+        opts.search.as_ref().map_or(1, |g| g.components.len() * g.mlp_width.len() * g.weight_decay.len()),
+        ttc_allocator::probe::FOLDS
     );
-    let probe = Probe::train(&questions, &menu, base, &TrainOptions::default())?;
+    let probe = Probe::train(&questions, &menu, base, &opts)?;
     let r = &probe.meta.report;
+    for h in &r.hyperparameters {
+        println!(
+            "  components {:>2}, width {:>2}, weight decay {:<4}: out-of-fold log-loss {:.4} at epoch {}",
+            h.components, h.mlp_width, h.weight_decay, h.cv_log_loss, h.epochs
+        );
+    }
+    println!(
+        "chosen by cross-validation on the training part: {} components, width {}, epoch {}",
+        probe.meta.components, probe.meta.mlp_width, r.epochs
+    );
     // The held-out questions are the test part: neither fitted on nor used to stop or to
     // Platt-scale (ttc_allocator::probe::Part::Test).
     println!(
