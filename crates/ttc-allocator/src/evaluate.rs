@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::calibrate::{LabelHeader, QuestionLabels};
 use crate::latency::{Work, WorkKind};
 use crate::menu::Config;
-use crate::policy::{choose, Allocator, Lambdas};
+use crate::policy::{choose, solve, Allocator, Lambdas, Prediction, Target};
 use crate::{AllocatorError, Result};
 
 /// One question's outcome under one configuration.
@@ -61,7 +61,54 @@ pub struct Evaluation {
     #[serde(rename = "static")]
     pub static_rows: Vec<StaticRow>,
     pub adaptive: Vec<AdaptiveRow>,
+    pub oracle: OracleRow,
+    /// Per menu configuration: what the allocator predicted against what it took.
+    pub predictions: Vec<PredictionRow>,
+    /// Budgets solved on these questions' predictions, and what the choices then took.
+    pub budgets: Vec<BudgetRow>,
     pub target: TargetCheck,
+}
+
+/// The best configuration of the menu per question in hindsight (most accurate, then
+/// fastest): the bound no allocator that chooses per question can pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct OracleRow {
+    pub accuracy: f64,
+    pub mean_tokens: f64,
+    pub mean_latency_s: f64,
+    /// The allocator's best accuracy at no more than the best static configuration's mean
+    /// latency, as a share of the way from that configuration's accuracy to the oracle's
+    /// (None when the oracle is no better than it).
+    pub gap_closed: Option<f64>,
+}
+
+/// A menu configuration's predicted and measured means over the questions.
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictionRow {
+    pub config: Config,
+    pub predicted_tokens: f64,
+    pub measured_tokens: f64,
+    pub predicted_latency_s: f64,
+    pub measured_latency_s: f64,
+    /// As in [`StaticRow`]: measured runs, or the latency model on the tokens and steps the
+    /// shared samples took.
+    pub latency_source: &'static str,
+    /// Share of questions whose latency was within the predicted 90th percentile.
+    pub within_p90: f64,
+}
+
+/// A budget (`--target-latency` / `--target-tokens`) met on average over the questions.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetRow {
+    /// "latency" (seconds) or "tokens".
+    pub budget: &'static str,
+    pub target: f64,
+    /// The price solved for it.
+    pub lambda: f64,
+    /// Mean predicted and realized cost of the choices.
+    pub predicted_mean: f64,
+    pub realized_mean: f64,
+    pub accuracy: f64,
 }
 
 /// The target, checked: against the most accurate static configuration.
@@ -72,7 +119,8 @@ pub struct TargetCheck {
     /// The allocator's best accuracy at no more than the best static point's mean latency.
     pub adaptive_accuracy_at_its_latency: Option<f64>,
     /// The cheapest allocator point within 2 points of the best static accuracy, as a share of
-    /// that configuration's mean latency and mean tokens.
+    /// that configuration's mean latency and mean tokens (the target: at most half its
+    /// latency).
     pub latency_share_within_2_points: Option<f64>,
     pub token_share_within_2_points: Option<f64>,
     pub met: bool,
@@ -202,6 +250,7 @@ pub fn evaluate(
     questions: &[QuestionLabels],
     configs: &[Config],
     sweep: &[Lambdas],
+    budgets: &[Target],
 ) -> Result<Evaluation> {
     // Both make a static row for check_target to compare with.
     if configs.is_empty() || questions.is_empty() {
@@ -247,11 +296,7 @@ pub fn evaluate(
             mean_latency_s: sum.mean_latency_s,
             p50_latency_s: sum.p50_latency_s,
             p95_latency_s: sum.p95_latency_s,
-            latency_source: if c.method == ttc_methods::Method::Greedy || c.method.is_search() {
-                "measured"
-            } else {
-                "predicted"
-            },
+            latency_source: latency_source(c),
             questions: cells.len(),
         });
     }
@@ -296,11 +341,136 @@ pub fn evaluate(
         });
     }
     let target = check_target(&static_rows, &adaptive);
+    let oracle = oracle_row(&table, &alloc.menu, &target);
+    let prediction_table = prediction_rows(&alloc.menu, &table, &predictions);
+    let budgets = budgets
+        .iter()
+        .map(|&t| budget_row(&table, &predictions, t))
+        .collect();
     Ok(Evaluation {
         static_rows,
         adaptive,
+        oracle,
+        predictions: prediction_table,
+        budgets,
         target,
     })
+}
+
+/// Per question, the most accurate menu configuration (then the fastest).
+fn oracle_row(table: &[HashMap<Config, Cell>], menu: &[Config], target: &TargetCheck) -> OracleRow {
+    let cells: Vec<Cell> = table
+        .iter()
+        .filter_map(|t| {
+            menu.iter()
+                .filter_map(|c| t.get(c))
+                .max_by(|a, b| {
+                    a.accuracy
+                        .total_cmp(&b.accuracy)
+                        .then(b.latency_s.total_cmp(&a.latency_s))
+                })
+                .copied()
+        })
+        .collect();
+    let sum = summarize(&cells);
+    let best = target.best_static_accuracy;
+    let at_latency = target.adaptive_accuracy_at_its_latency;
+    OracleRow {
+        accuracy: sum.accuracy,
+        mean_tokens: sum.mean_tokens,
+        mean_latency_s: sum.mean_latency_s,
+        gap_closed: at_latency
+            .filter(|_| sum.accuracy > best + 1e-9)
+            .map(|a| (a - best) / (sum.accuracy - best)),
+    }
+}
+
+/// Each menu configuration's mean predicted tokens and latency against the measured means, on
+/// the questions where both exist.
+fn prediction_rows(
+    menu: &[Config],
+    table: &[HashMap<Config, Cell>],
+    predictions: &[Vec<Prediction>],
+) -> Vec<PredictionRow> {
+    menu.iter()
+        .filter_map(|c| {
+            let pairs: Vec<(&Prediction, &Cell)> = table
+                .iter()
+                .zip(predictions)
+                .filter_map(|(t, preds)| Some((preds.iter().find(|p| p.config == *c)?, t.get(c)?)))
+                .collect();
+            if pairs.is_empty() {
+                return None;
+            }
+            Some(PredictionRow {
+                config: *c,
+                predicted_tokens: mean(pairs.iter().map(|(p, _)| p.tokens)),
+                measured_tokens: mean(pairs.iter().map(|(_, m)| m.tokens)),
+                predicted_latency_s: mean(pairs.iter().map(|(p, _)| p.latency_s)),
+                measured_latency_s: mean(pairs.iter().map(|(_, m)| m.latency_s)),
+                latency_source: latency_source(c),
+                within_p90: mean(
+                    pairs
+                        .iter()
+                        .map(|(p, m)| f64::from(u8::from(m.latency_s <= p.latency_p90_s))),
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The price that meets `budget` on average over the questions' predictions, and what its
+/// choices realized.
+fn budget_row(
+    table: &[HashMap<Config, Cell>],
+    predictions: &[Vec<Prediction>],
+    budget: Target,
+) -> BudgetRow {
+    let batch: Vec<Vec<Prediction>> = predictions
+        .iter()
+        .filter(|p| !p.is_empty())
+        .cloned()
+        .collect();
+    let base = Lambdas {
+        tokens: 0.0,
+        latency: 0.0,
+    };
+    let l = solve(&batch, budget, base);
+    let (mut predicted, mut realized, mut correct) = (Vec::new(), Vec::new(), Vec::new());
+    for (t, preds) in table.iter().zip(predictions) {
+        if preds.is_empty() {
+            continue;
+        }
+        let p = &preds[choose(preds, l)];
+        let m = t[&p.config];
+        let (pc, mc) = match budget {
+            Target::Latency(_) => (p.latency_s, m.latency_s),
+            Target::Tokens(_) => (p.tokens, m.tokens),
+        };
+        predicted.push(pc);
+        realized.push(mc);
+        correct.push(m.accuracy);
+    }
+    let (name, target, lambda) = match budget {
+        Target::Latency(s) => ("latency", s, l.latency),
+        Target::Tokens(t) => ("tokens", t, l.tokens),
+    };
+    BudgetRow {
+        budget: name,
+        target,
+        lambda,
+        predicted_mean: mean(predicted.into_iter()),
+        realized_mean: mean(realized.into_iter()),
+        accuracy: mean(correct.into_iter()),
+    }
+}
+
+fn latency_source(c: &Config) -> &'static str {
+    if c.method == ttc_methods::Method::Greedy || c.method.is_search() {
+        "measured"
+    } else {
+        "predicted"
+    }
 }
 
 fn check_target(static_rows: &[StaticRow], adaptive: &[AdaptiveRow]) -> TargetCheck {
@@ -319,7 +489,7 @@ fn check_target(static_rows: &[StaticRow], adaptive: &[AdaptiveRow]) -> TargetCh
         .map(|a| a.accuracy)
         .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
     // Allocator points within 2 points of it, by their share of its latency and tokens; the
-    // target needs one point under 60% on both.
+    // target needs one at no more than half its latency.
     let shares: Vec<(f64, f64)> = adaptive
         .iter()
         .filter(|a| a.accuracy >= best.accuracy - 0.02)
@@ -333,7 +503,7 @@ fn check_target(static_rows: &[StaticRow], adaptive: &[AdaptiveRow]) -> TargetCh
     let cheapest = shares.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0));
     let (lat_share, tok_share) = (cheapest.map(|s| s.0), cheapest.map(|s| s.1));
     let met = at_latency.is_some_and(|a| a >= best.accuracy - 1e-9)
-        && shares.iter().any(|&(l, t)| l <= 0.6 && t <= 0.6);
+        && shares.iter().any(|&(l, _)| l <= 0.5);
     TargetCheck {
         best_static: best.config,
         best_static_accuracy: best.accuracy,
@@ -377,7 +547,7 @@ mod tests {
     }
 
     #[test]
-    fn the_target_needs_one_point_cheap_in_both_latency_and_tokens() {
+    fn the_target_needs_one_point_at_half_the_latency_and_no_loss_at_equal_latency() {
         let statics = [
             stat(Config::GREEDY, 0.3, 10.0, 1.0),
             stat(Config::parallel(Method::Majority, 16), 0.5, 400.0, 8.0),
@@ -387,8 +557,8 @@ mod tests {
         assert_eq!(t.best_static, Config::parallel(Method::Majority, 16));
         assert!(t.met, "{t:?}");
         assert_eq!(t.latency_share_within_2_points, Some(0.5));
-        // Cheap in latency but not in tokens: not met.
-        let t = check_target(&statics, &[point(0.5, 300.0, 8.0), point(0.49, 390.0, 4.0)]);
+        // Within 2 points only at 60% of its latency: not met.
+        let t = check_target(&statics, &[point(0.5, 300.0, 8.0), point(0.49, 390.0, 4.8)]);
         assert!(!t.met, "{t:?}");
         // Less accurate at the same latency: not met.
         let t = check_target(&statics, &[point(0.45, 100.0, 2.0)]);
@@ -437,7 +607,7 @@ mod tests {
             (Config::search(Method::Beam, 2, 2, 3), "not run"),
             (Config::parallel(Method::Majority, 8), "8 sampled answers"),
         ] {
-            let e = evaluate(&alloc, &qs, &[Config::GREEDY, c], &sweep)
+            let e = evaluate(&alloc, &qs, &[Config::GREEDY, c], &sweep, &[])
                 .err()
                 .unwrap_or_else(|| panic!("{c} was scored"))
                 .to_string();
@@ -448,7 +618,8 @@ mod tests {
             &alloc,
             &qs,
             &[Config::parallel(Method::Majority, 2)],
-            &sweep
+            &sweep,
+            &[]
         )
         .is_ok());
     }

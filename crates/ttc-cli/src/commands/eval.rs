@@ -16,7 +16,7 @@ use serde::Serialize;
 use ttc_allocator::calibrate::{label_dataset, read_labels, LabelHeader};
 use ttc_allocator::dataset;
 use ttc_allocator::evaluate::{check_configs, default_sweep, evaluate, AdaptiveRow, Evaluation};
-use ttc_allocator::policy::Lambdas;
+use ttc_allocator::policy::{Lambdas, Target};
 
 use crate::args::EvalArgs;
 
@@ -122,7 +122,18 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             }))
             .collect()
     };
-    let ev = evaluate(&alloc, &questions, &configs, &sweep)?;
+    let ok = |x: &f64| x.is_finite() && *x > 0.0;
+    anyhow::ensure!(
+        args.target_latency.iter().all(ok) && args.target_tokens.iter().all(ok),
+        "--target-latency and --target-tokens must be positive"
+    );
+    let budgets: Vec<Target> = args
+        .target_latency
+        .iter()
+        .map(|&s| Target::Latency(s))
+        .chain(args.target_tokens.iter().map(|&t| Target::Tokens(t)))
+        .collect();
+    let ev = evaluate(&alloc, &questions, &configs, &sweep, &budgets)?;
     write_outputs(&args.out, &ev)?;
     if args.json {
         println!("{}", serde_json::to_string(&ev)?);
@@ -190,6 +201,60 @@ pub fn tables(ev: &Evaluation) -> String {
             r.p95_latency_s,
             chosen.join(", ")
         );
+    }
+    let o = &ev.oracle;
+    let _ = writeln!(
+        s,
+        "\noracle (the best menu configuration per question in hindsight): accuracy {:.3}, {:.0} tokens, {:.2} s; gap from the best static point to it closed by the allocator at that point's latency: {}",
+        o.accuracy,
+        o.mean_tokens,
+        o.mean_latency_s,
+        o.gap_closed
+            .map(|g| format!("{:.0}%", g * 100.0))
+            .unwrap_or_else(|| "-".into())
+    );
+    let _ = writeln!(
+        s,
+        "\n| configuration | predicted tokens | measured | ratio | predicted latency | measured | ratio | within p90 | latency |"
+    );
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for r in &ev.predictions {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.2} | {:.3} s | {:.3} s | {:.2} | {:.0}% | {} |",
+            r.config,
+            r.predicted_tokens,
+            r.measured_tokens,
+            r.predicted_tokens / r.measured_tokens,
+            r.predicted_latency_s,
+            r.measured_latency_s,
+            r.predicted_latency_s / r.measured_latency_s,
+            r.within_p90 * 100.0,
+            r.latency_source
+        );
+    }
+    if !ev.budgets.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| budget | target | lambda | predicted mean | realized mean | realized / target | accuracy |"
+        );
+        let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for b in &ev.budgets {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.3e} | {:.3} | {:.3} | {:.2} | {:.3} |",
+                b.budget,
+                b.target,
+                b.lambda,
+                b.predicted_mean,
+                b.realized_mean,
+                b.realized_mean / b.target,
+                b.accuracy
+            );
+        }
     }
     let t = &ev.target;
     let pct = |x: Option<f64>| {
@@ -319,10 +384,15 @@ fn plot(
     }
     let frontier_line = frontier.clone();
     let frontier = points;
+    let oracle = (
+        static_x((ev.oracle.mean_tokens, ev.oracle.mean_latency_s)),
+        ev.oracle.accuracy,
+    );
     let xs = statics
         .iter()
         .map(|p| p.0)
         .chain(frontier.iter().map(|p| p.0))
+        .chain([oracle.0])
         .filter(|x| x.is_finite() && *x > 0.0);
     let (x_min, x_max) = xs.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
         (lo.min(x), hi.max(x))
@@ -331,6 +401,7 @@ fn plot(
         .iter()
         .map(|p| p.1)
         .chain(frontier.iter().map(|p| p.1))
+        .chain([oracle.1])
         .fold(0.0f64, f64::max);
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -379,6 +450,12 @@ fn plot(
                 .iter()
                 .map(|&(x, y)| Cross::new((x, y), 5, RED.stroke_width(2))),
         )?;
+        if oracle.0.is_finite() && oracle.0 > 0.0 {
+            chart
+                .draw_series([TriangleMarker::new(oracle, 7, GREEN.filled())])?
+                .label("oracle: the best configuration per question, in hindsight")
+                .legend(|(x, y)| TriangleMarker::new((x, y), 6, GREEN.filled()));
+        }
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
