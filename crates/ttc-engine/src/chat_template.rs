@@ -70,29 +70,33 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// Compiles `source`; `bos_token`/`eos_token` are the texts the template may print.
+    /// Compiles `source`; `bos_token`/`eos_token` are the texts the template may print. A
+    /// template from a model file is first compiled in a sandbox: minijinja folds constant
+    /// expressions as it compiles, so `{{ 'x' * 99999999 }}` costs 100 MB there, twenty of
+    /// them 2 GB, before anything renders.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
-        let mut env = Environment::new();
-        // A template is read from the model file: bound its work (a loop nested in a loop
-        // over the messages must not run forever) and, in `render`, its output.
-        env.set_fuel(Some(TEMPLATE_FUEL));
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, JinjaError> {
-                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-            },
-        );
-        env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        let trusted = source == CHATML_TEMPLATE;
+        if !trusted {
+            let compiled = sandbox::run(TEMPLATE_LIMITS, || {
+                environment()
+                    .add_template_owned("chat", source.to_string())
+                    .map(|_| String::new())
+                    .map_err(|e| e.to_string())
+            });
+            match compiled {
+                Ok(Ok(_)) => {}
+                Ok(Err(m)) => return Err(EngineError::Template(m)),
+                Err(f) => return Err(sandbox_error("compiling", f)),
+            }
+        }
+        let mut env = environment();
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| EngineError::Template(e.to_string()))?;
         Ok(Self {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
-            trusted: source == CHATML_TEMPLATE,
+            trusted,
         })
     }
 
@@ -113,17 +117,7 @@ impl ChatTemplate {
         match rendered {
             Ok(Ok(text)) => Ok(text),
             Ok(Err(m)) => Err(EngineError::Template(m)),
-            Err(sandbox::Failure::Time) => Err(EngineError::Template(format!(
-                "the chat template ran longer than {} s; it is refused",
-                TEMPLATE_LIMITS.time.as_secs()
-            ))),
-            Err(sandbox::Failure::Memory) => Err(EngineError::Template(format!(
-                "the chat template needed more than {} MiB; it is refused",
-                TEMPLATE_LIMITS.memory_bytes >> 20
-            ))),
-            Err(sandbox::Failure::Unavailable(m)) => Err(EngineError::Template(format!(
-                "the chat template could not be rendered in its sandbox: {m}"
-            ))),
+            Err(f) => Err(sandbox_error("rendering", f)),
         }
     }
 
@@ -157,6 +151,42 @@ impl ChatTemplate {
             Err(e) => Err(EngineError::Template(e.to_string())),
         }
     }
+}
+
+/// The environment every template runs in: Hugging Face's settings and functions, and fuel.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // A template is read from the model file: bound its work (a loop nested in a loop over the
+    // messages must not run forever) and, in `render`, its output.
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
+    env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+    env
+}
+
+/// The error for a template the sandbox stopped while `doing` it.
+fn sandbox_error(doing: &str, f: sandbox::Failure) -> EngineError {
+    EngineError::Template(match f {
+        sandbox::Failure::Time => format!(
+            "the chat template took longer than {} s {doing}; it is refused",
+            TEMPLATE_LIMITS.time.as_secs()
+        ),
+        sandbox::Failure::Memory => format!(
+            "the chat template needed more than {} MiB {doing}; it is refused",
+            TEMPLATE_LIMITS.memory_bytes >> 20
+        ),
+        sandbox::Failure::Unavailable(m) => {
+            format!("the chat template could not be run in its sandbox ({doing}): {m}")
+        }
+    })
 }
 
 /// Today's date (UTC) in the few strftime forms chat templates use (%d %m %Y %y %b %B).
@@ -270,6 +300,10 @@ mod tests {
             assert!(err.contains(why), "{source}: {err}");
             assert!(start.elapsed().as_secs() < 15, "{source}");
         }
+        // Constant folding at compile time: twenty 100 MB strings.
+        let folded = "{{ 'x' * 99999999 }}".repeat(20);
+        let err = ChatTemplate::new(&folded, "", "").err().unwrap().to_string();
+        assert!(err.contains("MiB compiling"), "{err}");
         // A real template still renders through the sandbox.
         let t = ChatTemplate::new(&CHATML_TEMPLATE.replace("im_", "im-"), "", "").unwrap();
         assert!(t
