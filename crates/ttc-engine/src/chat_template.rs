@@ -121,6 +121,18 @@ impl ChatTemplate {
         }
     }
 
+    /// For the fuzz target only: renders in this process (so that the fuzzer sees the
+    /// renderer's coverage, which a child's run does not report), which is safe for a template
+    /// and messages [`ChatTemplate::render`] has rendered or refused with a template error.
+    #[cfg(fuzzing)]
+    pub fn render_in_process(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.render_here(messages, add_generation_prompt)
+    }
+
     /// Renders in this process, bounded by fuel and the output cap only.
     fn render_here(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self
@@ -302,7 +314,10 @@ mod tests {
         }
         // Constant folding at compile time: twenty 100 MB strings.
         let folded = "{{ 'x' * 99999999 }}".repeat(20);
-        let err = ChatTemplate::new(&folded, "", "").err().unwrap().to_string();
+        let err = ChatTemplate::new(&folded, "", "")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("MiB compiling"), "{err}");
         // A real template still renders through the sandbox.
         let t = ChatTemplate::new(&CHATML_TEMPLATE.replace("im_", "im-"), "", "").unwrap();
