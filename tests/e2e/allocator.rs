@@ -160,6 +160,7 @@ fn labels_resume_and_a_probe_trained_on_them_beats_a_constant() {
             search: None,
             ..TrainOptions::default()
         },
+        |_, _, _| {},
     )
     .unwrap();
     let r = &probe.meta.report;

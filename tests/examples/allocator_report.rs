@@ -1,6 +1,8 @@
 //! The allocator's targets (issue "The allocator"), measured on this machine with the default
 //! model, its shipped (or cached) probe and this machine's latency profile:
-//! - latency prediction: for COUNT held-out prompts x 6 configurations, |predicted - measured| /
+//! - latency and token prediction: for COUNT held-out prompts x 8 configurations, each run for
+//!   real, the mean predicted against the mean measured per configuration, the share within the
+//!   predicted p90, and |predicted - measured| /
 //!   measured, where the prediction is what the allocator knew before the run (predicted tokens
 //!   and steps), as `ttc-run` does it: starting from the measured profile with no corrections,
 //!   each finished run refining its kind's correction; also without any refinement, and the
@@ -24,6 +26,35 @@ fn median(mut v: Vec<f64>) -> f64 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// One configuration's runs: predicted and measured latency and tokens.
+struct Row {
+    config: Config,
+    errors: Vec<f64>,
+    predicted_s: Vec<f64>,
+    measured_s: Vec<f64>,
+    predicted_tokens: Vec<f64>,
+    measured_tokens: Vec<f64>,
+    within_p90: usize,
+}
+
+impl Row {
+    fn new(config: Config) -> Self {
+        Self {
+            config,
+            errors: Vec::new(),
+            predicted_s: Vec::new(),
+            measured_s: Vec::new(),
+            predicted_tokens: Vec::new(),
+            measured_tokens: Vec::new(),
+            within_p90: 0,
+        }
     }
 }
 
@@ -57,6 +88,8 @@ fn main() {
     let configs: Vec<Config> = [
         "greedy",
         "majority@4",
+        "majority@8",
+        "majority-adaptive@8",
         "best-of-n@8",
         "weighted@16",
         "beam(4,2,10)",
@@ -70,10 +103,7 @@ fn main() {
         .seed(11);
     let (mut full_err, mut fixed_err, mut device_err, mut decision_ms) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut rows: Vec<(Config, Vec<f64>, Vec<f64>)> = configs
-        .iter()
-        .map(|c| (*c, Vec::new(), Vec::new()))
-        .collect();
+    let mut rows: Vec<Row> = configs.iter().map(|c| Row::new(*c)).collect();
     let mut monotone_violations = 0;
     for (i, p) in problems.iter().enumerate() {
         let ids = route::PromptIds {
@@ -105,8 +135,13 @@ fn main() {
             full_err.push(e);
             fixed_err.push(e_fixed);
             device_err.push(e_dev);
-            rows[j].1.push(e);
-            rows[j].2.push(measured);
+            let row = &mut rows[j];
+            row.errors.push(e);
+            row.measured_s.push(measured);
+            row.predicted_s.push(d.predicted.latency_s);
+            row.within_p90 += usize::from(measured <= d.predicted.latency_p90_s);
+            row.measured_tokens.push(r.generated_tokens as f64);
+            row.predicted_tokens.push(d.predicted.tokens);
         }
         // Auto on the same prompt: the decision's cost, and monotonicity of its predictions.
         let req = Request {
@@ -143,13 +178,18 @@ fn main() {
         }
         eprintln!("{}/{} done", i + 1, problems.len());
     }
-    println!("| configuration | median error | mean measured latency |");
-    println!("| --- | ---: | ---: |");
-    for (c, e, m) in &rows {
+    println!("| configuration | predicted mean latency | measured | ratio | predicted mean tokens | measured | ratio | within p90 | median error |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        let (pl, ml) = (mean(&r.predicted_s), mean(&r.measured_s));
+        let (pt, mt) = (mean(&r.predicted_tokens), mean(&r.measured_tokens));
         println!(
-            "| {c} | {:.1}% | {:.2} s |",
-            100.0 * median(e.clone()),
-            m.iter().sum::<f64>() / m.len() as f64
+            "| {} | {pl:.3} s | {ml:.3} s | {:.2} | {pt:.1} | {mt:.1} | {:.2} | {:.0}% | {:.1}% |",
+            r.config,
+            pl / ml,
+            pt / mt,
+            100.0 * r.within_p90 as f64 / r.measured_s.len() as f64,
+            100.0 * median(r.errors.clone()),
         );
     }
     println!();

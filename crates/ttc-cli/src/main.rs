@@ -44,6 +44,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Calibrate(a)) = &cli.command {
+        if a.train_only && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            // Training the probe runs thousands of tiny candle ops, each split over candle's
+            // spinning thread pool: on one thread it is several times faster (and far faster
+            // on a busy machine). Only --train-only: labelling runs the model, whose candle
+            // ops want the pool.
+            // SAFETY: no other thread of this process has started yet.
+            unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+        }
+    }
     let result = match &cli.command {
         // No prompt: a chat on a terminal, one answer per line of piped stdin, with every
         // option the one-prompt run takes.

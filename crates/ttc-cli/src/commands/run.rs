@@ -62,6 +62,9 @@ struct MethodOutput<'a> {
     answer: Option<&'a str>,
     candidates: Vec<CandidateOutput<'a>>,
     steps: usize,
+    /// Samples a decided adaptive vote cancelled (majority-adaptive).
+    #[serde(skip_serializing_if = "is_zero")]
+    cancelled: usize,
     scorer_tokens: usize,
     timing: &'a Timing,
     seed: u64,
@@ -295,6 +298,7 @@ fn run_allocated(
             prompt_tokens: r.prompt_tokens,
             prefill_tokens: r.prefill_tokens,
             tokens_generated: r.generated_tokens,
+            cancelled: r.cancelled,
             latency_s: r.timing.total_s,
             method: r.method,
             n: r.n,
@@ -475,4 +479,8 @@ fn run_plain(args: &RunArgs, engine: &Engine, ids: &[u32], params: SamplingParam
         writeln!(stdout)?;
     }
     Ok(())
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

@@ -52,14 +52,18 @@ pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result
         opts.search.as_ref().map_or(1, |g| g.components.len() * g.mlp_width.len() * g.weight_decay.len()),
         ttc_allocator::probe::FOLDS
     );
-    let probe = Probe::train(&questions, &menu, base, &opts)?;
-    let r = &probe.meta.report;
-    for h in &r.hyperparameters {
+    let mut probe = Probe::train(&questions, &menu, base, &opts, |i, of, h| {
         println!(
-            "  components {:>2}, width {:>2}, weight decay {:<4}: out-of-fold log-loss {:.4} at epoch {}",
+            "  [{i}/{of}] components {:>2}, width {:>2}, weight decay {:<4}: out-of-fold log-loss {:.4} at epoch {}",
             h.components, h.mlp_width, h.weight_decay, h.cv_log_loss, h.epochs
         );
+    })?;
+    // The prompt-kind head is trained apart (train-kind): a probe file being replaced keeps its.
+    if let Some((head, meta)) = Probe::load(out).ok().and_then(|old| old.kind_head()) {
+        probe = probe.with_kind_head(head, meta)?;
+        println!("kept the prompt-kind head of {}", out.display());
     }
+    let r = &probe.meta.report;
     println!(
         "chosen by cross-validation on the training part: {} components, width {}, epoch {}",
         probe.meta.components, probe.meta.mlp_width, r.epochs
