@@ -165,3 +165,65 @@ fn crafted_headers_get_one_line_and_exit_one() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Chat templates that would exhaust memory or time (a string doubled in a loop; repetitions of
+/// a 100 MB string at render time; constant folding of twenty at compile time), given with
+/// --chat-template-file: one `error:` line, exit 1, within seconds and bounded memory.
+#[cfg(target_os = "linux")]
+#[test]
+fn runaway_chat_templates_get_one_line_and_exit_one() {
+    let dir = std::env::temp_dir().join(format!("ttc-templates-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "doubling",
+            "{% set ns = namespace(s='x') %}{% for i in range(48) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}".to_string(),
+            "MiB rendering",
+        ),
+        (
+            "repeating",
+            "{% for i in range(1000) %}{% set s = messages[0].content[:1] * 99999999 %}{% endfor %}".to_string(),
+            "longer than",
+        ),
+        ("folding", "{{ 'x' * 99999999 }}".repeat(20), "MiB compiling"),
+        (
+            "endless",
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+                .to_string(),
+            "",
+        ),
+    ];
+    for (name, source, says) in cases {
+        let path = dir.join(format!("{name}.jinja"));
+        std::fs::write(&path, source).unwrap();
+        let t0 = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_ttc-run"))
+            .arg("--chat-template-file")
+            .arg(&path)
+            .args(["--max-tokens", "4", "hello"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains("chat template"),
+            "{name}: {err}"
+        );
+        assert!(err.contains(says), "{name}: {err}");
+        assert!(t0.elapsed().as_secs() < 30, "{name}");
+    }
+    // The largest process any of them ran (ttc-run, or a sandbox it forked and waited for).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage for getrusage(2) to fill.
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    assert!(
+        usage.ru_maxrss < 1 << 20,
+        "a process reached {} KiB",
+        usage.ru_maxrss
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -163,6 +163,18 @@ impl Engine {
         self.tokenizer.encode_prompt(&self.render_chat(messages)?)
     }
 
+    /// Replaces the model's chat template with `source` (llama.cpp's `--chat-template-file`):
+    /// compiled, and later rendered, in the sandbox like the model file's own.
+    pub fn set_chat_template(&mut self, source: &str) -> Result<()> {
+        let text = |id: Option<u32>| id.map(|i| self.tokenizer.token_text(i)).unwrap_or_default();
+        self.template = ChatTemplate::new(
+            source,
+            &text(self.tokenizer.bos_id),
+            &text(self.tokenizer.eos_ids.first().copied()),
+        )?;
+        Ok(())
+    }
+
     /// The stop strings of the model (its registry entry).
     pub fn stop_strings(&self) -> &[String] {
         &self.stop_strings

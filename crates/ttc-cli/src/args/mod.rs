@@ -65,6 +65,10 @@ pub struct ModelArgs {
     /// A request that cannot fit is refused before it starts.
     #[arg(long, value_parser = parse_bytes)]
     pub kv_memory: Option<usize>,
+    /// A Jinja chat template to use instead of the model's (run like the model's own: in a
+    /// sandbox bounded in time and memory).
+    #[arg(long)]
+    pub chat_template_file: Option<std::path::PathBuf>,
 }
 
 /// Samples or beams one request may ask for: far beyond what helps, short of what exhausts

@@ -14,7 +14,7 @@ pub mod tokenize;
 pub mod train;
 pub mod train_kind;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ttc_engine::{Engine, LoadOptions};
 
 use crate::args::ModelArgs;
@@ -32,6 +32,23 @@ pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
         show_progress: true,
     };
     let mut engine = Engine::load(&args.model, &opts)?;
+    if let Some(path) = &args.chat_template_file {
+        // A real template is a few kilobytes; a bigger file is refused before it is read.
+        const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        anyhow::ensure!(
+            size <= MAX_TEMPLATE_BYTES,
+            "{} is {size} bytes; a chat template may have {MAX_TEMPLATE_BYTES} at most",
+            path.display()
+        );
+        let source =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        engine
+            .set_chat_template(&source)
+            .with_context(|| format!("the chat template in {}", path.display()))?;
+    }
     if let Some(bytes) = args.kv_memory {
         engine.set_kv_budget(bytes)?;
     }
