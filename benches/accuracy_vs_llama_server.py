@@ -25,7 +25,8 @@ from collections import Counter, defaultdict
 
 from openai import OpenAI
 
-INSTRUCTION = 'End your reply with "The answer is N." where N is the final answer.'
+from serve_load import INSTRUCTION, percentile
+
 SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 # llama-server reads these beyond OpenAI's fields; they are ttc's defaults.
 LLAMA_EXTRA = {"top_k": 40, "min_p": 0.05}
@@ -37,11 +38,6 @@ def last_number(text):
         return None
     x = m[-1]
     return x[:-2] if x.endswith(".0") else x
-
-
-def percentile(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def main():

@@ -19,25 +19,18 @@ trap 'rm -f "$QUESTIONS"' EXIT
 # The built-in suites' test split: questions no calibration saw.
 cargo run --release -q -p ttc-e2e --example write_dataset -- builtin:mixed test "$COUNT" >"$QUESTIONS"
 
-wait_up() {
-    for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    echo "server on port $PORT did not come up" >&2
-    return 1
-}
+. "$HERE/wait_up.sh"
 
 "$LLAMA_SERVER" -m "$MODEL" -t "$THREADS" --port $PORT -np "$N" -c $((N * 1024)) >/tmp/llama-server.log 2>&1 &
 PID=$!
-wait_up
+wait_up $PORT
 python3 "$HERE/accuracy_vs_llama_server.py" "http://127.0.0.1:$PORT" "$QUESTIONS" --server llama --n "$N"
 kill $PID
 wait $PID 2>/dev/null || true
 
 "$TTC" serve --model "$MODEL" -t "$THREADS" --port $PORT >/tmp/ttc-serve.log 2>&1 &
 PID=$!
-wait_up
+wait_up $PORT
 python3 "$HERE/accuracy_vs_llama_server.py" "http://127.0.0.1:$PORT" "$QUESTIONS" --server ttc
 kill $PID
 wait $PID 2>/dev/null || true

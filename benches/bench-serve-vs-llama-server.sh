@@ -14,14 +14,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PORT_TTC=18181
 PORT_LLAMA=18182
 
-wait_up() {
-    for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    echo "server on port $1 did not come up" >&2
-    return 1
-}
+. "$HERE/wait_up.sh"
 
 for C in 1 4 8; do
     "$TTC" serve --model "$MODEL" -t "$THREADS" --port $PORT_TTC --max-running "$C" >/tmp/ttc-serve.log 2>&1 &
