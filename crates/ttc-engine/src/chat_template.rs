@@ -186,7 +186,7 @@ fn environment() -> Environment<'static> {
 
 /// The error for a template the sandbox stopped while `doing` it.
 fn sandbox_error(doing: &str, f: sandbox::Failure) -> EngineError {
-    EngineError::Template(match f {
+    EngineError::TemplateRefused(match f {
         sandbox::Failure::Time => format!(
             "the chat template took longer than {} s {doing}; it is refused",
             TEMPLATE_LIMITS.time.as_secs()

@@ -39,6 +39,9 @@ pub enum EngineError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    /// The sandbox stopped the template (time or memory), or could not run it.
+    #[error("chat template: {0}")]
+    TemplateRefused(String),
     #[error("registry file {file}: {reason}")]
     Registry { file: String, reason: String },
     #[error("device: {0}")]
