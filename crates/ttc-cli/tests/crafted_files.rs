@@ -178,19 +178,20 @@ fn runaway_chat_templates_get_one_line_and_exit_one() {
         (
             "doubling",
             "{% set ns = namespace(s='x') %}{% for i in range(48) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}".to_string(),
-            "MiB rendering",
+            &["MiB rendering"][..],
         ),
         (
             "repeating",
             "{% for i in range(1000) %}{% set s = messages[0].content[:1] * 99999999 %}{% endfor %}".to_string(),
-            "longer than",
+            &["longer than"],
         ),
-        ("folding", "{{ 'x' * 99999999 }}".repeat(20), "MiB compiling"),
+        ("folding", "{{ 'x' * 99999999 }}".repeat(20), &["MiB compiling"]),
         (
             "endless",
             "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
                 .to_string(),
-            "",
+            // Out of fuel, or stopped by the sandbox's clock first on a slow machine.
+            &["fuel", "longer than"],
         ),
     ];
     for (name, source, says) in cases {
@@ -210,7 +211,7 @@ fn runaway_chat_templates_get_one_line_and_exit_one() {
             err.starts_with("error: ") && err.contains("chat template"),
             "{name}: {err}"
         );
-        assert!(err.contains(says), "{name}: {err}");
+        assert!(says.iter().any(|s| err.contains(s)), "{name}: {err}");
         assert!(t0.elapsed().as_secs() < 30, "{name}");
     }
     // The largest process any of them ran (ttc-run, or a sandbox it forked and waited for).

@@ -130,7 +130,7 @@ impl Default for HyperGrid {
 
 impl TrainOptions {
     /// The settings cross-validation compares: each point of the grid, or these alone.
-    fn candidates(&self) -> Vec<TrainOptions> {
+    pub fn candidates(&self) -> Vec<TrainOptions> {
         let Some(grid) = &self.search else {
             return vec![self.clone()];
         };

@@ -49,7 +49,7 @@ pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result
         "training the probe on {} questions x {} configurations ({} hyperparameter settings, each cross-validated in {} folds)",
         questions.len(),
         menu.len(),
-        opts.search.as_ref().map_or(1, |g| g.components.len() * g.mlp_width.len() * g.weight_decay.len()),
+        opts.candidates().len(),
         ttc_allocator::probe::FOLDS
     );
     let mut probe = Probe::train(&questions, &menu, base, &opts, |i, of, h| {
