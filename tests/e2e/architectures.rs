@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use ttc_e2e::scratch_dir;
 use ttc_engine::gguf::GgufModel;
 use ttc_engine::kv_cache::{KvCache, SeqId};
-use ttc_engine::models::{BatchEntry, Model, ModelConfig};
+use ttc_engine::models::{AttentionBackend, BatchEntry, Model, ModelConfig};
 
 const HIDDEN: usize = 64;
 const HEADS: usize = 4;
@@ -358,7 +358,9 @@ fn cascade_attention_equals_plain_attention() {
     for spec in [LLAMA, QWEN2] {
         let mut model = load(&spec, &format!("cascade-{}", spec.arch));
         let fused = forked_step(&model);
-        model.set_cpu_kernels(false).unwrap();
+        model
+            .set_attention_backend(AttentionBackend::Tensor)
+            .unwrap();
         let cascade = forked_step(&model);
         model.set_cascade(false);
         let plain = forked_step(&model);

@@ -1,7 +1,7 @@
 //! The batched engine on the real model: samples and beams share the prompt's KV blocks, and
 //! batching, forking, pruning and freeing never change what a sequence computes.
 
-use ttc_e2e::{engine, engines_on_both_attention_paths};
+use ttc_e2e::{engine, engines_on_both_compute_paths};
 use ttc_engine::chat_template::Message;
 use ttc_engine::kv_cache::KvCache;
 use ttc_engine::models::BatchEntry;
@@ -94,7 +94,7 @@ fn logits_on(e: &Engine, prefix: &[u32], tokens: &[u32]) -> Vec<f32> {
 #[test]
 fn a_forked_batched_group_decodes_as_one_sequence_alone() {
     let p = prompt("Name three animals that live in the sea.");
-    let [fused, cascade] = engines_on_both_attention_paths();
+    let [fused, cascade] = engines_on_both_compute_paths();
     let plain = (
         "tensor path without cascade",
         ttc_e2e::engine_on_the_tensor_path_without_cascade(),
@@ -152,7 +152,7 @@ fn n_samples_cost_one_prefill_and_the_prompt_is_stored_once() {
         top_p: 1.0,
         min_p: 0.0,
     };
-    for (path, e) in engines_on_both_attention_paths() {
+    for (path, e) in engines_on_both_compute_paths() {
         let mut s = session(e, width, params.clone(), gen, p.len());
         let root = s.prefill(&p).unwrap();
         let prompt_blocks = s.kv_usage().blocks;
@@ -197,7 +197,7 @@ fn fork_diverge_and_free_leave_the_pool_as_it_was() {
         top_p: 1.0,
         min_p: 0.0,
     };
-    for (path, e) in engines_on_both_attention_paths() {
+    for (path, e) in engines_on_both_compute_paths() {
         let mut s = session(e, 8, params.clone(), 20, p.len());
         let root = s.prefill(&p).unwrap();
         let kids = s.fork(root, 8).unwrap();
@@ -225,7 +225,7 @@ fn pruning_leaves_the_survivor_as_if_it_had_been_alone() {
         top_p: 1.0,
         min_p: 0.0,
     };
-    let [fused, _] = engines_on_both_attention_paths();
+    let [fused, _] = engines_on_both_compute_paths();
     let plain = (
         "tensor path without cascade",
         ttc_e2e::engine_on_the_tensor_path_without_cascade(),
@@ -265,7 +265,7 @@ fn a_ragged_batch_gives_the_logits_of_each_sequence_alone() {
     let b = prompt("Please explain in detail how a bicycle works.");
     let (a_prefix, a_new) = a.split_at(a.len() - 3); // three new tokens for A
     let (b_prefix, b_new) = b.split_at(b.len() - 1); // one new token for B
-    for (path, e) in engines_on_both_attention_paths() {
+    for (path, e) in engines_on_both_compute_paths() {
         let mut cache = KvCache::new(e.config(), 64, 16, e.model.device()).unwrap();
         let (sa, sb) = (cache.new_sequence(), cache.new_sequence());
         for (seq, prefix) in [(sa, a_prefix), (sb, b_prefix)] {
@@ -337,7 +337,7 @@ fn a_cascade_group_gives_the_logits_of_each_member_alone() {
     assert!(p.len() >= 48, "{} prompt tokens", p.len());
     let suffixes: [&[u32]; 3] = [&[28], &[28, 314, 1115], &[30, 17, 42, 8, 91]];
     let next = [11u32, 12, 13];
-    let [fused, cascade] = engines_on_both_attention_paths();
+    let [fused, cascade] = engines_on_both_compute_paths();
     let plain = (
         "tensor path without cascade",
         ttc_e2e::engine_on_the_tensor_path_without_cascade(),
@@ -454,7 +454,7 @@ fn a_request_over_the_kv_budget_is_refused_before_it_runs() {
 #[test]
 fn a_failed_step_changes_nothing() {
     let p = prompt("Say hello.");
-    for (path, e) in engines_on_both_attention_paths() {
+    for (path, e) in engines_on_both_compute_paths() {
         let mut s = session(e, 2, SamplingParams::greedy(), 8, p.len());
         let root = s.prefill(&p).unwrap();
         let kids = s.fork(root, 2).unwrap();
@@ -486,7 +486,10 @@ fn a_failed_step_changes_nothing() {
 #[test]
 fn fused_cpu_attention_agrees_with_the_tensor_path() {
     let mut tensor_path = ttc_e2e::load_default_engine();
-    tensor_path.model.set_cpu_kernels(false).unwrap();
+    tensor_path
+        .model
+        .set_attention_backend(ttc_engine::models::AttentionBackend::Tensor)
+        .unwrap();
     let p = prompt("Please explain in detail how a bicycle works: the frame, the wheels, the chain, the gears and the brakes, and why a moving bicycle stays upright.");
     assert!(p.len() > 40, "prefill rows past the first tile share it");
     let (prefix, tail) = p.split_at(p.len() - 3);

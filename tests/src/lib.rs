@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use ttc_engine::reward_model::STEP_SEPARATOR;
 
 use ttc_engine::download::ResolvedModel;
+use ttc_engine::models::ComputePath;
 use ttc_engine::registry::DEFAULT_ALIAS;
 use ttc_engine::Engine;
 
@@ -222,36 +223,45 @@ pub fn write_tiny_prm(name: &str, with_separator: bool) -> PathBuf {
 
 /// A fresh copy of the default model on ttc's CPU kernels for `isa`.
 pub fn load_default_engine_with_kernels(isa: ttc_engine::kernels::Isa) -> Engine {
-    Engine::load_resolved_with_kernels(default_model().clone(), &candle_core::Device::Cpu, isa)
-        .unwrap_or_else(|e| panic!("loading {DEFAULT_ALIAS} on the {} kernels: {e}", isa.name()))
+    load_default_engine_on(ComputePath::Kernels(isa))
 }
 
-/// The default model on each attention path, loaded once per test binary: ttc's fused CPU
-/// kernels (the CPU's default) and the tensor path (candle operations with cascade attention
-/// over shared prefixes and KV writes through scatter, the code CUDA and Metal run), so that a
-/// test of the batched engine covers the GPU's code on every machine. Named for messages.
-pub fn engines_on_both_attention_paths() -> [(&'static str, &'static Engine); 2] {
+/// A fresh copy of the default model on `path`.
+pub fn load_default_engine_on(path: ComputePath) -> Engine {
+    Engine::load_resolved_on(default_model().clone(), &candle_core::Device::Cpu, path)
+        .unwrap_or_else(|e| panic!("loading {DEFAULT_ALIAS} on {}: {e}", path.describe()))
+}
+
+/// The default model on each compute path, loaded once per test binary: ttc's CPU kernels
+/// (the CPU's default) and the tensor path (candle operations end to end: candle's quantized
+/// matmul, cascade attention over shared prefixes, KV writes by scatter through the block
+/// table, the code CUDA and Metal run), so that a test of the batched engine covers the GPU's
+/// code on every machine. Named for messages.
+pub fn engines_on_both_compute_paths() -> [(&'static str, &'static Engine); 2] {
+    static KERNELS: OnceLock<Engine> = OnceLock::new();
     static TENSOR: OnceLock<Engine> = OnceLock::new();
-    let tensor = TENSOR.get_or_init(|| {
-        let mut e = load_default_engine();
-        e.model
-            .set_cpu_kernels(false)
-            .unwrap_or_else(|e| panic!("the tensor attention path: {e}"));
-        e
-    });
-    [("fused CPU kernels", engine()), ("tensor path", tensor)]
+    // The shared engine() serves whichever path TTC_COMPUTE_PATH gave it.
+    let on = |path: ComputePath, cell: &'static OnceLock<Engine>| {
+        if engine().model.compute_path() == path {
+            engine()
+        } else {
+            cell.get_or_init(|| load_default_engine_on(path))
+        }
+    };
+    let kernels = ComputePath::Kernels(ttc_engine::kernels::Isa::active());
+    [
+        ("kernel path", on(kernels, &KERNELS)),
+        ("tensor path", on(ComputePath::Tensor, &TENSOR)),
+    ]
 }
 
-/// The tensor attention path with cascade attention off: every sequence attends its own
-/// slots, whatever the batch holds. Cascade attention agrees with it to rounding, not to the
-/// bit, so a test of bit-exactness across batch compositions runs on this one.
+/// The tensor path with cascade attention off: every sequence attends its own slots,
+/// whatever the batch holds. Cascade attention agrees with it to rounding, not to the bit, so
+/// a test of bit-exactness across batch compositions runs on this one.
 pub fn engine_on_the_tensor_path_without_cascade() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        let mut e = load_default_engine();
-        e.model
-            .set_cpu_kernels(false)
-            .unwrap_or_else(|e| panic!("the tensor attention path: {e}"));
+        let mut e = load_default_engine_on(ComputePath::Tensor);
         e.model.set_cascade(false);
         e
     })

@@ -42,10 +42,18 @@ impl DeviceKind {
             Self::Metal if !cfg!(feature = "metal") => Err(EngineError::Device(
                 "this build has no Metal support; rebuild with `--features metal`".into(),
             )),
-            Self::Cuda => Device::new_cuda(0)
-                .map_err(|e| EngineError::Device(format!("cannot open CUDA device 0: {e}"))),
-            Self::Metal => Device::new_metal(0)
-                .map_err(|e| EngineError::Device(format!("cannot open Metal device 0: {e}"))),
+            Self::Cuda => Device::new_cuda(0).map_err(|e| {
+                EngineError::Device(format!("cannot open CUDA device 0: {}", first_line(&e)))
+            }),
+            Self::Metal => Device::new_metal(0).map_err(|e| {
+                EngineError::Device(format!("cannot open Metal device 0: {}", first_line(&e)))
+            }),
         }
     }
+}
+
+/// The first line of a candle error: candle appends a backtrace when `RUST_BACKTRACE` is set,
+/// and a user gets one line.
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }

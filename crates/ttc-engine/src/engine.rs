@@ -12,7 +12,7 @@ use crate::download::{self, ResolvedModel};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufModel;
 use crate::kv_cache::{KvCache, KvStats, DEFAULT_BLOCK_SIZE};
-use crate::models::{Architecture, Model, ModelConfig};
+use crate::models::{Architecture, ComputePath, Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
 
 /// Tokens per prefill forward. Quantized logits depend on the chunking (activations are
@@ -60,17 +60,18 @@ impl Engine {
         Self::load_resolved(resolved, &device)
     }
 
+    /// Loads `resolved` on `device`, on the default compute path ([`ComputePath::from_env`]).
     pub fn load_resolved(resolved: ResolvedModel, device: &Device) -> Result<Self> {
-        Self::load_resolved_with_kernels(resolved, device, ttc_kernels::Isa::active())
+        Self::load_resolved_on(resolved, device, ComputePath::from_env()?)
     }
 
-    /// As [`load_resolved`](Self::load_resolved), on ttc's CPU kernels for `kernels` (one of
-    /// `Isa::available()`), whatever `TTC_KERNELS` says: for running one model on each
-    /// instruction set in one process.
-    pub fn load_resolved_with_kernels(
+    /// As [`load_resolved`](Self::load_resolved), on `path` whatever the environment says:
+    /// ttc's CPU kernels for one of `Isa::available()`, or the tensor path (the code CUDA and
+    /// Metal run), for running one model on each in one process.
+    pub fn load_resolved_on(
         resolved: ResolvedModel,
         device: &Device,
-        kernels: ttc_kernels::Isa,
+        path: ComputePath,
     ) -> Result<Self> {
         let gguf = GgufModel::open(&resolved.paths)?;
         let config = ModelConfig::from_gguf(&gguf)?;
@@ -100,7 +101,7 @@ impl Engine {
             &token_text(tokenizer.bos_id),
             &token_text(tokenizer.eos_ids.first().copied()),
         )?;
-        let model = Model::load_with_kernels(&gguf, config, device, kernels)?;
+        let model = Model::load_on(&gguf, config, device, path)?;
         let name = match &resolved.entry {
             Some(e) => e.alias.clone(),
             None => gguf

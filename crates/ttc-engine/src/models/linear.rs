@@ -1,6 +1,6 @@
-//! A decoder's weight matrices and norms: each matrix runs on ttc's CPU kernels where they
-//! cover its format and device (`ttc-kernels`, through [`crate::kernel_ops`]), on candle's
-//! `QMatMul` otherwise. Projections that read one input (Q/K/V; gate/up) are stacked into one
+//! A decoder's weight matrices and norms: each matrix runs on ttc's CPU kernels where the
+//! model is on the kernel path and they cover its format and device (`ttc-kernels`, through
+//! [`crate::kernel_ops`]), on candle's `QMatMul` otherwise. Projections that read one input (Q/K/V; gate/up) are stacked into one
 //! matrix when the kernels run them all: one call, one activation quantization.
 
 use std::sync::Arc;
@@ -20,16 +20,26 @@ pub(crate) enum Weight {
     Candle(QMatMul),
 }
 
+/// `t` as a kernel matrix for `kernels`, when the model is on the kernel path and they cover
+/// `t`'s format and device.
+fn kernel_matrix(t: &QTensor, kernels: Option<Isa>) -> Result<Option<QMatrix>> {
+    match kernels {
+        Some(isa) => Ok(kernel_ops::qmatrix(t, isa)?),
+        None => Ok(None),
+    }
+}
+
 impl Weight {
-    pub(crate) fn new(t: QTensor, isa: Isa) -> Result<Self> {
-        match kernel_ops::qmatrix(&t, isa)? {
+    /// `kernels`: the instruction set of ttc's kernels, or `None` for candle's matmul.
+    pub(crate) fn new(t: QTensor, kernels: Option<Isa>) -> Result<Self> {
+        match kernel_matrix(&t, kernels)? {
             Some(m) => Ok(Self::Kernel(Arc::new(m))),
             None => Ok(Self::Candle(QMatMul::from_qtensor(t)?)),
         }
     }
 
-    pub(crate) fn from_arc(t: Arc<QTensor>, isa: Isa) -> Result<Self> {
-        match kernel_ops::qmatrix(&t, isa)? {
+    pub(crate) fn from_arc(t: Arc<QTensor>, kernels: Option<Isa>) -> Result<Self> {
+        match kernel_matrix(&t, kernels)? {
             Some(m) => Ok(Self::Kernel(Arc::new(m))),
             None => Ok(Self::Candle(QMatMul::from_arc(t)?)),
         }
@@ -57,9 +67,9 @@ impl Linear {
         name: &str,
         with_bias: bool,
         device: &Device,
-        isa: Isa,
+        kernels: Option<Isa>,
     ) -> Result<Self> {
-        let weight = Weight::new(w.tensor(&format!("{name}.weight"), device)?, isa)?;
+        let weight = Weight::new(w.tensor(&format!("{name}.weight"), device)?, kernels)?;
         let bias_name = format!("{name}.bias");
         let bias = if with_bias && w.has_tensor(&bias_name) {
             Some(w.tensor(&bias_name, device)?.dequantize(device)?)

@@ -16,6 +16,7 @@ use candle_core::{Device, Tensor};
 use ttc_kernels::Isa;
 
 use super::attention::{Attention, AttentionBackend};
+use super::compute_path::ComputePath;
 use super::linear::{Linear, Projections, RmsNorm, Weight};
 use super::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -70,6 +71,13 @@ pub struct BatchOutput {
     pub hidden: Option<Tensor>,
 }
 
+/// Which rows of a pass come out: each entry's last token (when it asks), or every token.
+#[derive(Clone, Copy)]
+enum Rows {
+    Last,
+    All,
+}
+
 pub struct Model {
     config: ModelConfig,
     embeddings: Arc<QTensor>,
@@ -78,15 +86,16 @@ pub struct Model {
     lm_head: Weight,
     attention: Attention,
     device: Device,
-    /// The instruction set of ttc's CPU kernels for this model's matmuls and attention.
-    kernels: Isa,
+    /// The code this model's forward pass runs.
+    path: ComputePath,
 }
 
 impl Model {
-    /// Loads the decoder from `gguf` (or any weight source using GGUF tensor names), on the
-    /// CPU with the best kernels this machine has ([`Isa::active`]).
+    /// Loads the decoder from `gguf` (or any weight source using GGUF tensor names) on the
+    /// CPU's default path ([`ComputePath::from_env`]: ttc's kernels for the best instruction
+    /// set this machine has, unless `TTC_COMPUTE_PATH` or `TTC_KERNELS` says otherwise).
     pub fn load(gguf: &dyn WeightSource, config: ModelConfig, device: &Device) -> Result<Self> {
-        Self::load_with_kernels(gguf, config, device, Isa::active())
+        Self::load_on(gguf, config, device, ComputePath::from_env()?)
     }
 
     /// As [`load`](Self::load), with ttc's CPU kernels of `kernels` (one of
@@ -97,12 +106,30 @@ impl Model {
         device: &Device,
         kernels: Isa,
     ) -> Result<Self> {
-        if !Isa::available().contains(&kernels) {
-            return Err(EngineError::InvalidArgument(format!(
-                "this CPU cannot run the {} kernels",
-                kernels.name()
-            )));
+        Self::load_on(gguf, config, device, ComputePath::Kernels(kernels))
+    }
+
+    /// As [`load`](Self::load), on `path`. Off the CPU every path is the tensor path.
+    pub fn load_on(
+        gguf: &dyn WeightSource,
+        config: ModelConfig,
+        device: &Device,
+        path: ComputePath,
+    ) -> Result<Self> {
+        let path = if device.is_cpu() {
+            path
+        } else {
+            ComputePath::Tensor
+        };
+        if let ComputePath::Kernels(isa) = path {
+            if !Isa::available().contains(&isa) {
+                return Err(EngineError::InvalidArgument(format!(
+                    "this CPU cannot run the {} kernels",
+                    isa.name()
+                )));
+            }
         }
+        let kernels = path.kernels();
         let with_bias = config.architecture == super::Architecture::Qwen2;
         let embeddings = Arc::new(gguf.tensor("token_embd.weight", device)?);
         // Small models tie the output projection to the embeddings (no `output.weight`).
@@ -153,7 +180,7 @@ impl Model {
             lm_head,
             attention,
             device: device.clone(),
-            kernels,
+            path,
         })
     }
 
@@ -165,9 +192,9 @@ impl Model {
         &self.device
     }
 
-    /// The instruction set of ttc's CPU kernels this model runs on.
-    pub fn kernels(&self) -> Isa {
-        self.kernels
+    /// The code this model's forward pass runs.
+    pub fn compute_path(&self) -> ComputePath {
+        self.path
     }
 
     /// Turns shared-prefix attention on or off: cascade attention on the tensor back-end,
@@ -182,48 +209,53 @@ impl Model {
         self.attention.backend()
     }
 
-    /// Chooses the attention back-end: the tensor one runs on every device (the CPU runs it to
-    /// test the GPU's code path), the fused one on the CPU only.
+    /// Chooses the attention back-end alone, matmuls unchanged: the tensor one runs on every
+    /// device, the fused one on the kernel path only. For telling the two attention codes
+    /// apart; [`load_on`](Self::load_on) with [`ComputePath::Tensor`] runs the whole pass as a
+    /// GPU does.
     pub fn set_attention_backend(&mut self, backend: AttentionBackend) -> Result<()> {
-        self.attention.set_backend(backend)
-    }
-
-    /// Turns ttc's fused CPU attention on (the CPU's default) or off (the tensor back-end):
-    /// matmuls of covered formats use ttc's kernels either way.
-    pub fn set_cpu_kernels(&mut self, on: bool) -> Result<()> {
-        let backend = if on && self.device.is_cpu() {
-            AttentionBackend::FusedCpu
-        } else {
-            AttentionBackend::Tensor
-        };
         self.attention.set_backend(backend)
     }
 
     /// One forward pass over a ragged batch: every entry's new tokens at their own positions,
     /// K/V written into `cache`'s pool, attention through each entry's slots.
     pub fn forward_batch(&self, batch: &[BatchEntry], cache: &KvCache) -> Result<BatchOutput> {
-        self.forward_on_pool(batch, cache, true, None)
+        self.forward_on_pool(batch, cache, Rows::Last, true, None)
+    }
+
+    /// One forward pass over one sequence's new tokens, with the logits at every one of them,
+    /// `(tokens, vocab)`: what a perplexity run scores.
+    pub fn forward_every_position(&self, entry: &BatchEntry, cache: &KvCache) -> Result<Tensor> {
+        let out =
+            self.forward_on_pool(std::slice::from_ref(entry), cache, Rows::All, true, None)?;
+        out.logits
+            .ok_or_else(|| EngineError::InvalidArgument("forward over zero tokens".into()))
     }
 
     /// As [`forward_batch`](Self::forward_batch) without the output head: only the final
     /// hidden states (a reward model reads those; a vocabulary's logits would be wasted).
     pub fn forward_hidden(&self, batch: &[BatchEntry], cache: &KvCache) -> Result<Option<Tensor>> {
-        Ok(self.forward_on_pool(batch, cache, false, None)?.hidden)
+        Ok(self
+            .forward_on_pool(batch, cache, Rows::Last, false, None)?
+            .hidden)
     }
 
     fn forward_on_pool(
         &self,
         batch: &[BatchEntry],
         cache: &KvCache,
+        rows: Rows,
         logits: bool,
         observe: Option<&mut LayerObserver>,
     ) -> Result<BatchOutput> {
         if self.device.is_cpu() {
             // On a pool thread, the caller takes part in each parallel kernel instead of
             // sleeping until the pool wakes it: one hand-off per pass instead of one per op.
-            ttc_kernels::threads::on_pool(|| self.forward_batch_here(batch, cache, logits, observe))
+            ttc_kernels::threads::on_pool(|| {
+                self.forward_batch_here(batch, cache, rows, logits, observe)
+            })
         } else {
-            self.forward_batch_here(batch, cache, logits, observe)
+            self.forward_batch_here(batch, cache, rows, logits, observe)
         }
     }
 
@@ -238,13 +270,14 @@ impl Model {
         cache: &KvCache,
         observe: &mut LayerObserver,
     ) -> Result<BatchOutput> {
-        self.forward_on_pool(batch, cache, true, Some(observe))
+        self.forward_on_pool(batch, cache, Rows::Last, true, Some(observe))
     }
 
     fn forward_batch_here(
         &self,
         batch: &[BatchEntry],
         cache: &KvCache,
+        rows: Rows,
         want_logits: bool,
         mut observe: Option<&mut LayerObserver>,
     ) -> Result<BatchOutput> {
@@ -275,8 +308,10 @@ impl Model {
             tokens.extend_from_slice(e.tokens);
             positions.extend((start..start + n).map(|p| p as u32));
             new_slots.extend_from_slice(&e.slots[start..]);
-            if e.want_output {
-                output_rows.push((tokens.len() - 1) as u32);
+            match rows {
+                Rows::All => output_rows.extend((tokens.len() - n..tokens.len()).map(|r| r as u32)),
+                Rows::Last if e.want_output => output_rows.push((tokens.len() - 1) as u32),
+                Rows::Last => {}
             }
         }
         let t = tokens.len();

@@ -6,6 +6,7 @@
 //! [`Architecture`]: the metadata prefix, bias on the Q/K/V projections, and the RoPE layout.
 
 pub(crate) mod attention;
+pub mod compute_path;
 pub(crate) mod linear;
 pub mod llama;
 
@@ -13,6 +14,7 @@ use crate::error::{EngineError, Result};
 use crate::gguf::GgufModel;
 
 pub use attention::AttentionBackend;
+pub use compute_path::ComputePath;
 pub use llama::{BatchEntry, BatchOutput, Model};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

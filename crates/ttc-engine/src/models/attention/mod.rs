@@ -60,8 +60,8 @@ pub(crate) struct Attention {
     /// Decode rows sharing at least this many leading KV slots attend them together
     /// (0: never).
     cascade_min_prefix: usize,
-    /// Instruction set of the fused kernel.
-    isa: Isa,
+    /// Instruction set of the fused kernel; `None` on the tensor path.
+    isa: Option<Isa>,
     device: Device,
 }
 
@@ -76,7 +76,7 @@ impl Attention {
         config: &ModelConfig,
         freq_factors: Option<&[f32]>,
         device: &Device,
-        isa: Isa,
+        isa: Option<Isa>,
     ) -> Result<Self> {
         let (rope_cos, rope_sin) = rope_tables(config, freq_factors, device)?;
         let mut a = Self {
@@ -95,7 +95,7 @@ impl Attention {
             isa,
             device: device.clone(),
         };
-        if device.is_cpu() {
+        if device.is_cpu() && isa.is_some() {
             a.set_backend(AttentionBackend::FusedCpu)?;
         }
         Ok(a)
@@ -105,12 +105,12 @@ impl Attention {
         self.backend
     }
 
-    /// Switches the back-end; the fused one exists on the CPU only.
+    /// Switches the back-end; the fused one exists on the CPU's kernel path only.
     pub(crate) fn set_backend(&mut self, backend: AttentionBackend) -> Result<()> {
         match backend {
-            AttentionBackend::FusedCpu if !self.device.is_cpu() => {
+            AttentionBackend::FusedCpu if !self.device.is_cpu() || self.isa.is_none() => {
                 return Err(EngineError::InvalidArgument(
-                    "the fused attention kernel runs on the CPU only".into(),
+                    "the fused attention kernel runs on the CPU's kernel path only".into(),
                 ));
             }
             AttentionBackend::FusedCpu => {
@@ -163,12 +163,12 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         match step {
             Step::FusedCpu(s) => {
-                let tables = self.host_tables.as_ref().ok_or_else(|| {
-                    candle_core::Error::Msg("fused attention without its rotary tables".into())
-                })?;
+                let (Some(tables), Some(isa)) = (self.host_tables.as_ref(), self.isa) else {
+                    candle_core::bail!("fused attention off the kernel path")
+                };
                 let share = self.cascade_min_prefix > 0;
                 fused_cpu::attention_block(
-                    &self.dims, tables, share, self.isa, qkv, o, x, s, k_pool, v_pool,
+                    &self.dims, tables, share, isa, qkv, o, x, s, k_pool, v_pool,
                 )
             }
             Step::Tensor(s) => tensor::attention_block(&self.dims, qkv, o, x, s, k_pool, v_pool),
