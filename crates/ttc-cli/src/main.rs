@@ -66,6 +66,7 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => commands::run::run(a),
         Some(Command::Chat(a)) => commands::chat::run(a),
         Some(Command::Tokenize(a)) => commands::tokenize::run(a),
+        Some(Command::Perplexity(a)) => commands::perplexity::run(a),
         Some(Command::Models) => commands::models::run(),
         Some(Command::Fetch(a)) => commands::fetch::run(a),
         Some(Command::Bench(a)) => commands::bench::run(a),

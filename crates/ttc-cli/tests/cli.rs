@@ -813,3 +813,70 @@ fn temperature_zero_means_greedy_under_auto() {
         "{v}"
     );
 }
+
+#[test]
+fn perplexity_saves_compares_and_refuses_what_does_not_match() {
+    let dir = scratch_dir("perplexity-cli");
+    let text = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/text/alice-chapter-1.txt"
+    );
+    let saved = dir.join("base.safetensors");
+    let saved = saved.to_str().unwrap();
+    let m = model();
+    // Two windows of 128 tokens, then what a case adds.
+    let ppl = |extra: &[&str]| {
+        let mut a = vec!["perplexity", "-m", &m, "-c", "128", "--chunks", "2"];
+        a.extend_from_slice(extra);
+        a.push(text);
+        ttc(&a)
+    };
+    let base = ppl(&["--save-logprobs", saved]);
+    assert!(base.status.success(), "{}", stderr(&base));
+    assert!(
+        stdout(&base).contains("Final estimate: PPL = "),
+        "{}",
+        stdout(&base)
+    );
+    // The same run against itself: no divergence at all.
+    let same = ppl(&["--compare", saved, "--json"]);
+    assert!(same.status.success(), "{}", stderr(&same));
+    let v: serde_json::Value = serde_json::from_str(stdout(&same).trim()).unwrap();
+    assert_eq!(v["compared"]["rows"], 2 * 63);
+    assert_eq!(v["compared"]["same_top"], 1.0);
+    assert!(
+        v["compared"]["mean_kld"].as_f64().unwrap().abs() < 1e-9,
+        "{v}"
+    );
+    assert_eq!(
+        v["compared"]["ppl_ratio"]
+            .as_f64()
+            .map(|r| (r - 1.0).abs() < 1e-6),
+        Some(true)
+    );
+    // Another context scores other rows.
+    let other = ttc(&[
+        "perplexity",
+        "-m",
+        &m,
+        "-c",
+        "96",
+        "--chunks",
+        "2",
+        "--compare",
+        saved,
+        text,
+    ]);
+    assert_clean_failure(&other, "another text, model or context");
+    // Too little text for the window; not a text file at all.
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "Too short.").unwrap();
+    assert_clean_failure(
+        &ttc(&["perplexity", "-m", &m, short.to_str().unwrap()]),
+        "needs at least 1024",
+    );
+    assert_clean_failure(
+        &ttc(&["perplexity", "-m", &m, "-c", "128", "--compare", text, text]),
+        "saved log-probabilities",
+    );
+}

@@ -16,6 +16,7 @@ pub mod gguf_header;
 pub mod kernel_ops;
 pub mod kv_cache;
 pub mod models;
+pub mod perplexity;
 pub mod registry;
 pub mod reward_model;
 pub mod sampler;

@@ -32,6 +32,9 @@ pub enum Command {
     Chat(ChatArgs),
     /// Print the token ids of TEXT as a JSON list (no BOS; special tokens parsed).
     Tokenize(TokenizeArgs),
+    /// The perplexity of a text file, as llama-perplexity computes it; saves or compares
+    /// log-probabilities (KL divergence, top-token agreement) across devices or builds.
+    Perplexity(PerplexityArgs),
     /// List the model aliases.
     Models,
     /// Download a model into the cache (hub, else its offline fallback) and print its path.
@@ -337,6 +340,34 @@ pub struct TokenizeArgs {
     pub no_parse_special: bool,
     /// The text to tokenize.
     pub text: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Tokens per window (llama-perplexity's -c); the second half of each is scored.
+    #[arg(long, short = 'c', default_value_t = 512)]
+    pub context: usize,
+    /// Tokens per forward pass (llama-perplexity's -ub): the logits of a quantized model
+    /// depend on how a window is cut, so compare at the same value.
+    #[arg(long, short = 'b', default_value_t = 512)]
+    pub batch: usize,
+    /// At most this many windows (llama-perplexity's --chunks).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Save every scored row's log-probabilities here (safetensors), for --compare.
+    #[arg(long, conflicts_with = "compare")]
+    pub save_logprobs: Option<std::path::PathBuf>,
+    /// Compare against log-probabilities saved by --save-logprobs on the same text and model:
+    /// mean and 99th-percentile KL divergence, and how often the top token agrees.
+    #[arg(long)]
+    pub compare: Option<std::path::PathBuf>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The text file.
+    pub file: std::path::PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -257,9 +257,10 @@ fn suite(engine: &Engine, args: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "model: {}  device: {}  threads: {}",
+        "model: {}  device: {}  path: {}  threads: {}",
         engine.name,
         args.model.device.name(),
+        engine.model.compute_path().describe(),
         super::threads_in_use()
     );
     println!("\nprefill\n| prompt tokens | seconds | tok/s |\n| ---: | ---: | ---: |");

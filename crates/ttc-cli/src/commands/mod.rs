@@ -6,6 +6,7 @@ pub mod chat;
 pub mod eval;
 pub mod fetch;
 pub mod models;
+pub mod perplexity;
 pub mod profile;
 pub mod progress;
 pub mod run;
