@@ -29,6 +29,8 @@ struct Shape {
     context: u32,
     rope_theta: f32,
     qkv_bias: bool,
+    /// Half-width of the uniform weights.
+    spread: f32,
 }
 
 const SHAPES: &[(&str, Shape)] = &[
@@ -45,6 +47,7 @@ const SHAPES: &[(&str, Shape)] = &[
             context: 32_768,
             rope_theta: 1_000_000.0,
             qkv_bias: true,
+            spread: 0.05,
         },
     ),
     (
@@ -60,6 +63,28 @@ const SHAPES: &[(&str, Shape)] = &[
             context: 131_072,
             rope_theta: 500_000.0,
             qkv_bias: false,
+            spread: 0.05,
+        },
+    ),
+    // Not a released model: Qwen2's layout (biases, halves rope) at a size where one forward
+    // pass costs nothing, with the same Q4_K/Q6_K mix, for checking one device's logits
+    // against another's (benches/gpu/run.sh).
+    (
+        "tiny-qwen2",
+        Shape {
+            arch: "qwen2",
+            layers: 4,
+            hidden: 256,
+            ffn: 768,
+            heads: 4,
+            kv_heads: 2,
+            vocab: 4_096,
+            context: 4_096,
+            rope_theta: 1_000_000.0,
+            qkv_bias: true,
+            // Wide enough that the next-token distribution is peaked: a comparison of two
+            // devices' distributions then sees a wrong rope or mask.
+            spread: 0.4,
         },
     ),
 ];
@@ -140,25 +165,34 @@ fn vocabulary(n: usize) -> (Vec<String>, Vec<String>) {
     (tokens, merges)
 }
 
+fn names() -> String {
+    SHAPES
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (name, out) = match (args.next(), args.next()) {
         (Some(n), Some(o)) => (n, o),
         _ => {
             eprintln!(
-                "usage: write-shaped-gguf MODEL OUT.gguf   (MODEL: qwen2.5-1.5b, llama-3.2-1b)"
+                "usage: write-shaped-gguf MODEL OUT.gguf   (MODEL: {})",
+                names()
             );
             std::process::exit(2);
         }
     };
     let Some((_, s)) = SHAPES.iter().find(|(n, _)| *n == name) else {
-        eprintln!("error: unknown shape '{name}' (qwen2.5-1.5b, llama-3.2-1b)");
+        eprintln!("error: unknown shape '{name}' ({})", names());
         std::process::exit(2);
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1234);
     let head_dim = s.hidden / s.heads;
     let kv = s.kv_heads * head_dim;
-    let spread = 0.05;
+    let spread = s.spread;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     eprintln!("{name}: quantizing {} layers...", s.layers);
     tensors.push((
