@@ -38,13 +38,36 @@ pub enum Failure {
     Memory,
     /// No child could be started or heard from (fork or pipe failed, or it sent nothing).
     Unavailable(String),
+    /// The clock stopped it while it was waiting rather than computing; `run` tries once more.
+    Stalled,
 }
 
 /// Runs `f` in a child process under `limits`; its `Ok` text or `Err` message comes back.
+///
+/// A child forked from a process with other threads can find a lock taken at the instant of
+/// the fork by a thread it does not have, and wait on it forever: seen in this project's test
+/// binaries, where a one-line template compile ran out of its 5 s about every other run while
+/// other tests ran beside it. A child stopped by the clock having used less than a quarter of
+/// its time on the CPU was waiting, not computing (a runaway template computes), so it is run
+/// once more in a fresh child.
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 pub fn run<F>(limits: Limits, f: F) -> Result<Result<String, String>, Failure>
 where
-    F: FnOnce() -> Result<String, String>,
+    F: Fn() -> Result<String, String>,
+{
+    match run_once(limits, &f) {
+        Err(Failure::Stalled) => match run_once(limits, &f) {
+            Err(Failure::Stalled) => Err(Failure::Time),
+            other => other,
+        },
+        other => other,
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+fn run_once<F>(limits: Limits, f: &F) -> Result<Result<String, String>, Failure>
+where
+    F: Fn() -> Result<String, String>,
 {
     use std::io::Read;
     use std::os::fd::FromRawFd;
@@ -73,6 +96,7 @@ where
     if pid == 0 {
         // SAFETY: in the child; `read_fd` is ours to close.
         unsafe { libc::close(read_fd) };
+        close_inherited_descriptors(write_fd);
         child_limits(limits);
         // A panic must not unwind into the parent's code, which the child also holds.
         let message = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
@@ -108,17 +132,24 @@ where
     let read = pipe.read_to_end(&mut message);
     drop(pipe);
     let mut status = 0;
-    // SAFETY: `pid` is our child; `status` is a valid int to write.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+    // SAFETY: an all-zero rusage is a valid value for wait4(2) to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child; `status` and `usage` are valid to write.
+    while unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } < 0 {
         if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             break;
         }
     }
     if libc::WIFSIGNALED(status) {
-        return Err(if libc::WTERMSIG(status) == libc::SIGALRM {
-            Failure::Time
+        if libc::WTERMSIG(status) != libc::SIGALRM {
+            return Err(Failure::Memory);
+        }
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+        return Err(if cpu < limits.time.as_secs_f64() / 4.0 {
+            Failure::Stalled
         } else {
-            Failure::Memory
+            Failure::Time
         });
     }
     read.map_err(|e| Failure::Unavailable(format!("reading the child's result: {e}")))?;
@@ -130,6 +161,23 @@ where
         )),
     }
 }
+
+/// In the child: closes every descriptor above standard error but `keep`. The child holds
+/// copies of whatever the parent had open, the write ends of other sandboxes' pipes among
+/// them, and a parent reading its pipe to the end would wait for this child too.
+#[cfg(target_os = "linux")]
+fn close_inherited_descriptors(keep: i32) {
+    // SAFETY: close_range(2) on this process's own descriptor table; `keep` stays open.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+    }
+}
+
+#[cfg(target_os = "macos")]
+fn close_inherited_descriptors(_keep: i32) {}
 
 /// In the child: quiet standard error, default fatal signals, the alarm and the memory cap.
 #[cfg(any(target_os = "linux", target_os = "macos"))]
@@ -184,7 +232,7 @@ fn mapped_bytes() -> Option<u64> {
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub fn run<F>(_limits: Limits, f: F) -> Result<Result<String, String>, Failure>
 where
-    F: FnOnce() -> Result<String, String>,
+    F: Fn() -> Result<String, String>,
 {
     Ok(f())
 }
