@@ -9,12 +9,7 @@ use ttc_engine::Engine;
 const TEXT: &str = include_str!("../data/text/alice-chapter-1.txt");
 
 fn tokens(e: &Engine) -> Vec<u32> {
-    let mut t = Vec::new();
-    if e.tokenizer.add_bos {
-        t.extend(e.tokenizer.bos_id);
-    }
-    t.extend(e.tokenizer.encode(TEXT, false).unwrap());
-    t
+    perplexity::text_tokens(e, TEXT).unwrap()
 }
 
 #[test]
@@ -67,30 +62,29 @@ fn the_tensor_path_predicts_what_the_kernels_predict() {
         max_windows: Some(2),
     };
     let mut rows: Vec<Vec<Vec<f32>>> = Vec::new();
+    let mut targets: Vec<Vec<u32>> = Vec::new();
     let mut ppl = Vec::new();
     for (_, e) in engines_on_both_compute_paths() {
         let mut r = Vec::new();
-        let mut keep = |lp: &[f32], _t: u32| r.push(lp.to_vec());
+        let mut t = Vec::new();
+        let mut keep = |lp: &[f32], target: u32| {
+            r.push(lp.to_vec());
+            t.push(target);
+        };
         let p =
             perplexity::perplexity(e, &tokens(e), &opts, |_, _, _| {}, Some(&mut keep)).unwrap();
         ppl.push(p.ppl);
         rows.push(r);
+        targets.push(t);
     }
     let (kernels, tensor) = (&rows[0], &rows[1]);
-    assert_eq!(kernels.len(), tensor.len());
-    let kld: Vec<f64> = kernels
-        .iter()
-        .zip(tensor)
-        .map(|(a, b)| perplexity::kl_divergence(a, b))
-        .collect();
-    let mean = kld.iter().sum::<f64>() / kld.len() as f64;
-    let argmax = |v: &Vec<f32>| ttc_engine::sampler::argmax(v);
-    let same = kernels
-        .iter()
-        .zip(tensor)
-        .filter(|(a, b)| argmax(a) == argmax(b))
-        .count() as f64
-        / kld.len() as f64;
+    assert_eq!(targets[0], targets[1], "both paths score the same tokens");
+    let mut divergence = perplexity::Divergence::default();
+    for ((a, b), &t) in kernels.iter().zip(tensor).zip(&targets[0]) {
+        divergence.add(a, b, t);
+    }
+    let d = divergence.summary(ppl[1]).unwrap();
+    let (mean, same) = (d.mean_kld, d.same_top);
     // Measured on this model (2026-12-02): mean KLD 0.004, 94% same top token, perplexity
     // 1% apart, from two quantized matmuls that round differently. A wrong rope, mask or
     // weight layout gives KLDs of whole nats.

@@ -187,7 +187,7 @@ fn environment() -> Environment<'static> {
 /// The error for a template the sandbox stopped while `doing` it.
 fn sandbox_error(doing: &str, f: sandbox::Failure) -> EngineError {
     EngineError::TemplateRefused(match f {
-        sandbox::Failure::Time | sandbox::Failure::Stalled => format!(
+        sandbox::Failure::Time => format!(
             "the chat template took longer than {} s {doing}; it is refused",
             TEMPLATE_LIMITS.time.as_secs()
         ),

@@ -56,21 +56,32 @@ pub struct Perplexity {
     pub text_tokens: usize,
 }
 
-/// `log softmax(logits)[target]`, as llama.cpp computes it (the sum in double precision).
-pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
+/// `max(logits)` and `ln sum exp(logits - max)` (the sum in double precision, as llama.cpp's
+/// `log_softmax` takes it): `log softmax(logits)[i] = logits[i] - max - ln_sum`.
+fn log_normalizer(logits: &[f32]) -> (f32, f64) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    (logits[target] - max) as f64 - sum.ln()
+    (max, sum.ln())
+}
+
+/// `log softmax(logits)[target]`, as llama.cpp computes it.
+pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
+    log_prob(logits, log_normalizer(logits), target)
 }
 
 /// Every entry of `log softmax(logits)`.
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let ln = sum.ln();
+    log_probs(logits, log_normalizer(logits))
+}
+
+fn log_prob(logits: &[f32], (max, ln_sum): (f32, f64), i: usize) -> f64 {
+    (logits[i] - max) as f64 - ln_sum
+}
+
+fn log_probs(logits: &[f32], (max, ln_sum): (f32, f64)) -> Vec<f32> {
     logits
         .iter()
-        .map(|&l| ((l - max) as f64 - ln) as f32)
+        .map(|&l| ((l - max) as f64 - ln_sum) as f32)
         .collect()
 }
 
@@ -80,6 +91,75 @@ pub fn kl_divergence(base: &[f32], other: &[f32]) -> f64 {
         .zip(other)
         .map(|(&b, &o)| (b as f64).exp() * (b as f64 - o as f64))
         .sum()
+}
+
+/// The tokens `llama-perplexity` scores for `text`: the model's BOS first where it adds one,
+/// control tokens read as text.
+pub fn text_tokens(engine: &Engine, text: &str) -> Result<Vec<u32>> {
+    let mut tokens = Vec::new();
+    if engine.tokenizer.add_bos {
+        tokens.extend(engine.tokenizer.bos_id);
+    }
+    tokens.extend(engine.tokenizer.encode(text, false)?);
+    Ok(tokens)
+}
+
+/// How one run's next-token distributions part from a base run's, gathered row by row
+/// (log-probabilities of the same scored positions).
+#[derive(Debug, Default)]
+pub struct Divergence {
+    klds: Vec<f64>,
+    same_top: usize,
+    base_nll: f64,
+}
+
+/// [`Divergence`] summed up, as `llama-perplexity --kl-divergence` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DivergenceSummary {
+    /// Perplexity of the base run over the same targets.
+    pub base_ppl: f64,
+    /// This run's perplexity over the base run's.
+    pub ppl_ratio: f64,
+    pub mean_kld: f64,
+    pub p99_kld: f64,
+    pub max_kld: f64,
+    /// Share of rows whose most likely token is the base run's.
+    pub same_top: f64,
+    pub rows: usize,
+}
+
+impl Divergence {
+    /// One scored row: both runs' log-probabilities and the token it is scored against.
+    pub fn add(&mut self, base: &[f32], other: &[f32], target: u32) {
+        let argmax = crate::sampler::argmax;
+        self.klds.push(kl_divergence(base, other));
+        self.same_top += usize::from(argmax(base) == argmax(other));
+        self.base_nll -= base[target as usize] as f64;
+    }
+
+    pub fn rows(&self) -> usize {
+        self.klds.len()
+    }
+
+    /// The summary against this run's perplexity `ppl`; `None` before any row.
+    pub fn summary(&self, ppl: f64) -> Option<DivergenceSummary> {
+        let rows = self.rows();
+        if rows == 0 {
+            return None;
+        }
+        let mut sorted = self.klds.clone();
+        sorted.sort_by(f64::total_cmp);
+        let base_ppl = (self.base_nll / rows as f64).exp();
+        Some(DivergenceSummary {
+            base_ppl,
+            ppl_ratio: ppl / base_ppl,
+            mean_kld: self.klds.iter().sum::<f64>() / rows as f64,
+            p99_kld: sorted[((rows - 1) as f64 * 0.99).round() as usize],
+            max_kld: sorted[rows - 1],
+            same_top: self.same_top as f64 / rows as f64,
+            rows,
+        })
+    }
 }
 
 /// The text's perplexity. `on_window(done, of, running_ppl)` follows progress;
@@ -169,12 +249,14 @@ pub fn perplexity(
                         )));
                     }
                     let target = window[lo + i + 1];
-                    let lp = log_softmax_at(row, target as usize);
+                    // One normalizer for the scored entry and, when asked, the whole row.
+                    let norm = log_normalizer(row);
+                    let lp = log_prob(row, norm, target as usize);
                     nll -= lp;
                     nll2 += lp * lp;
                     count += 1;
                     if let Some(f) = on_row.as_mut() {
-                        f(&log_softmax(row), target);
+                        f(&log_probs(row, norm), target);
                     }
                 }
             }

@@ -38,8 +38,21 @@ pub enum Failure {
     Memory,
     /// No child could be started or heard from (fork or pipe failed, or it sent nothing).
     Unavailable(String),
-    /// The clock stopped it while it was waiting rather than computing; `run` tries once more.
+}
+
+/// How one child ended, when it gave no result: a failure, or stopped by the clock while it
+/// was waiting rather than computing, which [`run`] tries once more.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+enum Stop {
+    Failed(Failure),
     Stalled,
+}
+
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Self {
+        Self::Failed(f)
+    }
 }
 
 /// Runs `f` in a child process under `limits`; its `Ok` text or `Err` message comes back.
@@ -55,17 +68,18 @@ pub fn run<F>(limits: Limits, f: F) -> Result<Result<String, String>, Failure>
 where
     F: Fn() -> Result<String, String>,
 {
+    let again = |stop| match stop {
+        Stop::Failed(f) => f,
+        Stop::Stalled => Failure::Time,
+    };
     match run_once(limits, &f) {
-        Err(Failure::Stalled) => match run_once(limits, &f) {
-            Err(Failure::Stalled) => Err(Failure::Time),
-            other => other,
-        },
-        other => other,
+        Err(Stop::Stalled) => run_once(limits, &f).map_err(again),
+        other => other.map_err(again),
     }
 }
 
 #[cfg(any(target_os = "linux", target_os = "macos"))]
-fn run_once<F>(limits: Limits, f: &F) -> Result<Result<String, String>, Failure>
+fn run_once<F>(limits: Limits, f: &F) -> Result<Result<String, String>, Stop>
 where
     F: Fn() -> Result<String, String>,
 {
@@ -75,10 +89,9 @@ where
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe(2) to fill.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(Failure::Unavailable(format!(
-            "pipe: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(
+            Failure::Unavailable(format!("pipe: {}", std::io::Error::last_os_error())).into(),
+        );
     }
     let (read_fd, write_fd) = (fds[0], fds[1]);
     // SAFETY: fork(2) has no preconditions; the child below only calls async-signal-safe
@@ -91,7 +104,7 @@ where
             libc::close(read_fd);
             libc::close(write_fd);
         }
-        return Err(Failure::Unavailable(format!("fork: {e}")));
+        return Err(Failure::Unavailable(format!("fork: {e}")).into());
     }
     if pid == 0 {
         // SAFETY: in the child; `read_fd` is ours to close.
@@ -142,23 +155,21 @@ where
     }
     if libc::WIFSIGNALED(status) {
         if libc::WTERMSIG(status) != libc::SIGALRM {
-            return Err(Failure::Memory);
+            return Err(Failure::Memory.into());
         }
         let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
         let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
         return Err(if cpu < limits.time.as_secs_f64() / 4.0 {
-            Failure::Stalled
+            Stop::Stalled
         } else {
-            Failure::Time
+            Failure::Time.into()
         });
     }
     read.map_err(|e| Failure::Unavailable(format!("reading the child's result: {e}")))?;
     match message.split_first() {
         Some((0, text)) => Ok(Ok(String::from_utf8_lossy(text).into_owned())),
         Some((_, text)) => Ok(Err(String::from_utf8_lossy(text).into_owned())),
-        None => Err(Failure::Unavailable(
-            "the computation failed without a result".into(),
-        )),
+        None => Err(Failure::Unavailable("the computation failed without a result".into()).into()),
     }
 }
 

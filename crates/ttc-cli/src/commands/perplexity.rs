@@ -15,28 +15,11 @@ use crate::args::PerplexityArgs;
 const MAX_TEXT_BYTES: u64 = 64 << 20;
 
 #[derive(Serialize)]
-struct Comparison {
-    /// Perplexity of the saved run, from its log-probabilities of the same targets.
-    base_ppl: f64,
-    ppl_ratio: f64,
-    mean_kld: f64,
-    p99_kld: f64,
-    max_kld: f64,
-    /// Share of scored rows whose most likely token is the saved run's.
-    same_top: f64,
-    rows: usize,
-}
-
-#[derive(Serialize)]
 struct Report {
     #[serde(flatten)]
     ppl: perplexity::Perplexity,
     compute_path: String,
-    compared: Option<Comparison>,
-}
-
-fn argmax(v: &[f32]) -> usize {
-    ttc_engine::sampler::argmax(v) as usize
+    compared: Option<perplexity::DivergenceSummary>,
 }
 
 pub fn run(args: &PerplexityArgs) -> Result<()> {
@@ -52,12 +35,7 @@ pub fn run(args: &PerplexityArgs) -> Result<()> {
         .with_context(|| format!("cannot read {} as UTF-8 text", args.file.display()))?;
     let engine = super::load_engine(&args.model)?;
     let vocab = engine.model.config().vocab_size;
-    // As llama-perplexity tokenizes: BOS when the model adds one, control tokens as text.
-    let mut tokens = Vec::new();
-    if engine.tokenizer.add_bos {
-        tokens.extend(engine.tokenizer.bos_id);
-    }
-    tokens.extend(engine.tokenizer.encode(&text, false)?);
+    let tokens = perplexity::text_tokens(&engine, &text)?;
 
     let base = match &args.compare {
         Some(path) => Some(
@@ -78,9 +56,7 @@ pub fn run(args: &PerplexityArgs) -> Result<()> {
     );
     let mut saved: Vec<f32> = Vec::new();
     let mut targets: Vec<u32> = Vec::new();
-    let mut klds: Vec<f64> = Vec::new();
-    let mut same_top = 0usize;
-    let mut base_nll = 0f64;
+    let mut divergence = perplexity::Divergence::default();
     let mut row_error: Option<anyhow::Error> = None;
     let mut on_row = |lp: &[f32], target: u32| {
         if args.save_logprobs.is_some() {
@@ -88,7 +64,7 @@ pub fn run(args: &PerplexityArgs) -> Result<()> {
             targets.push(target);
         }
         if let Some((base_lp, base_targets)) = &base {
-            let i = klds.len();
+            let i = divergence.rows();
             if i >= base_targets.len() || base_targets[i] != target {
                 row_error.get_or_insert_with(|| {
                     anyhow::anyhow!(
@@ -98,10 +74,7 @@ pub fn run(args: &PerplexityArgs) -> Result<()> {
                 });
                 return;
             }
-            let b = &base_lp[i * vocab..(i + 1) * vocab];
-            klds.push(perplexity::kl_divergence(b, lp));
-            same_top += usize::from(argmax(b) == argmax(lp));
-            base_nll -= b[target as usize] as f64;
+            divergence.add(&base_lp[i * vocab..(i + 1) * vocab], lp, target);
         }
     };
     let wants_rows = args.save_logprobs.is_some() || base.is_some();
@@ -128,26 +101,12 @@ pub fn run(args: &PerplexityArgs) -> Result<()> {
     let compared = match &base {
         Some((_, base_targets)) => {
             anyhow::ensure!(
-                klds.len() == base_targets.len(),
+                divergence.rows() == base_targets.len(),
                 "the saved run scored {} rows, this one {}: another text, model or context",
                 base_targets.len(),
-                klds.len()
+                divergence.rows()
             );
-            let rows = klds.len();
-            let mean_kld = klds.iter().sum::<f64>() / rows as f64;
-            let mut sorted = klds.clone();
-            sorted.sort_by(f64::total_cmp);
-            let p99_kld = sorted[((rows - 1) as f64 * 0.99).round() as usize];
-            let base_ppl = (base_nll / rows as f64).exp();
-            Some(Comparison {
-                base_ppl,
-                ppl_ratio: ppl.ppl / base_ppl,
-                mean_kld,
-                p99_kld,
-                max_kld: *sorted.last().expect("rows"),
-                same_top: same_top as f64 / rows as f64,
-                rows,
-            })
+            divergence.summary(ppl.ppl)
         }
         None => None,
     };

@@ -1,7 +1,8 @@
 //! A decoder's weight matrices and norms: each matrix runs on ttc's CPU kernels where the
 //! model is on the kernel path and they cover its format and device (`ttc-kernels`, through
-//! [`crate::kernel_ops`]), on candle's `QMatMul` otherwise. Projections that read one input (Q/K/V; gate/up) are stacked into one
-//! matrix when the kernels run them all: one call, one activation quantization.
+//! [`crate::kernel_ops`]), on candle's `QMatMul` otherwise. Projections that read one input
+//! (Q/K/V; gate/up) are stacked into one matrix when the kernels run them all: one call, one
+//! activation quantization.
 
 use std::sync::Arc;
 
