@@ -26,8 +26,8 @@ fn matmul(c: &mut Criterion) {
     let shapes = [
         (WeightType::Q4_1, 1536, 576, &[1usize, 4, 16, 128][..]),
         (WeightType::Q8_0, 49152, 576, &[1][..]),
-        (WeightType::Q4K, 1536, 1536, &[1, 16][..]),
-        (WeightType::Q6K, 1536, 1536, &[1, 16][..]),
+        (WeightType::Q4K, 1536, 1536, &[1, 16, 128][..]),
+        (WeightType::Q6K, 1536, 1536, &[1, 16, 128][..]),
     ];
     for (ty, n, k, ms) in shapes {
         let mats: Vec<QMatrix> = Isa::available()

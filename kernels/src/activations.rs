@@ -92,71 +92,81 @@ impl QuantizedActs {
         self.k = k;
         self.qs.resize(rows * k, 0);
         self.d.resize(rows * nb, 0.0);
+        let bufs = RowBuffers {
+            qs: self.qs.as_mut_ptr(),
+            d: self.d.as_mut_ptr(),
+            s: std::ptr::null_mut(),
+            isum: std::ptr::null_mut(),
+            bsums: std::ptr::null_mut(),
+        };
         match format {
             ActivationFormat::Q8 => {
                 self.s.resize(rows * nb, 0.0);
                 self.isum.resize(rows * nb, 0);
                 self.bsums.clear();
-                let quantize_rows =
-                    |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]| {
-                        #[cfg(target_arch = "x86_64")]
-                        if isa.at_most_best() >= crate::Isa::Avx2 {
-                            // SAFETY: `quantize_q8_avx2` needs AVX2, FMA and F16C:
-                            // `at_most_best` caps `isa` at `Isa::best()`, and any set from
-                            // `Isa::Avx2` up is in `Isa::available()` only when all three
-                            // were detected. It reads and writes through safe slices only.
-                            return unsafe { quantize_q8_avx2(x, qs, d, s, isum) };
-                        }
-                        quantize_q8(x, qs, d, s, isum)
+                let bufs = RowBuffers {
+                    s: self.s.as_mut_ptr(),
+                    isum: self.isum.as_mut_ptr(),
+                    ..bufs
+                };
+                for_row_runs(rows, &|r0, r1| {
+                    let bufs = &bufs;
+                    // SAFETY: the resizes above made `qs.len() == rows * k` and `d`, `s`,
+                    // `isum` each `rows * nb` long (products bounded by `x.len()`, see the
+                    // checked assert at the top), so rows `r0..r1` (`r1 <= rows`,
+                    // `for_row_runs`) lie inside each buffer. Runs are disjoint, and the
+                    // `Vec`s are not touched until `for_row_runs` returns.
+                    let (qs, d, s, isum) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(bufs.qs.add(r0 * k), (r1 - r0) * k),
+                            std::slice::from_raw_parts_mut(bufs.d.add(r0 * nb), (r1 - r0) * nb),
+                            std::slice::from_raw_parts_mut(bufs.s.add(r0 * nb), (r1 - r0) * nb),
+                            std::slice::from_raw_parts_mut(bufs.isum.add(r0 * nb), (r1 - r0) * nb),
+                        )
                     };
-                let threads = rayon::current_num_threads();
-                if rows >= PARALLEL_MIN_ROWS && threads > 1 {
-                    let per = rows.div_ceil(2 * threads);
-                    let bufs = RowBuffers {
-                        qs: self.qs.as_mut_ptr(),
-                        d: self.d.as_mut_ptr(),
-                        s: self.s.as_mut_ptr(),
-                        isum: self.isum.as_mut_ptr(),
-                    };
-                    crate::threads::parallel_for(rows.div_ceil(per), &|c| {
-                        // `c < rows.div_ceil(per)`, so `r0 < rows` and `r0 < r1 <= rows`.
-                        let (r0, r1) = (c * per, ((c + 1) * per).min(rows));
-                        let bufs = &bufs;
-                        // SAFETY: the resizes above made `qs.len() == rows * k` and `d`, `s`,
-                        // `isum` each `rows * nb` long (products bounded by `x.len()`, see
-                        // the checked assert at the top), so rows `r0..r1` (`r1 <= rows`)
-                        // lie inside each buffer. Task `c` alone owns rows
-                        // `c * per..(c + 1) * per`, so the slices of different tasks are
-                        // disjoint, and the `Vec`s are not touched until `parallel_for`
-                        // returns.
-                        let (qs, d, s, isum) = unsafe {
-                            (
-                                std::slice::from_raw_parts_mut(bufs.qs.add(r0 * k), (r1 - r0) * k),
-                                std::slice::from_raw_parts_mut(bufs.d.add(r0 * nb), (r1 - r0) * nb),
-                                std::slice::from_raw_parts_mut(bufs.s.add(r0 * nb), (r1 - r0) * nb),
-                                std::slice::from_raw_parts_mut(
-                                    bufs.isum.add(r0 * nb),
-                                    (r1 - r0) * nb,
-                                ),
-                            )
-                        };
-                        quantize_rows(&x[r0 * k..r1 * k], qs, d, s, isum);
-                    });
-                } else {
-                    quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.isum);
-                }
+                    let x = &x[r0 * k..r1 * k];
+                    #[cfg(target_arch = "x86_64")]
+                    if isa.at_most_best() >= crate::Isa::Avx2 {
+                        // SAFETY: `quantize_q8_avx2` needs AVX2, FMA and F16C: `at_most_best`
+                        // caps `isa` at `Isa::best()`, and any set from `Isa::Avx2` up is in
+                        // `Isa::available()` only when all three were detected. It reads and
+                        // writes through safe slices only.
+                        return unsafe { quantize_q8_avx2(x, qs, d, s, isum) };
+                    }
+                    quantize_q8(x, qs, d, s, isum)
+                });
             }
             ActivationFormat::Q8K => {
                 self.s.clear();
                 self.isum.clear();
                 self.bsums.resize(rows * nb * 16, 0);
-                for ((xb, qb), (d, sums)) in x
-                    .chunks_exact(256)
-                    .zip(self.qs.chunks_exact_mut(256))
-                    .zip(self.d.iter_mut().zip(self.bsums.chunks_exact_mut(16)))
-                {
-                    *d = quantize_q8k_block(xb, qb, sums);
-                }
+                let bufs = RowBuffers {
+                    bsums: self.bsums.as_mut_ptr(),
+                    ..bufs
+                };
+                for_row_runs(rows, &|r0, r1| {
+                    let bufs = &bufs;
+                    // SAFETY: as for Q8: `qs` is `rows * k`, `d` `rows * nb` and `bsums`
+                    // `rows * nb * 16` long (the resizes above), rows `r0..r1` of each are
+                    // this run's alone, and the `Vec`s are not touched meanwhile.
+                    let (qs, d, sums) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(bufs.qs.add(r0 * k), (r1 - r0) * k),
+                            std::slice::from_raw_parts_mut(bufs.d.add(r0 * nb), (r1 - r0) * nb),
+                            std::slice::from_raw_parts_mut(
+                                bufs.bsums.add(r0 * nb * 16),
+                                (r1 - r0) * nb * 16,
+                            ),
+                        )
+                    };
+                    let x = &x[r0 * k..r1 * k];
+                    #[cfg(target_arch = "x86_64")]
+                    if isa.at_most_best() >= crate::Isa::Avx2 {
+                        // SAFETY: as for `quantize_q8_avx2` above; safe slices only.
+                        return unsafe { quantize_q8k_avx2(x, qs, d, sums) };
+                    }
+                    quantize_q8k(x, qs, d, sums)
+                });
             }
         }
     }
@@ -173,11 +183,15 @@ impl QuantizedActs {
 }
 
 /// The output buffers of one parallel Q8 quantization, shared by its tasks.
+/// The output buffers of one `quantize_on` call, for the row runs to slice (the ones a
+/// format does not use stay null).
+#[derive(Clone, Copy)]
 struct RowBuffers {
     qs: *mut i8,
     d: *mut f32,
     s: *mut f32,
     isum: *mut i32,
+    bsums: *mut i16,
 }
 // SAFETY: shared only by the tasks of one `quantize_on` call, each making slices of its own
 // disjoint rows (see the SAFETY comment there); the buffers outlive the parallel section.
@@ -185,6 +199,38 @@ unsafe impl Sync for RowBuffers {}
 
 /// Rows from which quantizing is split across the pool (a prefill chunk, a wide batch).
 const PARALLEL_MIN_ROWS: usize = 16;
+
+/// Runs `f(r0, r1)` over disjoint runs of rows covering `0..rows` (`r0 < r1 <= rows`), on
+/// the pool when there are enough rows to be worth it.
+fn for_row_runs(rows: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    let threads = rayon::current_num_threads();
+    if rows >= PARALLEL_MIN_ROWS && threads > 1 {
+        let per = rows.div_ceil(2 * threads);
+        // `c < rows.div_ceil(per)`, so `c * per < rows`.
+        crate::threads::parallel_for(rows.div_ceil(per), &|c| {
+            f(c * per, ((c + 1) * per).min(rows))
+        });
+    } else if rows > 0 {
+        f(0, rows)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_q8k_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i16]) {
+    quantize_q8k(x, qs, d, sums)
+}
+
+#[inline(always)]
+fn quantize_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i16]) {
+    for ((xb, qb), (d, sums)) in x
+        .chunks_exact(256)
+        .zip(qs.chunks_exact_mut(256))
+        .zip(d.iter_mut().zip(sums.chunks_exact_mut(16)))
+    {
+        *d = quantize_q8k_block(xb, qb, sums);
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -236,6 +282,7 @@ fn quantize_q8_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, f32, i32) {
 }
 
 /// One Q8K block: returns its scale; fills the 256 values and the 16 sums.
+#[inline(always)]
 fn quantize_q8k_block(x: &[f32], q: &mut [i8], sums: &mut [i16]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {

@@ -131,7 +131,7 @@ macro_rules! by_rows {
 pub(crate) fn row_kernels(t: WeightType, isa: Isa) -> [RowsKernel; 4] {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::x86::{avx2, avx512vl, avxvnni};
+        use crate::x86::{avx2, avx512_kquants, avx512vl, avxvnni};
         macro_rules! family {
             ($m:ident) => {
                 match t {
@@ -172,8 +172,25 @@ pub(crate) fn row_kernels(t: WeightType, isa: Isa) -> [RowsKernel; 4] {
             Isa::Portable => {}
             Isa::Avx2 => return family!(avx2),
             Isa::AvxVnni => return family!(avxvnni),
-            // 32-block formats are packed for this ISA (`packed_kernels`).
-            Isa::Avx512Vnni => return family!(avx512vl),
+            // 32-block formats are packed for this ISA (`packed_kernels`); the K formats
+            // have 512-bit kernels over their own layout.
+            Isa::Avx512Vnni => {
+                return match t {
+                    WeightType::Q4K => [
+                        avx512_kquants::q4_k::<1> as RowsKernel,
+                        avx512_kquants::q4_k::<2>,
+                        avx512_kquants::q4_k::<3>,
+                        avx512_kquants::q4_k::<4>,
+                    ],
+                    WeightType::Q6K => [
+                        avx512_kquants::q6_k::<1> as RowsKernel,
+                        avx512_kquants::q6_k::<2>,
+                        avx512_kquants::q6_k::<3>,
+                        avx512_kquants::q6_k::<4>,
+                    ],
+                    _ => family!(avx512vl),
+                }
+            }
         }
     }
     let _ = isa;

@@ -103,6 +103,29 @@ pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 
+/// Q4_K's eight 6-bit scales and eight mins from its 12 packed bytes at once, as
+/// [`q4k_scale_min`] gives them one by one: three 32-bit words rearranged with masks, the
+/// way llama.cpp's x86 kernels decode them (no per-sub-block branches).
+#[inline(always)]
+pub(crate) fn q4k_scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const TOP2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let scales_lo = w0 & LOW6;
+    let scales_hi = (w2 & LOW4) | (((w0 >> 6) & TOP2) << 4);
+    let mins_lo = w1 & LOW6;
+    let mins_hi = ((w2 >> 4) & LOW4) | (((w1 >> 6) & TOP2) << 4);
+    let cat = |a: u32, b: u32| {
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&a.to_le_bytes());
+        out[4..].copy_from_slice(&b.to_le_bytes());
+        out
+    };
+    (cat(scales_lo, scales_hi), cat(mins_lo, mins_hi))
+}
+
 /// Q4_K's 6-bit scale and min of sub-block `j` (0..8) from its 12 packed bytes
 /// (llama.cpp `get_scale_min_k4`).
 #[inline(always)]
@@ -114,5 +137,37 @@ pub(crate) fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
             (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
             (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4k_scales_decode_at_once_as_one_by_one() {
+        // Every bit of the 12 bytes set and cleared in turn, and a few dense patterns.
+        let mut patterns: Vec<[u8; 12]> = (0..96)
+            .map(|bit| {
+                let mut q = [0u8; 12];
+                q[bit / 8] = 1 << (bit % 8);
+                q
+            })
+            .collect();
+        patterns.extend([
+            [0xFF; 12],
+            [0xA5; 12],
+            std::array::from_fn(|i| (i * 37 + 11) as u8),
+        ]);
+        for q in patterns {
+            let (scales, mins) = q4k_scales_mins(&q);
+            for j in 0..8 {
+                assert_eq!(
+                    (scales[j], mins[j]),
+                    q4k_scale_min(j, &q),
+                    "sub-block {j} of {q:?}"
+                );
+            }
+        }
     }
 }

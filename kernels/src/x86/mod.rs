@@ -8,9 +8,11 @@
 //! (`ggml_vec_dot_q4_1_q8_1`, `..._q4_K_q8_K`, `..._q6_K_q8_K`), read, not copied.
 
 pub(crate) mod avx512;
+pub(crate) mod avx512_kquants;
 
 /// The per-format kernels over `MR` (1..=4) activation rows. `$dot` multiplies unsigned bytes
-/// by signed bytes and sums each four adjacent products into an i32 lane.
+/// by signed bytes and sums each four adjacent products into an i32 lane; `$dot16` adds to
+/// an i32 accumulator the pairwise sums of i16 products (`vpmaddwd`, or `vpdpwssd` on VNNI).
 ///
 /// # Safety (every `pub(crate)` kernel here, the contract of `dispatch::RowsKernel`)
 ///
@@ -26,11 +28,11 @@ pub(crate) mod avx512;
 /// Every pointer offset below is inside one of those buffers by these lengths: the SAFETY
 /// comments say which.
 macro_rules! row_kernels {
-    ($features:literal, $dot:ident) => {
+    ($features:literal, $dot:ident, $dot16:ident) => {
         use std::arch::x86_64::*;
 
         use crate::activations::QuantizedActs;
-        use crate::formats::q4k_scale_min;
+        use crate::formats::q4k_scales_mins;
 
         /// # Safety
         ///
@@ -186,9 +188,10 @@ macro_rules! row_kernels {
             }
         }
 
-        /// Q4_K: a super-block's 256 nibbles are unpacked once into eight vectors (one per
-        /// sub-block); each row's integer sums are scaled per sub-block, and the mins are
-        /// applied through the activation's sums of 16.
+        /// Q4_K: per sub-block of 32, `vpmaddubsw` gives the nibbles times the activations
+        /// in pairs (at most 2 * 15 * 128, no saturation) and `$dot16` multiplies those by the
+        /// sub-block's 6-bit scale and sums them into i32 lanes, so no 32-bit multiply is
+        /// needed. The mins go through the activation's sums of 16 in one `vpmaddwd` per row.
         #[target_feature(enable = $features)]
         pub(crate) unsafe fn q4_k<const MR: usize>(
             w: &[u8],
@@ -199,7 +202,7 @@ macro_rules! row_kernels {
             let w = w.as_ptr();
             let nb = a.k / 256;
             let mut acc = [_mm256_setzero_ps(); MR];
-            let mut mins = [0f32; MR];
+            let mut macc = [_mm256_setzero_ps(); MR];
             let low = _mm256_set1_epi8(0x0F);
             for b in 0..nb {
                 // SAFETY: block `b < nb` of `w` (`nb` blocks of 144 bytes, the contract):
@@ -207,53 +210,57 @@ macro_rules! row_kernels {
                 // 16 (four loads of 32), all inside its 144 bytes.
                 let blk = w.add(144 * b);
                 let (d, dmin) = (f16(blk), f16(blk.add(2)));
-                let scales = std::slice::from_raw_parts(blk.add(4), 12);
-                let mut sc = [_mm256_setzero_si256(); 8];
-                let mut mn = [0i32; 8];
-                let mut q = [_mm256_setzero_si256(); 8];
-                for j in 0..8 {
-                    let (s, m) = q4k_scale_min(j, scales);
-                    sc[j] = _mm256_set1_epi32(s as i32);
-                    mn[j] = m as i32;
-                }
+                let (scales, mins) = q4k_scales_mins(&*(blk.add(4) as *const [u8; 12]));
+                // Each min twice: the activation's sums come in 16s, two per sub-block.
+                let m8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(mins.as_ptr() as *const __m128i));
+                let mins16 =
+                    _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8));
+                let mut sumi = [_mm256_setzero_si256(); MR];
+                // SAFETY: `i0 + MR <= a.rows` (the contract): row `i0 + r`'s super-block
+                // `b < nb`, values `256 * b..256 * (b + 1)` of its `a.k` (eight loads of 32).
+                let x = a.qs.as_ptr().add(i0 * a.k + 256 * b);
                 for c in 0..4 {
                     // SAFETY: bytes `16 + 32 * c..48 + 32 * c <= 144` of the block.
                     let raw = _mm256_loadu_si256(blk.add(16 + 32 * c) as *const __m256i);
-                    q[2 * c] = _mm256_and_si256(raw, low);
-                    q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    let q = [
+                        _mm256_and_si256(raw, low),
+                        _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
+                    ];
+                    for h in 0..2 {
+                        let j = 2 * c + h;
+                        let sc = _mm256_set1_epi16(scales[j] as i16);
+                        for r in 0..MR {
+                            let p = _mm256_maddubs_epi16(q[h], load(x.add(r * a.k + 32 * j)));
+                            sumi[r] = $dot16(sumi[r], p, sc);
+                        }
+                    }
                 }
                 for r in 0..MR {
                     let row = i0 + r;
-                    // SAFETY: `row < a.rows` (the contract): its super-block `b < nb`, values
-                    // `256 * b..256 * (b + 1)` of `a.k` (eight loads of 32), its scale
-                    // `row * nb + b` of `a.d` (`a.rows * nb`) and its 16 sums of `a.bsums`
-                    // (`a.rows * nb * 16`), all Q8K activations.
-                    let x = a.qs.as_ptr().add(row * a.k + 256 * b);
-                    let mut sumi = _mm256_setzero_si256();
-                    for j in 0..8 {
-                        sumi = _mm256_add_epi32(
-                            sumi,
-                            _mm256_mullo_epi32($dot(q[j], load(x.add(32 * j))), sc[j]),
-                        );
-                    }
+                    // SAFETY: `row < a.rows`: its scale `row * nb + b` of `a.d`
+                    // (`a.rows * nb`) and its 16 sums of `a.bsums` (`a.rows * nb * 16`).
                     let xd = *a.d.get_unchecked(row * nb + b);
-                    let bs = a.bsums.as_ptr().add((row * nb + b) * 16);
-                    let mut summ = 0i32;
-                    for j in 0..8 {
-                        summ += mn[j] * (*bs.add(2 * j) as i32 + *bs.add(2 * j + 1) as i32);
-                    }
-                    acc[r] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(d * xd), _mm256_cvtepi32_ps(sumi), acc[r]);
-                    mins[r] += dmin * xd * summ as f32;
+                    let bs = _mm256_loadu_si256(
+                        a.bsums.as_ptr().add((row * nb + b) * 16) as *const __m256i
+                    );
+                    let m = _mm256_madd_epi16(bs, mins16);
+                    acc[r] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(d * xd),
+                        _mm256_cvtepi32_ps(sumi[r]),
+                        acc[r],
+                    );
+                    macc[r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(dmin * xd), _mm256_cvtepi32_ps(m), macc[r]);
                 }
             }
             for r in 0..MR {
-                out[r] = hsum(acc[r]) - mins[r];
+                out[r] = hsum(acc[r]) - hsum(macc[r]);
             }
         }
 
-        /// Q6_K: the 6-bit values are unpacked once per super-block as unsigned (0..64); each
-        /// row subtracts 32 * its sums of 16, scaled per sub-block of 16.
+        /// Q6_K: the 6-bit values are unpacked as unsigned (0..64) and multiplied in pairs
+        /// by `vpmaddubsw` (at most 2 * 63 * 128, no saturation); `$dot16` applies the scale
+        /// of each 16; each row then subtracts 32 * (scales . its sums of 16) lane by lane.
         #[target_feature(enable = $features)]
         pub(crate) unsafe fn q6_k<const MR: usize>(
             w: &[u8],
@@ -272,58 +279,62 @@ macro_rules! row_kernels {
                 // 16 scales at 192 and `d` at 208, all inside its 210 bytes.
                 let blk = w.add(210 * b);
                 let d = f16(blk.add(208));
-                let sc: &[i8] = std::slice::from_raw_parts(blk.add(192) as *const i8, 16);
-                let mut q = [_mm256_setzero_si256(); 8];
+                let sc = blk.add(192) as *const i8;
+                let mut sumi = [_mm256_setzero_si256(); MR];
+                // SAFETY: `i0 + MR <= a.rows` (the contract): row `i0 + r`'s super-block
+                // `b < nb`, values `256 * b..256 * (b + 1)` of its `a.k` (eight loads of 32).
+                let x = a.qs.as_ptr().add(i0 * a.k + 256 * b);
                 for half in 0..2 {
                     // SAFETY: bytes `64 * half..64 * half + 64` and
                     // `128 + 32 * half..160 + 32 * half` of the block, below 192.
                     let l0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
                     let l1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
                     let h = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
-                    let h0 = _mm256_slli_epi16(_mm256_and_si256(h, two_bits), 4);
-                    let h2 =
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), two_bits), 4);
-                    let h4 =
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), two_bits), 4);
-                    let h6 =
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), two_bits), 4);
-                    q[4 * half] = _mm256_or_si256(_mm256_and_si256(l0, low), h0);
-                    q[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(l1, low), h2);
-                    q[4 * half + 2] =
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), h4);
-                    q[4 * half + 3] =
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low), h6);
+                    for s in 0..4 {
+                        let lows = if s % 2 == 0 { l0 } else { l1 };
+                        let lows = if s < 2 {
+                            lows
+                        } else {
+                            _mm256_srli_epi16(lows, 4)
+                        };
+                        let highs = match s {
+                            0 => h,
+                            1 => _mm256_srli_epi16(h, 2),
+                            2 => _mm256_srli_epi16(h, 4),
+                            _ => _mm256_srli_epi16(h, 6),
+                        };
+                        let q = _mm256_or_si256(
+                            _mm256_and_si256(lows, low),
+                            _mm256_slli_epi16(_mm256_and_si256(highs, two_bits), 4),
+                        );
+                        let v = 4 * half + s;
+                        // SAFETY: scales `2 * v` and `2 * v + 1 < 16` of the block's 16.
+                        let scv = _mm256_set_m128i(
+                            _mm_set1_epi16(*sc.add(2 * v + 1) as i16),
+                            _mm_set1_epi16(*sc.add(2 * v) as i16),
+                        );
+                        for r in 0..MR {
+                            let p = _mm256_maddubs_epi16(q, load(x.add(r * a.k + 32 * v)));
+                            sumi[r] = $dot16(sumi[r], p, scv);
+                        }
+                    }
                 }
-                let mut scv = [_mm256_setzero_si256(); 8];
-                for v in 0..8 {
-                    scv[v] = _mm256_set_m128i(
-                        _mm_set1_epi32(sc[2 * v + 1] as i32),
-                        _mm_set1_epi32(sc[2 * v] as i32),
-                    );
-                }
+                // SAFETY: the block's 16 scale bytes at 192 (see above).
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
                 for r in 0..MR {
                     let row = i0 + r;
-                    // SAFETY: `row < a.rows` (the contract): its super-block `b < nb`, values
-                    // `256 * b..256 * (b + 1)` (eight loads of 32), its 16 sums of `a.bsums`
-                    // (`a.rows * nb * 16`) and scale `row * nb + b` of `a.d` (`a.rows * nb`).
-                    let x = a.qs.as_ptr().add(row * a.k + 256 * b);
-                    let mut sumi = _mm256_setzero_si256();
-                    for v in 0..8 {
-                        sumi = _mm256_add_epi32(
-                            sumi,
-                            _mm256_mullo_epi32($dot(q[v], load(x.add(32 * v))), scv[v]),
-                        );
-                    }
-                    let bs = a.bsums.as_ptr().add((row * nb + b) * 16);
-                    let mut offset = 0i32;
-                    for g in 0..16 {
-                        offset += sc[g] as i32 * *bs.add(g) as i32;
-                    }
-                    let sumi =
-                        _mm256_sub_epi32(sumi, _mm256_set_epi32(0, 0, 0, 0, 0, 0, 0, 32 * offset));
+                    // SAFETY: `row < a.rows`: its 16 sums of `a.bsums` (`a.rows * nb * 16`)
+                    // and its scale `row * nb + b` of `a.d` (`a.rows * nb`).
+                    let bs = _mm256_loadu_si256(
+                        a.bsums.as_ptr().add((row * nb + b) * 16) as *const __m256i
+                    );
+                    let offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
                     let xd = *a.d.get_unchecked(row * nb + b);
-                    acc[r] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(d * xd), _mm256_cvtepi32_ps(sumi), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(d * xd),
+                        _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[r], offset)),
+                        acc[r],
+                    );
                 }
             }
             for r in 0..MR {
@@ -343,7 +354,18 @@ pub(crate) mod avx2 {
         use std::arch::x86_64::*;
         _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
     }
-    row_kernels!("avx2,fma,f16c", dot_u8i8);
+    /// `acc + (pairs of i16 products summed)`, each pair times the scales `s`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_i16(
+        acc: std::arch::x86_64::__m256i,
+        p: std::arch::x86_64::__m256i,
+        s: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
+    }
+    row_kernels!("avx2,fma,f16c", dot_u8i8, dot_i16);
 }
 
 pub(crate) mod avxvnni {
@@ -356,7 +378,17 @@ pub(crate) mod avxvnni {
         use std::arch::x86_64::*;
         _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
     }
-    row_kernels!("avx2,fma,f16c,avxvnni", dot_u8i8);
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn dot_i16(
+        acc: std::arch::x86_64::__m256i,
+        p: std::arch::x86_64::__m256i,
+        s: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        _mm256_dpwssd_avx_epi32(acc, p, s)
+    }
+    row_kernels!("avx2,fma,f16c,avxvnni", dot_u8i8, dot_i16);
 }
 
 /// The 256-bit kernels with the EVEX form of `vpdpbusd` (AVX-512 VNNI CPUs without AVX-VNNI).
@@ -370,5 +402,19 @@ pub(crate) mod avx512vl {
         use std::arch::x86_64::*;
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
     }
-    row_kernels!("avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_u8i8);
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn dot_i16(
+        acc: std::arch::x86_64::__m256i,
+        p: std::arch::x86_64::__m256i,
+        s: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        _mm256_dpwssd_epi32(acc, p, s)
+    }
+    row_kernels!(
+        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+        dot_u8i8,
+        dot_i16
+    );
 }
