@@ -26,18 +26,18 @@ use std::arch::x86_64::*;
 use crate::activations::QuantizedActs;
 use crate::formats::q4k_scales_mins;
 
-/// f16 at `p` as f32.
+/// The two f16 values in the 4 bytes at `p`, as f32 (one zero-extending load: see
+/// `row_kernels!`'s `f16_pair`).
 ///
 /// # Safety
 ///
-/// F16C; `p` valid for reading 2 bytes (any alignment).
+/// F16C; `p` valid for reading 4 bytes (any alignment).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn f16(p: *const u8) -> f32 {
-    // SAFETY: 2 bytes at `p`, this function's contract; `read_unaligned` needs no alignment.
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-        std::ptr::read_unaligned(p as *const u16) as i32,
-    )))
+unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
+    // SAFETY: 4 bytes at `p`, this function's contract; `read_unaligned` needs no alignment.
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
 
 /// Indices that spread four i16 values over a register's four 128-bit lanes, 8 copies each.
@@ -82,7 +82,7 @@ pub(crate) unsafe fn q4_k<const MR: usize>(
         // `dmin` at 2, 12 scale bytes at 4, and 128 quant bytes at 16 (four loads of 32),
         // all inside its 144 bytes.
         let blk = w.add(144 * b);
-        let (d, dmin) = (f16(blk), f16(blk.add(2)));
+        let (d, dmin) = f16_pair(blk);
         let (scales, mins) = q4k_scales_mins(&*(blk.add(4) as *const [u8; 12]));
         let s8 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64(
             scales.as_ptr() as *const __m128i
@@ -145,7 +145,8 @@ pub(crate) unsafe fn q6_k<const MR: usize>(
         // of low bits at 0 and 64 of high bits at 128 (the loads below), 16 scales at 192
         // and `d` at 208, all inside its 210 bytes.
         let blk = w.add(210 * b);
-        let d = f16(blk.add(208));
+        // SAFETY: the last two scales and `d`, bytes 206..210 of the block.
+        let d = f16_pair(blk.add(206)).1;
         let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192) as *const __m128i));
         let scz = _mm512_castsi256_si512(sc16);
         let mut sumi = [_mm512_setzero_si512(); MR];

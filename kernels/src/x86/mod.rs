@@ -34,17 +34,21 @@ macro_rules! row_kernels {
         use crate::activations::QuantizedActs;
         use crate::formats::q4k_scales_mins;
 
+        /// The two f16 values in the 4 bytes at `p`, as f32: `(p[0..2], p[2..4])`. One
+        /// zero-extending 32-bit load: a 16-bit load into a vector register merges into
+        /// whatever register LLVM picks, which tied each block to the previous one's
+        /// accumulator through a false dependency.
+        ///
         /// # Safety
         ///
-        /// `$features`; `p` is valid for reading 2 bytes (any alignment).
+        /// `$features`; `p` is valid for reading 4 bytes (any alignment).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn f16(p: *const u8) -> f32 {
-            // SAFETY: 2 bytes at `p`, this function's contract; `read_unaligned` needs no
+        unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
+            // SAFETY: 4 bytes at `p`, this function's contract; `read_unaligned` needs no
             // alignment.
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                std::ptr::read_unaligned(p as *const u16) as i32,
-            )))
+            let v = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
+            (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
         }
 
         #[inline]
@@ -103,7 +107,8 @@ macro_rules! row_kernels {
                 // contract); the reads below are its 2-byte scale at 0 and its 32 (Q8_0) or
                 // 16 (Q4_0) quant bytes at 2, inside the block's `bb` (34 or 18) bytes.
                 let blk = w.as_ptr().add(bb * b);
-                let d = f16(blk);
+                // SAFETY: the scale and the first two quant bytes, inside the block.
+                let d = f16_pair(blk).0;
                 let w = if Q8 {
                     _mm256_loadu_si256(blk.add(2) as *const __m256i)
                 } else {
@@ -169,7 +174,7 @@ macro_rules! row_kernels {
                 // SAFETY: block `b < nb` of `w` (`nb` blocks of 20 bytes, the contract): its
                 // scale at 0, min at 2 and 16 quant bytes at 4 end by byte 20.
                 let blk = w.add(20 * b);
-                let (d, m) = (f16(blk), f16(blk.add(2)));
+                let (d, m) = f16_pair(blk);
                 let q = nibbles(blk.add(4));
                 for r in 0..MR {
                     // SAFETY: row `i0 + r < a.rows`: its values `32 * b..32 * b + 32` and
@@ -209,7 +214,7 @@ macro_rules! row_kernels {
                 // `d` at 0, `dmin` at 2, 12 scale bytes at 4, and below 128 quant bytes at
                 // 16 (four loads of 32), all inside its 144 bytes.
                 let blk = w.add(144 * b);
-                let (d, dmin) = (f16(blk), f16(blk.add(2)));
+                let (d, dmin) = f16_pair(blk);
                 let (scales, mins) = q4k_scales_mins(&*(blk.add(4) as *const [u8; 12]));
                 // Each min twice: the activation's sums come in 16s, two per sub-block.
                 let m8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(mins.as_ptr() as *const __m128i));
@@ -278,7 +283,8 @@ macro_rules! row_kernels {
                 // 128 bytes of low bits at 0 and 64 of high bits at 128 (the loads below),
                 // 16 scales at 192 and `d` at 208, all inside its 210 bytes.
                 let blk = w.add(210 * b);
-                let d = f16(blk.add(208));
+                // SAFETY: the last two scales and `d`, bytes 206..210 of the block.
+                let d = f16_pair(blk.add(206)).1;
                 let sc = blk.add(192) as *const i8;
                 let mut sumi = [_mm256_setzero_si256(); MR];
                 // SAFETY: `i0 + MR <= a.rows` (the contract): row `i0 + r`'s super-block
