@@ -125,6 +125,7 @@ pub(crate) unsafe fn packed<const T: u8, const MR: usize>(
     let mut acc = [_mm512_setzero_ps(); MR];
     let mut mins = [_mm_setzero_ps(); MR];
     for g in 0..groups {
+        super::prefetch_ahead::<64>(wq.wrapping_add(64 * g));
         // Blocks of this group that exist; a short last group is read under a mask.
         // `g < groups = nbp / gb` and `nbp - nb < gb`, so `1 <= present <= gb`.
         let present = (nb - gb * g).min(gb);

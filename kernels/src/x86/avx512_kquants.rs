@@ -82,6 +82,7 @@ pub(crate) unsafe fn q4_k<const MR: usize>(
         // `dmin` at 2, 12 scale bytes at 4, and 128 quant bytes at 16 (four loads of 32),
         // all inside its 144 bytes.
         let blk = w.add(144 * b);
+        super::prefetch_ahead::<192>(blk);
         let (d, dmin) = f16_pair(blk);
         let (scales, mins) = q4k_scales_mins(&*(blk.add(4) as *const [u8; 12]));
         let s8 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64(
@@ -145,6 +146,7 @@ pub(crate) unsafe fn q6_k<const MR: usize>(
         // of low bits at 0 and 64 of high bits at 128 (the loads below), 16 scales at 192
         // and `d` at 208, all inside its 210 bytes.
         let blk = w.add(210 * b);
+        super::prefetch_ahead::<256>(blk);
         // SAFETY: the last two scales and `d`, bytes 206..210 of the block.
         let d = f16_pair(blk.add(206)).1;
         let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192) as *const __m128i));
