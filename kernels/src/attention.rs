@@ -39,6 +39,10 @@ impl AttentionDims {
 
 /// Keys per online-softmax tile.
 const TILE: usize = 32;
+
+/// How many slots ahead the AVX2 score pass prefetches keys and values.
+#[cfg(target_arch = "x86_64")]
+const KV_PREFETCH_SLOTS: usize = 4;
 /// Below this many multiply-adds a call stays on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
@@ -380,6 +384,22 @@ impl Job<'_> {
                 let wide = live > 4;
                 let qs: [&[f32]; 8] = std::array::from_fn(|l| query((i0 + l).min(heads.end - 1)));
                 for (j, &slot) in tile.iter().enumerate() {
+                    if i0 == heads.start {
+                        // Keys and values come through the slot list, where the hardware
+                        // prefetcher cannot follow: ask for a later slot's rows now (the
+                        // values are read after this tile's softmax).
+                        if let Some(&ahead) = tile.get(j + KV_PREFETCH_SLOTS) {
+                            let at = ahead as usize * kvd + self.h * hd;
+                            crate::x86::prefetch_bytes(
+                                self.k.as_ptr().wrapping_add(at).cast(),
+                                4 * hd,
+                            );
+                            crate::x86::prefetch_bytes(
+                                self.v.as_ptr().wrapping_add(at).cast(),
+                                4 * hd,
+                            );
+                        }
+                    }
                     let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
                     // SAFETY: `FMA` is set only by `job_avx2`, whose caller checked AVX2 and
                     // FMA (`attend_on`). `dots` loads 8 floats at a time up to `key.len()`
@@ -412,7 +432,18 @@ impl Job<'_> {
         let (g, hd, kvd, qd) = (self.heads, self.d.head_dim, self.d.kv_dim(), self.d.q_dim());
         let first_head = self.h * self.d.group() + self.head0;
         let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { c + a * b };
-        for tile in slots.chunks(TILE) {
+        for (t, tile) in slots.chunks(TILE).enumerate() {
+            #[cfg(target_arch = "x86_64")]
+            if FMA {
+                // The next tile's first slots, which the score pass's look-ahead within a
+                // tile does not reach.
+                let next = slots.iter().skip((t + 1) * TILE).take(KV_PREFETCH_SLOTS);
+                for &ahead in next {
+                    let at = ahead as usize * kvd + self.h * hd;
+                    crate::x86::prefetch_bytes(self.k.as_ptr().wrapping_add(at).cast(), 4 * hd);
+                    crate::x86::prefetch_bytes(self.v.as_ptr().wrapping_add(at).cast(), 4 * hd);
+                }
+            }
             let n = tile.len();
             // Each score by the same arithmetic however many rows share the tile: a sequence's
             // result never depends on what it is batched with.
