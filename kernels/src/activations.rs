@@ -118,10 +118,10 @@ impl QuantizedActs {
                     // `Vec`s are not touched until `for_row_runs` returns.
                     let (qs, d, s, isum) = unsafe {
                         (
-                            std::slice::from_raw_parts_mut(bufs.qs.add(r0 * k), (r1 - r0) * k),
-                            std::slice::from_raw_parts_mut(bufs.d.add(r0 * nb), (r1 - r0) * nb),
-                            std::slice::from_raw_parts_mut(bufs.s.add(r0 * nb), (r1 - r0) * nb),
-                            std::slice::from_raw_parts_mut(bufs.isum.add(r0 * nb), (r1 - r0) * nb),
+                            rows_of(bufs.qs, r0, r1, k),
+                            rows_of(bufs.d, r0, r1, nb),
+                            rows_of(bufs.s, r0, r1, nb),
+                            rows_of(bufs.isum, r0, r1, nb),
                         )
                     };
                     let x = &x[r0 * k..r1 * k];
@@ -151,12 +151,9 @@ impl QuantizedActs {
                     // this run's alone, and the `Vec`s are not touched meanwhile.
                     let (qs, d, sums) = unsafe {
                         (
-                            std::slice::from_raw_parts_mut(bufs.qs.add(r0 * k), (r1 - r0) * k),
-                            std::slice::from_raw_parts_mut(bufs.d.add(r0 * nb), (r1 - r0) * nb),
-                            std::slice::from_raw_parts_mut(
-                                bufs.bsums.add(r0 * nb * 16),
-                                (r1 - r0) * nb * 16,
-                            ),
+                            rows_of(bufs.qs, r0, r1, k),
+                            rows_of(bufs.d, r0, r1, nb),
+                            rows_of(bufs.bsums, r0, r1, nb * 16),
                         )
                     };
                     let x = &x[r0 * k..r1 * k];
@@ -182,7 +179,6 @@ impl QuantizedActs {
     }
 }
 
-/// The output buffers of one parallel Q8 quantization, shared by its tasks.
 /// The output buffers of one `quantize_on` call, for the row runs to slice (the ones a
 /// format does not use stay null).
 #[derive(Clone, Copy)]
@@ -196,6 +192,17 @@ struct RowBuffers {
 // SAFETY: shared only by the tasks of one `quantize_on` call, each making slices of its own
 // disjoint rows (see the SAFETY comment there); the buffers outlive the parallel section.
 unsafe impl Sync for RowBuffers {}
+
+/// Rows `r0..r1` of a buffer of `per_row` values per row.
+///
+/// # Safety
+///
+/// `p` points to at least `r1 * per_row` values, and no one else uses rows `r0..r1` while
+/// the slice lives.
+unsafe fn rows_of<'a, T>(p: *mut T, r0: usize, r1: usize, per_row: usize) -> &'a mut [T] {
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts_mut(p.add(r0 * per_row), (r1 - r0) * per_row) }
+}
 
 /// Rows from which quantizing is split across the pool (a prefill chunk, a wide batch).
 const PARALLEL_MIN_ROWS: usize = 16;

@@ -358,6 +358,18 @@ impl Job<'_> {
         }
     }
 
+    /// Asks the cache for this job's key and value rows of `slot` (f32, `head_dim` each).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn prefetch_kv(&self, slot: u32) {
+        let (hd, at) = (
+            self.d.head_dim,
+            slot as usize * self.d.kv_dim() + self.h * self.d.head_dim,
+        );
+        crate::x86::prefetch_bytes(self.k.as_ptr().wrapping_add(at).cast(), 4 * hd);
+        crate::x86::prefetch_bytes(self.v.as_ptr().wrapping_add(at).cast(), 4 * hd);
+    }
+
     /// The scores of heads `heads` (indices into this job's (row, head) state) for one tile,
     /// with AVX2 when the path and head size allow; false if it left them to the caller.
     #[inline(always)]
@@ -389,15 +401,7 @@ impl Job<'_> {
                         // prefetcher cannot follow: ask for a later slot's rows now (the
                         // values are read after this tile's softmax).
                         if let Some(&ahead) = tile.get(j + KV_PREFETCH_SLOTS) {
-                            let at = ahead as usize * kvd + self.h * hd;
-                            crate::x86::prefetch_bytes(
-                                self.k.as_ptr().wrapping_add(at).cast(),
-                                4 * hd,
-                            );
-                            crate::x86::prefetch_bytes(
-                                self.v.as_ptr().wrapping_add(at).cast(),
-                                4 * hd,
-                            );
+                            self.prefetch_kv(ahead);
                         }
                     }
                     let key = &self.k[slot as usize * kvd + self.h * hd..][..hd];
@@ -437,11 +441,8 @@ impl Job<'_> {
             if FMA {
                 // The next tile's first slots, which the score pass's look-ahead within a
                 // tile does not reach.
-                let next = slots.iter().skip((t + 1) * TILE).take(KV_PREFETCH_SLOTS);
-                for &ahead in next {
-                    let at = ahead as usize * kvd + self.h * hd;
-                    crate::x86::prefetch_bytes(self.k.as_ptr().wrapping_add(at).cast(), 4 * hd);
-                    crate::x86::prefetch_bytes(self.v.as_ptr().wrapping_add(at).cast(), 4 * hd);
+                for &ahead in slots.iter().skip((t + 1) * TILE).take(KV_PREFETCH_SLOTS) {
+                    self.prefetch_kv(ahead);
                 }
             }
             let n = tile.len();

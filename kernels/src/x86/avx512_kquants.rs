@@ -26,19 +26,8 @@ use std::arch::x86_64::*;
 use crate::activations::QuantizedActs;
 use crate::formats::q4k_scales_mins;
 
-/// The two f16 values in the 4 bytes at `p`, as f32 (one zero-extending load: see
-/// `row_kernels!`'s `f16_pair`).
-///
-/// # Safety
-///
-/// F16C; `p` valid for reading 4 bytes (any alignment).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
-    // SAFETY: 4 bytes at `p`, this function's contract; `read_unaligned` needs no alignment.
-    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
-    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
-}
+// The 256-bit kernels' reader: its features are a subset of this module's.
+use super::avx512vl::f16_pair;
 
 /// Indices that spread four i16 values over a register's four 128-bit lanes, 8 copies each.
 #[inline]

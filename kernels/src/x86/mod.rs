@@ -23,7 +23,9 @@ const PREFETCH_AHEAD: usize = 1024;
 #[inline(always)]
 pub(crate) fn prefetch_bytes(p: *const u8, bytes: usize) {
     for line in (0..bytes).step_by(64) {
-        // SAFETY: as in `prefetch_ahead`: a prefetch never faults.
+        // SAFETY: a prefetch never faults and reads nothing architecturally, so any address
+        // is allowed (SSE, which every x86-64 CPU has); `wrapping_add` keeps the arithmetic
+        // defined past the end of the buffer.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8) }
     }
 }
@@ -31,12 +33,7 @@ pub(crate) fn prefetch_bytes(p: *const u8, bytes: usize) {
 /// Asks the cache for the `BYTES` (whole lines) that lie `PREFETCH_AHEAD` bytes past `p`.
 #[inline(always)]
 pub(crate) fn prefetch_ahead<const BYTES: usize>(p: *const u8) {
-    for line in (0..BYTES).step_by(64) {
-        // SAFETY: a prefetch never faults and reads nothing architecturally, so any address
-        // is allowed (SSE, which every x86-64 CPU has); `wrapping_add` keeps the arithmetic
-        // defined past the matrix's end.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + line) as *const i8) }
-    }
+    prefetch_bytes(p.wrapping_add(PREFETCH_AHEAD), BYTES)
 }
 
 /// The per-format kernels over `MR` (1..=4) activation rows. `$dot` multiplies unsigned bytes
@@ -73,7 +70,7 @@ macro_rules! row_kernels {
         /// `$features`; `p` is valid for reading 4 bytes (any alignment).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
+        pub(super) unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
             // SAFETY: 4 bytes at `p`, this function's contract; `read_unaligned` needs no
             // alignment.
             let v = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
