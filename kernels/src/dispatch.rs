@@ -208,27 +208,35 @@ pub(crate) fn row_kernels(t: WeightType, isa: Isa) -> [RowsKernel; 4] {
 /// `x86::avx512::packed_range`'s.
 pub(crate) type RangeKernel<A> = unsafe fn(&[u8], usize, usize, usize, &A, usize, *mut f32, usize);
 
-/// The 512-bit kernels over packed rows of a 32-block format.
-pub(crate) fn packed_kernels(t: WeightType) -> [RangeKernel<PackedActs>; 4] {
+/// The kernels over packed rows of a 32-block format for `isa` (one that
+/// `packed::packed_on` packs for).
+pub(crate) fn packed_kernels(isa: Isa, t: WeightType) -> [RangeKernel<PackedActs>; 4] {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::x86::avx512;
+        use crate::x86::{avx2_packed, avx512};
         macro_rules! ranges {
-            ($c:expr) => {
+            ($m:ident, $c:expr) => {
                 [
-                    avx512::packed_range::<{ $c }, 1> as RangeKernel<PackedActs>,
-                    avx512::packed_range::<{ $c }, 2>,
-                    avx512::packed_range::<{ $c }, 3>,
-                    avx512::packed_range::<{ $c }, 4>,
+                    $m::packed_range::<{ $c }, 1> as RangeKernel<PackedActs>,
+                    $m::packed_range::<{ $c }, 2>,
+                    $m::packed_range::<{ $c }, 3>,
+                    $m::packed_range::<{ $c }, 4>,
                 ]
             };
         }
-        match avx512::type_code(t) {
-            avx512::Q4_0 => ranges!(avx512::Q4_0),
-            avx512::Q4_1 => ranges!(avx512::Q4_1),
-            _ => ranges!(avx512::Q8_0),
+        match (isa, avx512::type_code(t)) {
+            (Isa::Avx2, avx512::Q4_0) => ranges!(avx2_packed, avx512::Q4_0),
+            (Isa::Avx2, avx512::Q4_1) => ranges!(avx2_packed, avx512::Q4_1),
+            (Isa::Avx2, _) => unreachable!("{} is not packed for AVX2", t.name()),
+            (_, avx512::Q4_0) => ranges!(avx512, avx512::Q4_0),
+            (_, avx512::Q4_1) => ranges!(avx512, avx512::Q4_1),
+            _ => ranges!(avx512, avx512::Q8_0),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("packed layouts exist on x86-64 only ({})", t.name())
+    unreachable!(
+        "packed layouts exist on x86-64 only ({}, {})",
+        isa.name(),
+        t.name()
+    )
 }

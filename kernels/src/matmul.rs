@@ -31,7 +31,7 @@ pub struct QMatrix {
 enum Storage {
     /// GGUF's own blocks, `row_bytes` per row.
     Ggml { row_bytes: usize, data: Vec<u8> },
-    /// Packed rows for the 512-bit kernels.
+    /// Packed rows for the 512-bit kernels (and AVX2's, for the 4-bit 32-block formats).
     Packed(PackedMatrix),
 }
 
@@ -93,7 +93,7 @@ impl QMatrix {
                 data.len()
             )));
         }
-        let storage = if isa == Isa::Avx512Vnni && packed::packable(ty) {
+        let storage = if packed::packed_on(isa, ty) {
             Storage::Packed(PackedMatrix::pack(ty, rows, cols, &data)?)
         } else {
             Storage::Ggml { row_bytes, data }
@@ -223,12 +223,13 @@ impl QMatrix {
             }
             Storage::Packed(p) => {
                 packed_acts.pack(self.ty, &acts);
-                let kernels = packed_kernels(self.ty);
+                let kernels = packed_kernels(self.isa, self.ty);
                 let pa = &packed_acts;
                 self.tiled(m, y, &|j0, j1, i, mr, out| {
-                    // SAFETY: `packed_range` needs (1) AVX-512 VNNI: `Storage::Packed` exists
-                    // only for `isa == Isa::Avx512Vnni`, which `QMatrix::new_for` checked is
-                    // in `Isa::available()`; (2) rows `j0..j1` of `row_stride` bytes in
+                    // SAFETY: `packed_range` needs (1) its CPU features: `Storage::Packed`
+                    // exists only where `packed::packed_on(isa, ty)`, `packed_kernels` gives
+                    // that `isa`'s kernels, and `QMatrix::new_for` checked `isa` is in
+                    // `Isa::available()`; (2) rows `j0..j1` of `row_stride` bytes in
                     // `p.data`: `j1 <= rows` (`tiled`) and `PackedMatrix::pack` made
                     // `data.len() == rows * row_stride` (checked_mul), each row holding
                     // `p.blocks` blocks; (3) `pa` packed from `cols`-wide rows, so

@@ -1,5 +1,5 @@
-//! Weights and activations re-laid for 512-bit kernels (llama.cpp repacks weights at load
-//! for the same reason: `ggml-cpu/repack.cpp`).
+//! Weights and activations re-laid for the 512-bit kernels, and for AVX2's 4-bit ones
+//! (llama.cpp repacks weights at load for the same reason: `ggml-cpu/repack.cpp`).
 //!
 //! GGUF interleaves each block's f16 scales with its quants, so a kernel must convert scales
 //! one block at a time and shuffle quants into place: more instructions than multiply-adds
@@ -12,6 +12,7 @@
 //! GGUF bytes.
 
 use crate::activations::QuantizedActs;
+use crate::dispatch::Isa;
 use crate::formats::{ActivationFormat, WeightType};
 use crate::KernelError;
 
@@ -26,6 +27,17 @@ pub(crate) fn group_blocks(ty: WeightType) -> usize {
 
 pub(crate) fn packable(ty: WeightType) -> bool {
     matches!(ty, WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0)
+}
+
+/// Whether `ty` is packed for the kernels of `isa`: every 32-block format for AVX-512 VNNI;
+/// the 4-bit ones for AVX2 (Q8_0's products overflow `vpmaddubsw`'s i16 pairs unless
+/// signed, which the GGUF-layout kernel already does block by block).
+pub(crate) fn packed_on(isa: Isa, ty: WeightType) -> bool {
+    match isa {
+        Isa::Avx512Vnni => packable(ty),
+        Isa::Avx2 => matches!(ty, WeightType::Q4_0 | WeightType::Q4_1),
+        _ => false,
+    }
 }
 
 /// A weight matrix in packed rows: `[quants of every block][f16 scales][f16 mins (Q4_1)]`,

@@ -47,40 +47,7 @@ unsafe fn group_f16<const T: u8>(p: *const u8, present: usize, full: bool) -> __
     }
 }
 
-/// [`packed`] over weight rows `j0..j1` of `data` (rows `stride` bytes apart), writing
-/// `out[(i0 + r) * n + j]`: one call per run of rows instead of one per row, which at batch
-/// size 1 is most of the work between two dot products.
-///
-/// # Safety
-///
-/// [`packed`]'s contract for each row, and: `j1 * stride <= data.len()` (`PackedMatrix::pack`
-/// made `data.len() == rows * stride`, checked_mul, and `j1 <= rows`), `stride` being one
-/// packed row of `a.nb` blocks; `out` valid for writes at `(i0 + r) * n + j` for `r < MR`,
-/// `j0 <= j < j1`, with no one else accessing those elements (`QMatrix::matmul`).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn packed_range<const T: u8, const MR: usize>(
-    data: &[u8],
-    stride: usize,
-    j0: usize,
-    j1: usize,
-    a: &PackedActs,
-    i0: usize,
-    out: *mut f32,
-    n: usize,
-) {
-    let mut tile = [0f32; 4];
-    for j in j0..j1 {
-        // SAFETY: `(j + 1) * stride <= j1 * stride <= data.len()` (contract), and row `j` is
-        // one packed row of `a.nb` blocks, as `packed` needs.
-        let w = data.get_unchecked(j * stride..(j + 1) * stride);
-        packed::<T, MR>(w, a, i0, &mut tile);
-        for r in 0..MR {
-            // SAFETY: an element of `out` this call owns (contract).
-            *out.add((i0 + r) * n + j) = tile[r];
-        }
-    }
-}
+packed_range!("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c");
 
 /// `T` is one of [`Q4_0`], [`Q4_1`], [`Q8_0`]; `MR` activation rows (1..=4); `w` one packed row.
 ///

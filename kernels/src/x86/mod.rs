@@ -3,10 +3,54 @@
 //!
 //! One source (`row_kernels!`) is compiled twice: for AVX2 (`vpmaddubsw` + `vpmaddwd` make
 //! u8 x i8 dot products) and for AVX-VNNI (`vpdpbusd` does it in one instruction). `avx512`
-//! adds 512-bit versions of the 32-block formats for CPUs with AVX-512 VNNI. All are chosen at
-//! run time (`crate::dispatch`). Reference: llama.cpp `ggml-cpu/arch/x86/quants.c`
+//! adds 512-bit versions of the 32-block formats for CPUs with AVX-512 VNNI over packed rows
+//! (`crate::packed`), and `avx2_packed` 256-bit ones of the 4-bit formats over the same rows
+//! for AVX2. All are chosen at run time (`crate::dispatch`). Reference: llama.cpp `ggml-cpu/arch/x86/quants.c`
 //! (`ggml_vec_dot_q4_1_q8_1`, `..._q4_K_q8_K`, `..._q6_K_q8_K`), read, not copied.
 
+/// `packed_range::<T, MR>`, the module's `packed` kernel over a run of weight rows, compiled
+/// with `$features` (both packed modules have one).
+macro_rules! packed_range {
+    ($features:literal) => {
+        /// [`packed`] over weight rows `j0..j1` of `data` (rows `stride` bytes apart), writing
+        /// `out[(i0 + r) * n + j]`: one call per run of rows instead of one per row, which at
+        /// batch size 1 is most of the work between two dot products.
+        ///
+        /// # Safety
+        ///
+        /// [`packed`]'s contract for each row, and: `j1 * stride <= data.len()`
+        /// (`PackedMatrix::pack` made `data.len() == rows * stride`, checked_mul, and
+        /// `j1 <= rows`), `stride` being one packed row of `a.nb` blocks; `out` valid for
+        /// writes at `(i0 + r) * n + j` for `r < MR`, `j0 <= j < j1`, with no one else
+        /// accessing those elements (`QMatrix::matmul`).
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn packed_range<const T: u8, const MR: usize>(
+            data: &[u8],
+            stride: usize,
+            j0: usize,
+            j1: usize,
+            a: &PackedActs,
+            i0: usize,
+            out: *mut f32,
+            n: usize,
+        ) {
+            let mut tile = [0f32; 4];
+            for j in j0..j1 {
+                // SAFETY: `(j + 1) * stride <= j1 * stride <= data.len()` (contract), and row
+                // `j` is one packed row of `a.nb` blocks, as `packed` needs.
+                let w = data.get_unchecked(j * stride..(j + 1) * stride);
+                packed::<T, MR>(w, a, i0, &mut tile);
+                for r in 0..MR {
+                    // SAFETY: an element of `out` this call owns (contract).
+                    *out.add((i0 + r) * n + j) = tile[r];
+                }
+            }
+        }
+    };
+}
+
+pub(crate) mod avx2_packed;
 pub(crate) mod avx512;
 pub(crate) mod avx512_kquants;
 
