@@ -177,37 +177,40 @@ mod tests {
         .unwrap();
         let h: Vec<f32> = (0..576).map(|i| ((i as f32) * 0.37).sin() * 2.0).collect();
         let expected = [
-            0.015202274463057816,
-            0.006665714255430295,
-            0.009105152613504697,
-            0.012628215156600007,
-            0.017784918601156482,
-            0.005986400835744909,
-            0.008335117823218862,
-            0.011814682750318535,
-            0.017047095066707884,
-            0.006623399983012801,
-            0.009140959067722798,
-            0.01282813297144358,
-            0.01830405043434384,
-            0.009105152613504697,
-            0.012628215156600007,
-            0.017784918601156482,
-            0.007012648279446819,
-            0.008205609637454613,
-            0.00980779414312202,
+            0.1252668391732753,
+            0.06454679412287913,
+            0.07216764333718126,
+            0.08130152407983937,
+            0.09230869911262965,
+            0.08009293864298883,
+            0.0918629619423199,
+            0.10627654862970819,
+            0.12396054447491889,
+            0.0836636152423444,
+            0.09485648943733951,
+            0.1083400780871931,
+            0.12462664992848596,
+            0.07216764333718126,
+            0.08130152407983937,
+            0.09230869911262965,
+            0.08358282507951471,
+            0.09374443333636566,
+            0.12125225386504067,
         ];
         let got = p.accuracy(&h, 40, &p.meta.menu).unwrap();
         assert_eq!(got.len(), expected.len());
         for (g, e) in got.iter().zip(expected) {
             assert!((g - e).abs() < 1e-9, "{got:?}");
         }
-        assert!((p.sample_tokens(&h, 40).unwrap() - 20.601446659410552).abs() < 1e-6);
+        assert!((p.sample_tokens(&h, 40).unwrap() - 17.31734174052024).abs() < 1e-6);
         // Majority-adaptive shares majority's accuracy (menu indices 2..5 are majority@4, 8, 16,
         // 13..16 majority-adaptive@4, 8, 16).
         assert_eq!(&got[2..5], &got[13..16]);
         // Trained with its hyperparameters chosen by cross-validation.
         assert_eq!(p.meta.report.cv_folds, 4);
         assert_eq!(p.meta.report.hyperparameters.len(), 6);
+        // Its length head is the ridge fit of `probe::length`, not the network's.
+        assert!(p.meta.report.length_penalty > 0.0);
+        assert!(p.meta.report.length_cv_log_error > 0.0);
     }
 }

@@ -17,6 +17,7 @@
 mod features;
 mod io;
 pub mod kind;
+mod length;
 mod net;
 mod paths;
 mod platt;
@@ -239,6 +240,22 @@ impl Probe {
             &dev,
             |_, _| Ok(()),
         )?;
+        // The length head, fitted apart from the accuracy network ([`length`]): its weights
+        // replace the ones trained with it.
+        let fold = split::folds(&train, |q| q.id.as_str());
+        let head =
+            length::fit(&fit_rows.h, fdim + 1, &fit_rows.log_len, &fold).ok_or_else(|| {
+                AllocatorError::Invalid("the length head has no solution on these questions".into())
+            })?;
+        let mut weights = weights;
+        weights.insert(
+            "length.weight".into(),
+            Tensor::from_vec(head.weight.clone(), (1, fdim + 1), &dev)?,
+        );
+        weights.insert(
+            "length.bias".into(),
+            Tensor::from_vec(vec![head.bias], 1, &dev)?,
+        );
         let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &dev);
         let net = Net::new(&vb, fdim, opts.mlp_width)?;
 
@@ -286,6 +303,8 @@ impl Probe {
             constant_log_loss: log_loss(&vec![base; y.len()], &y),
             per_config_log_loss: log_loss(&per_config, &y),
             heldout_length_log_error: length_err,
+            length_penalty: head.penalty,
+            length_cv_log_error: head.cv_log_error,
             cv_log_loss: cv.log_loss,
             hyperparameters: tried,
         };

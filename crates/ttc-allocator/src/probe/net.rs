@@ -1,8 +1,8 @@
 //! The probe's network and its training: a small MLP (GELU) from the hidden-state features, a
 //! configuration's features and the prompt length to the logit of that configuration being
-//! right, and a linear length head from the same features to the log of one sampled answer's
-//! length. Trained together with AdamW on binary cross-entropy against soft labels (plus the
-//! length head's squared error).
+//! right, trained with AdamW on binary cross-entropy against soft labels; and beside it the
+//! linear length head from the same features to the log of one sampled answer's length, which
+//! the file stores with the network's weights but [`super::length`] fits (in closed form).
 
 use std::collections::HashMap;
 
@@ -16,10 +16,6 @@ use super::TrainOptions;
 use crate::calibrate::QuestionLabels;
 use crate::error::Result;
 use crate::menu::{Config, CONFIG_FEATURES};
-
-/// Weight of the length head's squared error beside the accuracy loss: the length matters
-/// less to the policy than the accuracy, and its error is on another scale.
-const LENGTH_WEIGHT: f64 = 0.1;
 
 /// Epochs between two looks at the held-out loss for early stopping.
 pub(super) const CHECK_EVERY: usize = 5;
@@ -127,7 +123,6 @@ impl Rows {
             x: matrix(&self.x, features + CONFIG_FEATURES + 1)?,
             y: Tensor::new(self.y.as_slice(), dev)?,
             h: matrix(&self.h, features + 1)?,
-            log_len: Tensor::new(self.log_len.as_slice(), dev)?,
         })
     }
 }
@@ -137,7 +132,6 @@ pub(super) struct Batch {
     pub x: Tensor,
     pub y: Tensor,
     pub h: Tensor,
-    pub log_len: Tensor,
 }
 
 /// Binary cross-entropy with logits against soft labels, the stable way:
@@ -148,11 +142,9 @@ fn bce_with_logits(z: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     ((pos - (y * z)?)? + soft)?.mean_all()
 }
 
-/// The training loss on `b`: accuracy cross-entropy plus the weighted length error.
+/// The training loss on `b`: the accuracy cross-entropy.
 pub(super) fn loss(net: &Net, b: &Batch) -> candle_core::Result<Tensor> {
-    let acc = bce_with_logits(&net.logits(&b.x)?, &b.y)?;
-    let len = (net.log_length(&b.h)? - &b.log_len)?.sqr()?.mean_all()?;
-    acc + (len * LENGTH_WEIGHT)?
+    bce_with_logits(&net.logits(&b.x)?, &b.y)
 }
 
 /// Trains a network on `fit` for `epochs`, calling `on_check(epoch, net)` every
@@ -191,9 +183,6 @@ pub(super) fn train(
         };
         varmap.set_one(&name, Tensor::from_vec(values, dims, dev)?)?;
     }
-    // The length head starts at the mean log length.
-    let mean_log_len = fit.log_len.mean_all()?.to_scalar::<f32>()?;
-    varmap.set_one("length.bias", Tensor::new(&[mean_log_len], dev)?)?;
     let params = candle_nn::ParamsAdamW {
         lr: opts.learning_rate,
         weight_decay: opts.weight_decay,

@@ -28,6 +28,12 @@ pub struct TrainingReport {
     pub per_config_log_loss: f64,
     /// Mean |log predicted - log actual| of a sampled answer's length on the test questions.
     pub heldout_length_log_error: f64,
+    /// The length head's ridge penalty and its out-of-fold error of the log length on the
+    /// training part (0 in a probe whose head was trained inside the accuracy network).
+    #[serde(default)]
+    pub length_penalty: f64,
+    #[serde(default)]
+    pub length_cv_log_error: f64,
     /// The chosen hyperparameters' out-of-fold log-loss on the training part.
     #[serde(default)]
     pub cv_log_loss: f64,

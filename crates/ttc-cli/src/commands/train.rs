@@ -75,9 +75,11 @@ pub fn train_and_save(engine: &Engine, labels: &[PathBuf], out: &Path) -> Result
         r.heldout_log_loss, r.constant_log_loss, r.per_config_log_loss, r.heldout_questions, r.train_questions, r.epochs, r.cv_folds
     );
     println!(
-        "held-out answer length: mean |log error| {:.3} (x{:.2})",
+        "held-out answer length: mean |log error| {:.3} (x{:.2}); the length head's ridge penalty {} (out of fold {:.3})",
         r.heldout_length_log_error,
-        r.heldout_length_log_error.exp()
+        r.heldout_length_log_error.exp(),
+        r.length_penalty,
+        r.length_cv_log_error
     );
     println!(
         "platt: a={:.3} b={:.3}",
