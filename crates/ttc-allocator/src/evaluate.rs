@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::calibrate::{LabelHeader, QuestionLabels};
 use crate::latency::{Work, WorkKind};
 use crate::menu::Config;
-use crate::policy::{choose, solve, Allocator, Lambdas, Prediction, Target};
+use crate::policy::{choose, solve_mix, Allocator, Lambdas, Prediction, Target};
 use crate::{AllocatorError, Result};
 
 /// One question's outcome under one configuration.
@@ -103,9 +103,12 @@ pub struct BudgetRow {
     /// "latency" (seconds) or "tokens".
     pub budget: &'static str,
     pub target: f64,
-    /// The price solved for it.
+    /// The price solved for it, and the price just below it whose choices are mixed in with
+    /// probability `p_over` so that the expected predicted mean is the target.
     pub lambda: f64,
-    /// Mean predicted and realized cost of the choices.
+    pub lambda_over: f64,
+    pub p_over: f64,
+    /// Mean predicted and realized cost of the choices (in expectation over the mix).
     pub predicted_mean: f64,
     pub realized_mean: f64,
     pub accuracy: f64,
@@ -419,8 +422,9 @@ fn prediction_rows(
         .collect()
 }
 
-/// The price that meets `budget` on average over the questions' predictions, and what its
-/// choices realized.
+/// The prices that meet `budget` in expectation over the questions' predictions (the choices at
+/// the solved price, mixed with those just below it: [`solve_mix`]), and what the choices
+/// realized, in expectation over the mix.
 fn budget_row(
     table: &[HashMap<Config, Cell>],
     predictions: &[Vec<Prediction>],
@@ -435,33 +439,45 @@ fn budget_row(
         tokens: 0.0,
         latency: 0.0,
     };
-    let l = solve(&batch, budget, base);
-    let (mut predicted, mut realized, mut correct) = (Vec::new(), Vec::new(), Vec::new());
-    for (t, preds) in table.iter().zip(predictions) {
-        if preds.is_empty() {
-            continue;
+    let mix = solve_mix(&batch, budget, base);
+    // Mean predicted cost, realized cost and accuracy of the choices at `l`.
+    let at = |l: Lambdas| {
+        let (mut predicted, mut realized, mut correct) = (Vec::new(), Vec::new(), Vec::new());
+        for (t, preds) in table.iter().zip(predictions) {
+            if preds.is_empty() {
+                continue;
+            }
+            let p = &preds[choose(preds, l)];
+            let m = t[&p.config];
+            let (pc, mc) = match budget {
+                Target::Latency(_) => (p.latency_s, m.latency_s),
+                Target::Tokens(_) => (p.tokens, m.tokens),
+            };
+            predicted.push(pc);
+            realized.push(mc);
+            correct.push(m.accuracy);
         }
-        let p = &preds[choose(preds, l)];
-        let m = t[&p.config];
-        let (pc, mc) = match budget {
-            Target::Latency(_) => (p.latency_s, m.latency_s),
-            Target::Tokens(_) => (p.tokens, m.tokens),
-        };
-        predicted.push(pc);
-        realized.push(mc);
-        correct.push(m.accuracy);
-    }
-    let (name, target, lambda) = match budget {
-        Target::Latency(s) => ("latency", s, l.latency),
-        Target::Tokens(t) => ("tokens", t, l.tokens),
+        [
+            mean(predicted.into_iter()),
+            mean(realized.into_iter()),
+            mean(correct.into_iter()),
+        ]
+    };
+    let (within, over) = (at(mix.within), at(mix.over));
+    let expect = |i: usize| (1.0 - mix.p_over) * within[i] + mix.p_over * over[i];
+    let (name, target, lambda, lambda_over) = match budget {
+        Target::Latency(s) => ("latency", s, mix.within.latency, mix.over.latency),
+        Target::Tokens(t) => ("tokens", t, mix.within.tokens, mix.over.tokens),
     };
     BudgetRow {
         budget: name,
         target,
         lambda,
-        predicted_mean: mean(predicted.into_iter()),
-        realized_mean: mean(realized.into_iter()),
-        accuracy: mean(correct.into_iter()),
+        lambda_over,
+        p_over: mix.p_over,
+        predicted_mean: expect(0),
+        realized_mean: expect(1),
+        accuracy: expect(2),
     }
 }
 

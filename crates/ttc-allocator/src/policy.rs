@@ -80,28 +80,63 @@ pub enum Target {
     Tokens(f64),
 }
 
+/// A budget met in expectation. Over a discrete menu the mean cost of the choices is a step
+/// function of the price, so the price alone lands under the budget by as much as one step (on a
+/// single prompt, the whole gap to the next configuration). The standard remedy for a
+/// constrained choice over discrete options is to mix the two choices either side of the
+/// step: the prices `within` (mean cost at most the budget) and `over` (just below it, over
+/// the budget), the latter taken with probability `p_over`, so that the expected mean cost is
+/// the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BudgetMix {
+    pub within: Lambdas,
+    pub over: Lambdas,
+    pub p_over: f64,
+}
+
+impl BudgetMix {
+    /// The prices to run with, given a uniform draw `u` in [0, 1).
+    pub fn draw(&self, u: f64) -> Lambdas {
+        if u < self.p_over {
+            self.over
+        } else {
+            self.within
+        }
+    }
+}
+
+/// The mean cost of the choices at `l` over `batch`, in the unit of `target`.
+fn mean_cost(batch: &[Vec<Prediction>], target: Target, l: Lambdas) -> f64 {
+    let total: f64 = batch
+        .iter()
+        .map(|preds| {
+            let p = &preds[choose(preds, l)];
+            match target {
+                Target::Latency(_) => p.latency_s,
+                Target::Tokens(_) => p.tokens,
+            }
+        })
+        .sum();
+    total / batch.len().max(1) as f64
+}
+
 /// The lambdas (the targeted one raised from `base`) whose choices meet `target` on average
 /// over `batch` (one prediction list per prompt): the smallest such lambda, found by bisection,
 /// since the mean cost of the choices never rises with it. If no lambda meets it (the cheapest
 /// configurations are over budget), the result chooses the cheapest.
 pub fn solve(batch: &[Vec<Prediction>], target: Target, base: Lambdas) -> Lambdas {
+    solve_mix(batch, target, base).within
+}
+
+/// [`solve`], and the price just below it with the probability that makes the expected mean
+/// cost equal the budget ([`BudgetMix`]). When the base prices already meet the budget, or no
+/// price does, nothing is mixed (`p_over` = 0).
+pub fn solve_mix(batch: &[Vec<Prediction>], target: Target, base: Lambdas) -> BudgetMix {
     let with = |x: f64| match target {
         Target::Latency(_) => Lambdas { latency: x, ..base },
         Target::Tokens(_) => Lambdas { tokens: x, ..base },
     };
-    let mean_cost = |l: Lambdas| {
-        let total: f64 = batch
-            .iter()
-            .map(|preds| {
-                let p = &preds[choose(preds, l)];
-                match target {
-                    Target::Latency(_) => p.latency_s,
-                    Target::Tokens(_) => p.tokens,
-                }
-            })
-            .sum();
-        total / batch.len().max(1) as f64
-    };
+    let cost = |x: f64| mean_cost(batch, target, with(x));
     let budget = match target {
         Target::Latency(s) => s,
         Target::Tokens(t) => t,
@@ -110,14 +145,19 @@ pub fn solve(batch: &[Vec<Prediction>], target: Target, base: Lambdas) -> Lambda
         Target::Latency(_) => base.latency,
         Target::Tokens(_) => base.tokens,
     };
-    if mean_cost(with(start)) <= budget {
-        return with(start);
+    let alone = |x: f64| BudgetMix {
+        within: with(x),
+        over: with(x),
+        p_over: 0.0,
+    };
+    if cost(start) <= budget {
+        return alone(start);
     }
     // Accuracy differences are at most 1, so past 1/(smallest cost gap) nothing changes; 1e6
     // is beyond any gap between real configurations.
     let (mut lo, mut hi) = (start, 1e6);
-    if mean_cost(with(hi)) > budget {
-        return with(hi);
+    if cost(hi) > budget {
+        return alone(hi);
     }
     for _ in 0..100 {
         let mid = if lo <= 0.0 {
@@ -125,7 +165,7 @@ pub fn solve(batch: &[Vec<Prediction>], target: Target, base: Lambdas) -> Lambda
         } else {
             (lo * hi).sqrt()
         };
-        if mean_cost(with(mid)) <= budget {
+        if cost(mid) <= budget {
             hi = mid;
         } else {
             lo = mid;
@@ -134,7 +174,17 @@ pub fn solve(batch: &[Vec<Prediction>], target: Target, base: Lambdas) -> Lambda
             break;
         }
     }
-    with(hi)
+    let (c_within, c_over) = (cost(hi), cost(lo));
+    let p_over = if c_over > c_within {
+        ((budget - c_within) / (c_over - c_within)).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    BudgetMix {
+        within: with(hi),
+        over: with(lo),
+        p_over,
+    }
 }
 
 /// The configuration `auto` runs for a model without a probe, where no accuracy can be
@@ -368,5 +418,47 @@ mod tests {
             },
         );
         assert!((mean(l) - cheapest).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_mixed_budget_costs_the_budget_in_expectation() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let base = Lambdas {
+            tokens: 0.0,
+            latency: 0.0,
+        };
+        for size in [1, 3, 20] {
+            let batch: Vec<Vec<Prediction>> = (0..size).map(|_| random_menu(&mut rng)).collect();
+            let target = Target::Latency(0.0);
+            let free = mean_cost(&batch, target, base);
+            let cheapest = mean_cost(
+                &batch,
+                target,
+                Lambdas {
+                    latency: 1e6,
+                    ..base
+                },
+            );
+            for share in [0.1, 0.3, 0.5, 0.9] {
+                let budget = cheapest + share * (free - cheapest);
+                let mix = solve_mix(&batch, Target::Latency(budget), base);
+                let (w, o) = (
+                    mean_cost(&batch, target, mix.within),
+                    mean_cost(&batch, target, mix.over),
+                );
+                assert!(w <= budget && o > budget, "{w} {budget} {o}");
+                let expected = (1.0 - mix.p_over) * w + mix.p_over * o;
+                assert!(
+                    (expected - budget).abs() < 1e-9 * budget,
+                    "{expected} != {budget}"
+                );
+                assert_eq!(mix.within, solve(&batch, Target::Latency(budget), base));
+            }
+            // Looser than the free choice, or tighter than the cheapest: nothing to mix.
+            let loose = solve_mix(&batch, Target::Latency(free * 2.0), base);
+            assert_eq!((loose.within, loose.p_over), (base, 0.0));
+            let tight = solve_mix(&batch, Target::Latency(cheapest / 2.0), base);
+            assert_eq!(tight.p_over, 0.0);
+        }
     }
 }

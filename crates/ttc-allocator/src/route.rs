@@ -12,7 +12,7 @@ use ttc_methods::{MethodConfig, MethodResult};
 
 use crate::latency::{Grid, LatencyProfile, ProfileKey, Work, WorkKind};
 use crate::menu::Config;
-use crate::policy::{choose, fallback_config, solve, Allocator, Lambdas, Prediction, Target};
+use crate::policy::{choose, fallback_config, solve_mix, Allocator, Lambdas, Prediction, Target};
 use crate::probe::CostPoint;
 use crate::probe::Probe;
 use crate::prompt_kind::KindDecision;
@@ -371,7 +371,10 @@ pub fn answer(
         (p, true)
     } else {
         if let Some(t) = req.target {
-            lambdas = solve(std::slice::from_ref(&menu), t, lambdas);
+            // A target is a mean over requests: the choice either side of it is drawn (from
+            // the request's seed and prompt) so that the expected cost is the target.
+            let mix = solve_mix(std::slice::from_ref(&menu), t, lambdas);
+            lambdas = mix.draw(budget_draw(req.base.seed, ids));
         }
         (menu[choose(&menu, lambdas)], false)
     };
@@ -394,6 +397,16 @@ pub fn answer(
             background_width: req.background_width,
         },
     ))
+}
+
+/// A uniform draw in [0, 1) from a request's seed and prompt, apart from the draws its
+/// sampler makes. The prompt is in it so that prompts sent with the same (default) seed do
+/// not all fall on the same side of their budgets.
+fn budget_draw(seed: u64, ids: &[u32]) -> f64 {
+    use rand::{Rng, SeedableRng};
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    let key = seed ^ crate::dataset::fnv1a(&bytes) ^ 0x6275_6467_6574_u64;
+    rand_chacha::ChaCha8Rng::seed_from_u64(key).random::<f64>()
 }
 
 fn hidden_of(

@@ -278,12 +278,13 @@ pub struct AllocatorArgs {
     /// Price of one second of latency (default: one point of accuracy per second).
     #[arg(long, default_value_t = ttc_allocator::policy::Lambdas::DEFAULT.latency)]
     pub lambda_latency: f64,
-    /// Choose the most accurate configuration whose mean predicted latency fits S seconds
-    /// (solves lambda_latency).
+    /// Spend S seconds on average: solves lambda_latency, and draws between the choices
+    /// either side of S (from --seed) so that the expected latency is S. --max-latency bounds
+    /// one answer.
     #[arg(long, conflicts_with = "target_tokens")]
     pub target_latency: Option<f64>,
-    /// Choose the most accurate configuration whose mean predicted tokens fit T (solves
-    /// lambda_tokens).
+    /// Spend T generated tokens on average: solves lambda_tokens, drawing either side of T
+    /// likewise.
     #[arg(long)]
     pub target_tokens: Option<f64>,
     /// Seconds this answer may take: only configurations whose predicted 90th percentile of

@@ -239,16 +239,20 @@ pub fn tables(ev: &Evaluation) -> String {
     if !ev.budgets.is_empty() {
         let _ = writeln!(
             s,
-            "\n| budget | target | lambda | predicted mean | realized mean | realized / target | accuracy |"
+            "\n| budget | target | lambda | share run at the price just below | predicted mean | realized mean | realized / target | accuracy |"
         );
-        let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            s,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
         for b in &ev.budgets {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.3e} | {:.3} | {:.3} | {:.2} | {:.3} |",
+                "| {} | {} | {:.3e} | {:.0}% | {:.3} | {:.3} | {:.2} | {:.3} |",
                 b.budget,
                 b.target,
                 b.lambda,
+                b.p_over * 100.0,
                 b.predicted_mean,
                 b.realized_mean,
                 b.realized_mean / b.target,
