@@ -5,8 +5,9 @@
 use std::sync::Mutex;
 
 use ttc_allocator::calibrate::{label_dataset, read_labels, LabelHeader};
+use ttc_allocator::corrections;
 use ttc_allocator::dataset::{self, Split};
-use ttc_allocator::latency::{Grid, LatencyProfile, ProfileKey};
+use ttc_allocator::latency::{Grid, LatencyProfile, ProfileKey, WorkKind};
 use ttc_allocator::menu::{default_menu, Config};
 use ttc_allocator::probe::{Probe, ProbeMetaBase, TrainOptions};
 use ttc_allocator::route::observed_work;
@@ -79,6 +80,48 @@ fn a_measured_profile_predicts_runs_at_widths_it_did_not_measure() {
         assert!(
             best.0 < 0.5,
             "{c}: predicted against measured, three runs: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn a_new_profile_takes_each_kinds_correction_from_real_runs() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let engine = engine();
+    let mut profile = LatencyProfile::measure(
+        engine,
+        ProfileKey::for_engine(engine, 2),
+        &Grid::brief(),
+        |_, _, _| {},
+    )
+    .unwrap();
+    let kinds: Vec<WorkKind> = corrections::configs()
+        .iter()
+        .map(|c| WorkKind::of(c.method))
+        .collect();
+    assert!(kinds.iter().all(|&k| profile.correction(k) == 1.0));
+    let mut labels = Vec::new();
+    let ratios = corrections::measure(engine, &mut profile, |done, total, label| {
+        assert!(done <= total);
+        labels.push(label.to_string());
+    })
+    .unwrap();
+    assert_eq!(labels.len(), kinds.len());
+    assert!(kinds.contains(&WorkKind::Search) && kinds.len() > 3);
+    // Each kind's factor is the mean of its runs' ratios (within the factor's bounds).
+    for kind in [WorkKind::Greedy, WorkKind::Parallel, WorkKind::Search] {
+        let mine: Vec<f64> = ratios
+            .iter()
+            .zip(&kinds)
+            .filter(|(_, k)| **k == kind)
+            .map(|((_, r), _)| r.clamp(0.5, 2.0))
+            .collect();
+        assert!(mine.iter().all(|r| r.is_finite() && *r > 0.0), "{ratios:?}");
+        let mean = mine.iter().sum::<f64>() / mine.len() as f64;
+        let factor = profile.correction(kind);
+        assert!(
+            (factor - mean).abs() < 1e-9,
+            "{kind:?}: factor {factor}, ratios {ratios:?}"
         );
     }
 }

@@ -2,11 +2,11 @@
 //! model, its shipped (or cached) probe and this machine's latency profile:
 //! - latency and token prediction: for COUNT held-out prompts x 8 configurations, each run for
 //!   real, the mean predicted against the mean measured per configuration, the share within the
-//!   predicted p90, and |predicted - measured| /
-//!   measured, where the prediction is what the allocator knew before the run (predicted tokens
-//!   and steps), as `ttc-run` does it: starting from the measured profile with no corrections,
-//!   each finished run refining its kind's correction; also without any refinement, and the
-//!   device model alone (given the run's real tokens and steps);
+//!   predicted p90, and |predicted - measured| / measured, where the prediction is what the
+//!   allocator knew before the run (predicted tokens and steps), as `ttc-run` does it: starting
+//!   from the profile as `ttc-run profile` leaves it (the step grid and the correction factors
+//!   of one run per kind), each finished run refining its kind's factor; also without that
+//!   refinement, and the device model alone (given the run's real tokens and steps);
 //! - decision overhead: seconds from the end of the prefill to the start of the chosen run;
 //! - monotonicity: on every prompt, raising lambda_L never raises the chosen configuration's
 //!   predicted latency, and raising lambda_T never raises its predicted tokens.
@@ -75,8 +75,11 @@ fn main() {
         |_, _, _| {},
     )
     .expect("allocator");
-    // Start from the measurements alone, whatever earlier runs refined.
+    // Start from the profile as `ttc-run profile` leaves it (the step grid, and one real run
+    // of each kind for the correction factors), whatever earlier runs refined.
     alloc.profile.corrections.clear();
+    ttc_allocator::corrections::measure(engine, &mut alloc.profile, |_, _, _| {})
+        .expect("correction runs");
     let fixed = alloc.profile.clone();
     eprintln!("profile {}, probe {:?}", sources.profile, sources.probe);
     let max_tokens = alloc.max_tokens().unwrap_or(96);

@@ -7,6 +7,7 @@
 //! from [`dataset`]s by repeated sampling.
 
 pub mod calibrate;
+pub mod corrections;
 pub mod dataset;
 pub mod error;
 pub mod latency;

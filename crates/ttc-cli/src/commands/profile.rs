@@ -1,9 +1,11 @@
 //! `ttc-run profile`: measures prefill seconds against prompt length and one decode step's
-//! seconds against (width, context) on this device, with a progress bar, and saves the profile
-//! where the allocator finds it (one per model file, device and thread count).
+//! seconds against (width, context) on this device, then one real run of each kind for the
+//! correction factors (`ttc_allocator::corrections`), with a progress bar, and saves the
+//! profile where the allocator finds it (one per model file, device and thread count).
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
+use ttc_allocator::corrections;
 use ttc_allocator::latency::{Grid, LatencyProfile, ProfileKey};
 
 use crate::args::ProfileArgs;
@@ -22,9 +24,15 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let profile = LatencyProfile::measure(&engine, key, &grid, |done, _, what| {
+    let mut profile = LatencyProfile::measure(&engine, key, &grid, |done, _, what| {
         bar.set_position(done as u64);
         bar.set_message(what.to_string());
+    })?;
+    let runs = corrections::configs().len();
+    bar.set_length((grid.measurements() + runs) as u64);
+    let ratios = corrections::measure(&engine, &mut profile, |done, _, what| {
+        bar.set_position((grid.measurements() + done) as u64);
+        bar.set_message(format!("one {what} run"));
     })?;
     bar.finish_and_clear();
     let path = profile.key.default_path();
@@ -60,6 +68,10 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
             print!(" {ms:>8.1}");
         }
         println!();
+    }
+    println!("one real run of each kind (measured / the grid's prediction: the correction factor)");
+    for (label, ratio) in &ratios {
+        println!("  {label:<14} {ratio:>6.2}");
     }
     println!("saved {}", path.display());
     Ok(())
