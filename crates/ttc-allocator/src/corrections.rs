@@ -4,9 +4,9 @@
 //!
 //! The step grid times forward passes with sampling; what it does not see differs by kind (a
 //! beam search's forks, prunes and step-boundary checks). On a fresh profile every factor was
-//! 1 until requests of that kind had run, so the first beam searches were priced 25-35% under
-//! what they took (measured 2026-12-03, README "The allocator"). Later requests keep refining
-//! the factors as before.
+//! 1 until requests of that kind had run, so the first beam searches were priced well under
+//! what they took (the figures are in the README, "The allocator"). Later requests keep
+//! refining the factors as before.
 
 use ttc_engine::sampler::SamplingParams;
 use ttc_engine::Engine;
@@ -26,9 +26,8 @@ const QUESTION: &str =
 const MAX_TOKENS: usize = 128;
 
 /// The configurations run: greedy, one parallel vote, and every search configuration of the
-/// default menu. Searches of different shapes carry different overhead over the step grid (on
-/// a 2-core Xeon, 2026-12-03: beam(4,2,10) took 1.2x the grid's prediction, beam(8,4,10) and
-/// DVTS(8,2,10) about 1.5x), and they share one factor, so all of them go into it.
+/// default menu. Searches of different shapes carry different overhead over the step grid,
+/// and they share one factor, so all of them go into it.
 pub fn configs() -> Vec<Config> {
     let mut v = vec![Config::GREEDY, Config::parallel(Method::Majority, 4)];
     v.extend(

@@ -103,10 +103,9 @@ pub struct BudgetRow {
     /// "latency" (seconds) or "tokens".
     pub budget: &'static str,
     pub target: f64,
-    /// The price solved for it, and the price just below it whose choices are mixed in with
+    /// The price solved for it; the choices of the price just below it are mixed in with
     /// probability `p_over` so that the expected predicted mean is the target.
     pub lambda: f64,
-    pub lambda_over: f64,
     pub p_over: f64,
     /// Mean predicted and realized cost of the choices (in expectation over the mix).
     pub predicted_mean: f64,
@@ -465,15 +464,14 @@ fn budget_row(
     };
     let (within, over) = (at(mix.within), at(mix.over));
     let expect = |i: usize| (1.0 - mix.p_over) * within[i] + mix.p_over * over[i];
-    let (name, target, lambda, lambda_over) = match budget {
-        Target::Latency(s) => ("latency", s, mix.within.latency, mix.over.latency),
-        Target::Tokens(t) => ("tokens", t, mix.within.tokens, mix.over.tokens),
+    let (name, target, lambda) = match budget {
+        Target::Latency(s) => ("latency", s, mix.within.latency),
+        Target::Tokens(t) => ("tokens", t, mix.within.tokens),
     };
     BudgetRow {
         budget: name,
         target,
         lambda,
-        lambda_over,
         p_over: mix.p_over,
         predicted_mean: expect(0),
         realized_mean: expect(1),

@@ -5,8 +5,9 @@
 //! u8 x i8 dot products) and for AVX-VNNI (`vpdpbusd` does it in one instruction). `avx512`
 //! adds 512-bit versions of the 32-block formats for CPUs with AVX-512 VNNI over packed rows
 //! (`crate::packed`), and `avx2_packed` 256-bit ones of the 4-bit formats over the same rows
-//! for AVX2. All are chosen at run time (`crate::dispatch`). Reference: llama.cpp `ggml-cpu/arch/x86/quants.c`
-//! (`ggml_vec_dot_q4_1_q8_1`, `..._q4_K_q8_K`, `..._q6_K_q8_K`), read, not copied.
+//! for AVX2. All are chosen at run time (`crate::dispatch`). Reference: llama.cpp
+//! `ggml-cpu/arch/x86/quants.c` (`ggml_vec_dot_q4_1_q8_1`, `..._q4_K_q8_K`, `..._q6_K_q8_K`),
+//! read, not copied.
 
 /// `packed_range::<T, MR>`, the module's `packed` kernel over a run of weight rows, compiled
 /// with `$features` (both packed modules have one).

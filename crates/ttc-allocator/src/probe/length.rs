@@ -4,11 +4,11 @@
 //! training questions ([`super::split`]'s folds), and the test part is not read.
 //!
 //! Why apart from the accuracy network: trained inside it, the head took the weight decay that
-//! cross-validation chose for accuracy (1.0) and shrank toward the mean length. The probe
-//! shipped on 2026-12-02 predicted held-out word problems at 30 tokens that ran 79 and lookups
-//! at 13 that ran 10, and because the allocator picks wide votes on exactly the short-answer
-//! questions, the budgets it solved came in 20-40% under their targets. A closed-form fit has
-//! no epochs or learning rate that interact with the accuracy loss.
+//! cross-validation chose for accuracy and shrank toward the mean length, over-predicting
+//! short answers and under-predicting long ones (README, "The allocator"); because the
+//! allocator picks wide votes on exactly the short-answer questions, the budgets it solved
+//! came in well under their targets. A closed-form fit has no epochs or learning rate that
+//! interact with the accuracy loss.
 //!
 //! The penalty is on the standardized features' weights, not on the intercept. The features
 //! come from the principal components of the whole training part, which the folds share: that

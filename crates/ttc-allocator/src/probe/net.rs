@@ -188,7 +188,17 @@ pub(super) fn train(
         weight_decay: opts.weight_decay,
         ..Default::default()
     };
-    let mut adam = candle_nn::AdamW::new(varmap.all_vars(), params)?;
+    // The length head is fitted apart (`super::length`) and its weights replaced: the optimizer
+    // leaves it alone.
+    let trained: Vec<candle_core::Var> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .filter(|(name, _)| !name.starts_with("length."))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let mut adam = candle_nn::AdamW::new(trained, params)?;
     for epoch in 1..=epochs {
         adam.backward_step(&loss(&net, fit)?)?;
         if epoch % CHECK_EVERY == 0 {

@@ -1,5 +1,5 @@
 //! `ttc-run profile`: measures prefill seconds against prompt length and one decode step's
-//! seconds against (width, context) on this device, then one real run of each kind for the
+//! seconds against (width, context) on this device, then real runs of each kind for the
 //! correction factors (`ttc_allocator::corrections`), with a progress bar, and saves the
 //! profile where the allocator finds it (one per model file, device and thread count).
 
@@ -69,7 +69,9 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
         }
         println!();
     }
-    println!("one real run of each kind (measured / the grid's prediction: the correction factor)");
+    println!(
+        "real runs (measured / the grid's prediction; each kind's factor is the mean of its runs)"
+    );
     for (label, ratio) in &ratios {
         println!("  {label:<14} {ratio:>6.2}");
     }
