@@ -87,8 +87,10 @@ pub struct DecodePoint {
 }
 
 /// Version 2: corrections per kind of run. Version 3: measured on ttc's own CPU kernels
-/// (several times faster than candle's): older profiles are re-measured, not trusted.
-const PROFILE_VERSION: u32 = 3;
+/// (several times faster than candle's). Version 4: every timed step runs its forward pass
+/// (earlier grids timed one that did not, and under-predicted steps by 1/steps). Older profiles
+/// are re-measured, not trusted.
+const PROFILE_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatencyProfile {
@@ -222,7 +224,9 @@ impl LatencyProfile {
             let opts = SessionOptions {
                 params: SamplingParams::default(),
                 seed: 1,
-                max_tokens: grid.steps + 1,
+                // The untimed step, the timed ones, and one more: the step that reaches
+                // `max_tokens` samples but runs no forward pass, and must not be among the timed.
+                max_tokens: grid.steps + 2,
                 stop: vec![],
                 ignore_eos: true,
                 prefix_cache: false,
@@ -239,14 +243,23 @@ impl LatencyProfile {
             for &width in &grid.widths {
                 let seqs = session.fork(root, width)?;
                 session.step(&seqs)?; // untimed: first touches of fresh blocks
+                let forwarded = session.counters().decode_forward_tokens;
                 let t = Instant::now();
                 for _ in 0..grid.steps {
                     session.step(&seqs)?;
                 }
+                let seconds = t.elapsed().as_secs_f64() / grid.steps as f64;
+                // A timed step that skips a sequence's forward pass (one that ended) would make
+                // every prediction short by that share.
+                if session.counters().decode_forward_tokens - forwarded != grid.steps * width {
+                    return Err(AllocatorError::Invalid(format!(
+                        "a profile step at width {width}, context {context} ran no forward pass"
+                    )));
+                }
                 decode.push(DecodePoint {
                     width,
                     context,
-                    seconds: t.elapsed().as_secs_f64() / grid.steps as f64,
+                    seconds,
                 });
                 for s in seqs {
                     session.free(s);
@@ -331,10 +344,13 @@ impl LatencyProfile {
             observations: 0,
         });
         if predicted > 0.0 && measured_s.is_finite() && measured_s > 0.0 {
+            // One wild run (a page fault storm, a descheduled thread) moves the factor by at
+            // most this much; a mean of bounded ratios stays within the same bounds, so the
+            // factor is never clamped afterwards and its first values are a plain mean.
             let ratio = (measured_s / predicted).clamp(0.25, 4.0);
             // A running mean for the first observations, then exponential smoothing.
             let alpha = (1.0 / (c.observations as f64 + 1.0)).max(0.1);
-            c.factor = ((1.0 - alpha) * c.factor + alpha * ratio).clamp(0.5, 2.0);
+            c.factor = (1.0 - alpha) * c.factor + alpha * ratio;
             c.observations += 1;
         }
         c.factor
@@ -359,7 +375,10 @@ impl LatencyProfile {
             || p.decode.is_empty()
             || !p.prefill.iter().all(|q| finite(q.seconds))
             || !p.decode.iter().all(|q| finite(q.seconds) && q.width > 0)
-            || !p.corrections.values().all(|c| c.factor > 0.0)
+            || !p
+                .corrections
+                .values()
+                .all(|c| (0.25..=4.0).contains(&c.factor))
         {
             return Err(bad("has no usable measurements".into()));
         }
