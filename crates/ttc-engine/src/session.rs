@@ -25,6 +25,7 @@ pub struct SessionOptions {
     pub max_tokens: usize,
     /// Stop strings beside the model's own.
     pub stop: Vec<String>,
+    /// Generate past EOS and the model's own stop strings (not past `stop`).
     pub ignore_eos: bool,
     /// Prompts start from the full KV blocks the engine's prefix cache already holds for
     /// their first tokens, and leave theirs behind (chat turns, a shared system prompt).
@@ -170,8 +171,14 @@ impl<'e> Session<'e> {
         {
             engine.kv().ensure_capacity(kv_blocks)?;
         }
-        let stops = engine
-            .stop_strings()
+        // The model's own stop strings are its end-of-turn markers written out: `ignore_eos`
+        // (benchmarks, the latency profile) ignores them with the EOS token.
+        let model_stops: &[String] = if opts.ignore_eos {
+            &[]
+        } else {
+            engine.stop_strings()
+        };
+        let stops = model_stops
             .iter()
             .chain(&opts.stop)
             .filter(|s| !s.is_empty())
