@@ -2,8 +2,9 @@
 //! kind (greedy, a parallel vote, each search configuration of the menu) on a fixed question,
 //! each observed as a finished request would be ([`LatencyProfile::observe`]).
 //!
-//! The step grid times forward passes with sampling; what it does not see differs by kind (a
-//! beam search's forks, prunes and step-boundary checks). On a fresh profile every factor was
+//! The step grid times forward passes with sampling; what it does not see differs by kind
+//! (greedy samples by argmax; wide runs reach contexts where a step costs more than the grid
+//! interpolates: a search's time outside its steps was measured at a few milliseconds). On a fresh profile every factor was
 //! 1 until requests of that kind had run, so the first beam searches were priced well under
 //! what they took (the figures are in the README, "The allocator"). Later requests keep
 //! refining the factors as before.

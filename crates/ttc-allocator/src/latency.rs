@@ -92,6 +92,10 @@ pub struct DecodePoint {
 /// are re-measured, not trusted.
 const PROFILE_VERSION: u32 = 4;
 
+/// The bounds of one run's measured / predicted ratio, and so of a correction factor (a mean
+/// of such ratios).
+const RATIO_BOUNDS: std::ops::RangeInclusive<f64> = 0.25..=4.0;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatencyProfile {
     pub ttc_profile: u32,
@@ -347,7 +351,7 @@ impl LatencyProfile {
             // One wild run (a page fault storm, a descheduled thread) moves the factor by at
             // most this much; a mean of bounded ratios stays within the same bounds, so the
             // factor is never clamped afterwards and its first values are a plain mean.
-            let ratio = (measured_s / predicted).clamp(0.25, 4.0);
+            let ratio = (measured_s / predicted).clamp(*RATIO_BOUNDS.start(), *RATIO_BOUNDS.end());
             // A running mean for the first observations, then exponential smoothing.
             let alpha = (1.0 / (c.observations as f64 + 1.0)).max(0.1);
             c.factor = (1.0 - alpha) * c.factor + alpha * ratio;
@@ -378,7 +382,7 @@ impl LatencyProfile {
             || !p
                 .corrections
                 .values()
-                .all(|c| (0.25..=4.0).contains(&c.factor))
+                .all(|c| RATIO_BOUNDS.contains(&c.factor))
         {
             return Err(bad("has no usable measurements".into()));
         }
