@@ -480,7 +480,11 @@ impl KvCache {
     fn copy_block(&self, src: u32, dst: u32, tokens: usize) -> Result<()> {
         let bs = self.block_size;
         for pool in self.k.iter().chain(&self.v) {
-            let rows = pool.narrow(0, src as usize * bs, tokens)?.copy()?; // a view would alias the pool
+            // A view would alias the pool; `Tensor::copy` would clone the whole pool's storage
+            // (it copies every layer's pool on each copy-on-write). This copies the rows alone.
+            let rows = pool
+                .narrow(0, src as usize * bs, tokens)?
+                .force_contiguous()?;
             pool.slice_set(&rows, 0, dst as usize * bs)?;
         }
         Ok(())
